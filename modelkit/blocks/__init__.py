@@ -1,0 +1,1 @@
+"""NumPy blocks: the pieces a mapping file assembles into layers."""

@@ -1,0 +1,219 @@
+"""Causal self-attention: MHA/GQA/MQA, RoPE or ALiBi or no positions, sliding window, biases.
+
+One block serves GPT-2, Llama, Mistral, Falcon and Granite: the differences are options
+(score scale, positions, window) and which optional biases the checkpoint supplies.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from ..errors import ConfigError
+from .base import REQUIRED, Block, ForwardContext, ParamSpec
+from .rope import apply_rotary, rotary_table
+
+# queries per block when attending over long prompts: bounds the score matrix to
+# [kv_heads, group * QUERY_BLOCK, keys] instead of [heads, T, T]
+QUERY_BLOCK = 256
+# the KV cache grows in steps of this many positions (and at least by half its size)
+KV_BLOCK = 256
+
+
+class KVCache:
+    """Keys and values of one attention layer, [kv_heads, capacity, head_dim] each.
+
+    Capacity grows in blocks as the sequence grows: never the whole context up front, and a
+    token's append writes only its own rows (the arrays are re-allocated only on growth).
+    """
+
+    def __init__(self, kv_heads: int, head_dim: int):
+        self.k = np.empty((kv_heads, 0, head_dim), np.float32)
+        self.v = np.empty((kv_heads, 0, head_dim), np.float32)
+        self.length = 0
+
+    def append(self, k: np.ndarray, v: np.ndarray) -> None:
+        """Add ``k``, ``v`` given as [T, kv_heads, head_dim] at the end."""
+        t = k.shape[0]
+        need = self.length + t
+        if need > self.k.shape[1]:
+            cap = max(need, self.k.shape[1] + self.k.shape[1] // 2)
+            cap = -(-cap // KV_BLOCK) * KV_BLOCK
+            for name in ("k", "v"):
+                old = getattr(self, name)
+                new = np.empty((old.shape[0], cap, old.shape[2]), np.float32)
+                new[:, : self.length] = old[:, : self.length]
+                setattr(self, name, new)
+        self.k[:, self.length:need] = k.transpose(1, 0, 2)
+        self.v[:, self.length:need] = v.transpose(1, 0, 2)
+        self.length = need
+
+    def nbytes(self) -> int:
+        """Bytes allocated (capacity, not length)."""
+        return self.k.nbytes + self.v.nbytes
+
+
+def alibi_slopes(num_heads: int) -> np.ndarray:
+    """ALiBi head slopes as in the BLOOM/Falcon reference (geometric, with extras for non powers of 2)."""
+    closest = 2 ** math.floor(math.log2(num_heads))
+    base = 2.0 ** (-(2.0 ** -(math.log2(closest) - 3)))
+    slopes = [base ** p for p in range(1, closest + 1)]
+    if closest != num_heads:
+        extra_base = 2.0 ** (-(2.0 ** -(math.log2(2 * closest) - 3)))
+        remaining = min(closest, num_heads - closest)
+        slopes += [extra_base ** p for p in range(1, 1 + 2 * remaining, 2)]
+    return np.asarray(slopes, dtype=np.float32)
+
+
+def softmax_inplace(scores: np.ndarray) -> np.ndarray:
+    """Softmax over the last axis, stable (max subtracted), written into ``scores``."""
+    scores -= scores.max(axis=-1, keepdims=True)
+    np.exp(scores, out=scores)
+    scores /= scores.sum(axis=-1, keepdims=True)
+    return scores
+
+
+class Attention(Block):
+    """Multi-head causal self-attention with grouped KV heads.
+
+    Options: ``num_heads``, ``num_kv_heads``, ``head_dim``, ``hidden_size``; ``scale`` (score
+    multiplier, default 1/sqrt(head_dim)); ``positions`` one of ``rope``, ``alibi``, ``none``;
+    ``rope_theta``, ``rope_scaling``, ``rope_dim`` (partial rotary); ``alibi_scaled`` (Falcon
+    adds ALiBi before scaling); ``alibi_dtype`` (``bfloat16`` rounds slopes and biases through
+    bfloat16, as the Falcon reference does); ``window`` (sliding window: each query sees itself and the
+    window-1 keys before it; null for none).
+    """
+
+    OPTIONS = {
+        "num_heads": "$num_heads",
+        "num_kv_heads": "$num_kv_heads",
+        "head_dim": "$head_dim",
+        "hidden_size": "$hidden_size",
+        "scale": None,
+        "positions": REQUIRED,
+        "rope_theta": 10000.0,
+        "rope_scaling": None,
+        "rope_dim": None,
+        "alibi_scaled": False,
+        "alibi_dtype": "float32",
+        "window": None,
+    }
+
+    @classmethod
+    def params(cls, opts: dict[str, Any]) -> dict[str, ParamSpec]:
+        h, kv, hd, d = opts["num_heads"], opts["num_kv_heads"], opts["head_dim"], opts["hidden_size"]
+        for name in ("num_heads", "num_kv_heads", "head_dim", "hidden_size"):
+            if not isinstance(opts[name], int) or opts[name] <= 0:
+                raise ConfigError(f"attention: {name} must be a positive integer, got {opts[name]!r}")
+        if h % kv:
+            raise ConfigError(f"attention: {h} heads do not divide into {kv} key/value heads")
+        if opts["positions"] not in ("rope", "alibi", "none"):
+            raise ConfigError(f"attention: positions must be rope, alibi or none, got {opts['positions']!r}")
+        return {
+            "q.weight": ParamSpec((h * hd, d)), "k.weight": ParamSpec((kv * hd, d)),
+            "v.weight": ParamSpec((kv * hd, d)), "o.weight": ParamSpec((d, h * hd)),
+            "q.bias": ParamSpec((h * hd,), False), "k.bias": ParamSpec((kv * hd,), False),
+            "v.bias": ParamSpec((kv * hd,), False), "o.bias": ParamSpec((d,), False),
+        }
+
+    def setup(self) -> None:
+        o = self.opts
+        self.h, self.kv, self.hd = o["num_heads"], o["num_kv_heads"], o["head_dim"]
+        self.group = self.h // self.kv
+        p = self.p
+        # one fused projection for q, k and v, made once at load
+        self.w_qkv = np.ascontiguousarray(np.concatenate([p["q.weight"], p["k.weight"], p["v.weight"]], 0))
+        biases = [p.get("q.bias"), p.get("k.bias"), p.get("v.bias")]
+        if any(b is not None for b in biases):
+            sizes = (self.h * self.hd, self.kv * self.hd, self.kv * self.hd)
+            self.b_qkv = np.concatenate([b if b is not None else np.zeros(n, np.float32)
+                                         for b, n in zip(biases, sizes)])
+        else:
+            self.b_qkv = None
+        self.w_o = p["o.weight"]
+        self.b_o = p.get("o.bias")
+        for name in ("q.weight", "k.weight", "v.weight"):
+            p[name] = None  # the fused copy replaces them
+        self.scale = np.float32(o["scale"] if o["scale"] is not None else 1.0 / math.sqrt(self.hd))
+        self.window = o["window"]
+        self.rope = None
+        if o["positions"] == "rope":
+            self.rot_dim = o["rope_dim"] or self.hd
+            self.rope = rotary_table(self.rot_dim, o["rope_theta"], o["rope_scaling"])
+        self.slopes = alibi_slopes(self.h).reshape(self.kv, self.group, 1, 1) if o["positions"] == "alibi" else None
+
+    def new_state(self) -> KVCache:
+        return KVCache(self.kv, self.hd)
+
+    def forward(self, x: np.ndarray, state: KVCache | None, ctx: ForwardContext) -> np.ndarray:
+        t = x.shape[0]
+        qkv = x @ self.w_qkv.T  # [T, D] -> [T, (H + 2KV) * hd]
+        if self.b_qkv is not None:
+            qkv += self.b_qkv
+        nq, nk = self.h * self.hd, self.kv * self.hd
+        q = qkv[:, :nq].reshape(t, self.h, self.hd)
+        k = qkv[:, nq:nq + nk].reshape(t, self.kv, self.hd)
+        v = qkv[:, nq + nk:].reshape(t, self.kv, self.hd)
+        if self.rope is not None:
+            cos, sin = self.rope.get(ctx.pos, ctx.pos + t)
+            q = apply_rotary(np.ascontiguousarray(q), cos, sin, self.rot_dim)
+            k = apply_rotary(np.ascontiguousarray(k), cos, sin, self.rot_dim)
+        if state is None:
+            state = KVCache(self.kv, self.hd)
+        start = state.length
+        state.append(k, v)
+        out = self.attend(q, state, start)  # [T, H * hd]
+        y = out @ self.w_o.T
+        if self.b_o is not None:
+            y += self.b_o
+        return y
+
+    def alibi(self, kpos: np.ndarray) -> np.ndarray:
+        """ALiBi biases slope * key position, [KV, group, 1, S]."""
+        if self.opts["alibi_dtype"] == "bfloat16":
+            from ml_dtypes import bfloat16
+
+            # bf16(bf16(slope) * position), positions exact
+            slopes = self.slopes.astype(bfloat16).astype(np.float32)
+            return (slopes * kpos.astype(np.float32)).astype(bfloat16).astype(np.float32)
+        return self.slopes * kpos.astype(np.float32)
+
+    def attend(self, q: np.ndarray, cache: KVCache, start: int) -> np.ndarray:
+        """Attention of queries q [T, H, hd] at positions start.. over the cached keys."""
+        t = q.shape[0]
+        out = np.empty((t, self.h * self.hd), np.float32)
+        # [T, H, hd] -> [KV, group, T, hd]: query head h reads kv head h // group
+        qh = q.reshape(t, self.kv, self.group, self.hd).transpose(1, 2, 0, 3)
+        for b0 in range(0, t, QUERY_BLOCK):
+            b1 = min(t, b0 + QUERY_BLOCK)
+            n_keys = start + b1  # keys a query in this block can see at most
+            k0 = 0 if self.window is None else max(0, start + b0 - self.window + 1)
+            keys = cache.k[:, k0:n_keys]  # [KV, S, hd]
+            vals = cache.v[:, k0:n_keys]
+            tb = b1 - b0
+            qb = np.ascontiguousarray(qh[:, :, b0:b1]).reshape(self.kv, self.group * tb, self.hd)
+            scores = (qb @ keys.transpose(0, 2, 1)).reshape(self.kv, self.group, tb, n_keys - k0)
+            kpos = np.arange(k0, n_keys)
+            if self.slopes is not None:
+                alibi = self.alibi(kpos)  # [KV, group, 1, S]
+                if self.opts["alibi_scaled"]:
+                    scores += alibi
+                    scores *= self.scale
+                else:
+                    scores *= self.scale
+                    scores += alibi
+            else:
+                scores *= self.scale
+            if tb > 1 or self.window is not None:
+                qpos = np.arange(start + b0, start + b1)[:, None]
+                hidden = kpos[None, :] > qpos
+                if self.window is not None:
+                    hidden |= kpos[None, :] <= qpos - self.window
+                scores[:, :, hidden] = -np.inf
+            softmax_inplace(scores)
+            ctx = scores.reshape(self.kv, self.group * tb, -1) @ vals  # [KV, group*Tb, hd]
+            # [KV, group, Tb, hd] -> [Tb, H * hd]
+            out[b0:b1] = ctx.reshape(self.kv, self.group, tb, self.hd).transpose(2, 0, 1, 3).reshape(tb, -1)
+        return out

@@ -1,0 +1,88 @@
+"""Rotary position embeddings: inverse frequencies (default, linear, llama3) and cos/sin tables."""
+
+from __future__ import annotations
+
+import math
+import threading
+from typing import Any
+
+import numpy as np
+
+from ..errors import ConfigError
+
+_tables: dict[tuple, "RotaryTable"] = {}
+_tables_lock = threading.Lock()
+
+
+def inverse_frequencies(dim: int, theta: float, scaling: dict[str, Any] | None) -> np.ndarray:
+    """The [dim/2] rotary frequencies, adjusted by ``rope_scaling`` as transformers does.
+
+    Computed in float32 like the reference, so long positions round the same way.
+    """
+    inv = (np.float32(1.0) / (np.float32(theta) ** (np.arange(0, dim, 2, dtype=np.int64).astype(np.float32)
+                                                   / np.float32(dim)))).astype(np.float32)
+    kind = None
+    if scaling:
+        kind = scaling.get("rope_type", scaling.get("type", "default"))
+    if kind in (None, "default"):
+        return inv
+    if kind == "linear":
+        return (inv / np.float32(scaling["factor"])).astype(np.float32)
+    if kind == "llama3":
+        factor = float(scaling["factor"])
+        low = float(scaling.get("low_freq_factor", 1.0))
+        high = float(scaling.get("high_freq_factor", 4.0))
+        old_ctx = float(scaling["original_max_position_embeddings"])
+        low_wavelen = old_ctx / low
+        high_wavelen = old_ctx / high
+        wavelen = np.float32(2 * math.pi) / inv
+        scaled = np.where(wavelen > low_wavelen, inv / np.float32(factor), inv)
+        smooth = (np.float32(old_ctx) / wavelen - np.float32(low)) / np.float32(high - low)
+        smoothed = (np.float32(1.0) - smooth) * scaled / np.float32(factor) + smooth * scaled
+        medium = ~(wavelen < high_wavelen) & ~(wavelen > low_wavelen)
+        return np.where(medium, smoothed, scaled).astype(np.float32)
+    raise ConfigError(f"unsupported rope scaling type {kind!r}; modelkit supports default, linear and llama3")
+
+
+class RotaryTable:
+    """cos/sin for every position up to a capacity that doubles on demand; shared across layers."""
+
+    def __init__(self, inv_freq: np.ndarray):
+        self.inv_freq = inv_freq
+        self.cos = np.empty((0, 2 * inv_freq.size), np.float32)
+        self.sin = self.cos
+        self._lock = threading.Lock()
+
+    def get(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        """cos, sin as [stop - start, dim] for positions start..stop-1."""
+        if stop > self.cos.shape[0]:
+            with self._lock:
+                if stop > self.cos.shape[0]:
+                    n = max(stop, 2 * self.cos.shape[0], 256)
+                    freqs = np.arange(n, dtype=np.float32)[:, None] * self.inv_freq[None, :]
+                    emb = np.concatenate([freqs, freqs], axis=-1)
+                    self.cos, self.sin = np.cos(emb), np.sin(emb)
+        return self.cos[start:stop], self.sin[start:stop]
+
+
+def rotary_table(dim: int, theta: float, scaling: dict[str, Any] | None) -> RotaryTable:
+    """The shared table for these settings (every layer of a model uses the same one)."""
+    key = (dim, float(theta), repr(sorted((scaling or {}).items())))
+    with _tables_lock:
+        if key not in _tables:
+            _tables[key] = RotaryTable(inverse_frequencies(dim, theta, scaling))
+        return _tables[key]
+
+
+def apply_rotary(x: np.ndarray, cos: np.ndarray, sin: np.ndarray, rot_dim: int) -> np.ndarray:
+    """Rotate ``x [T, heads, head_dim]`` in place by halves (rotate_half style) on its first
+    ``rot_dim`` channels; ``cos``/``sin`` are [T, rot_dim]."""
+    half = rot_dim // 2
+    x1 = x[..., :half].copy()
+    x2 = x[..., half:rot_dim]
+    c = cos[:, None, :half]
+    s = sin[:, None, :half]
+    # cos/sin repeat over both halves, so use one half of the table for each
+    x[..., :half] = x1 * c - x2 * s
+    x[..., half:rot_dim] = x2 * c + x1 * s
+    return x

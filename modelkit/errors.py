@@ -1,0 +1,47 @@
+"""The error types modelkit raises for problems a user can fix.
+
+Every error here is a user error: the CLI prints its message as one line and exits non-zero.
+Anything else escaping modelkit is a bug in modelkit.
+"""
+
+from __future__ import annotations
+
+
+class ModelkitError(Exception):
+    """Base class: a problem with the user's input (files, flags, mappings), never a modelkit bug."""
+
+
+class ConfigError(ModelkitError):
+    """config.json is missing, unreadable, or holds values the architecture cannot use."""
+
+
+class MappingError(ModelkitError):
+    """A YAML mapping file is malformed; the message names the file and the key."""
+
+
+class CheckpointError(ModelkitError):
+    """Weight files are missing, corrupt, unsafe, or do not fit the mapping."""
+
+
+class WeightMismatchError(CheckpointError):
+    """Tensors are missing, unexpected or mis-shaped; carries the full report for `modelkit validate`."""
+
+    def __init__(self, report: "object", summary: str):
+        super().__init__(summary)
+        self.report = report
+
+
+class UnknownArchitectureError(ModelkitError):
+    """No registered architecture matches the checkpoint or the name given."""
+
+
+class PluginError(ModelkitError):
+    """A plugin registered something invalid (duplicate name, unknown block kind, ...)."""
+
+
+class TokenizerError(ModelkitError):
+    """The tokenizer or chat template is missing or invalid."""
+
+
+class GenerationError(ModelkitError):
+    """Generation options are out of range or the prompt cannot be generated from."""

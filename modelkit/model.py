@@ -1,0 +1,211 @@
+"""The runnable model: embedding, a stack of layers built from blocks, final norm and head."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+from .blocks.base import Block, ForwardContext
+from .config import Config
+from .errors import GenerationError
+from .mapping import LayerSpec, Mapping
+
+# prompts longer than this run through the stack in pieces, bounding activation memory
+PREFILL_CHUNK = 512
+
+
+class Layer:
+    """One layer: named blocks wired into residual branches.
+
+    ``sequential``: each branch in turn adds ``residual_multiplier * branch(x)`` to x (pre-norm).
+    ``parallel``: every branch reads the same x and their sum is added once (Falcon); branches
+    that start with the same blocks compute them once.
+    """
+
+    def __init__(self, spec: LayerSpec, blocks: dict[str, Block], residual_multiplier: float, variant: str):
+        self.layout = spec.layout
+        self.flow = [list(branch) for branch in spec.flow]
+        self.blocks = blocks
+        self.variant = variant
+        self.residual = np.float32(residual_multiplier)
+        self.stateful = [name for name, b in blocks.items() if type(b).new_state is not Block.new_state]
+
+    def new_state(self) -> dict[str, Any]:
+        """Cache state for each stateful block of this layer."""
+        return {name: self.blocks[name].new_state() for name in self.stateful}
+
+    def forward(self, x: np.ndarray, states: dict[str, Any], ctx: ForwardContext) -> np.ndarray:
+        if self.layout == "sequential":
+            for branch in self.flow:
+                y = x
+                for name in branch:
+                    y = self.blocks[name].forward(y, states.get(name), ctx)
+                if self.residual != 1.0:
+                    y *= self.residual
+                x += y
+            return x
+        memo: dict[tuple[str, ...], np.ndarray] = {}
+        total = None
+        for branch in self.flow:
+            y = x
+            for j, name in enumerate(branch):
+                key = tuple(branch[: j + 1])
+                if key not in memo:
+                    memo[key] = self.blocks[name].forward(y, states.get(name), ctx)
+                y = memo[key]
+            total = y.copy() if total is None else total + y
+        if self.residual != 1.0:
+            total *= self.residual
+        x += total
+        return x
+
+
+@dataclass
+class Cache:
+    """Everything a model remembers about one sequence: per layer, each stateful block's state
+    (KV for attention, conv and SSM state for Mamba), and the number of tokens seen."""
+
+    layers: list[dict[str, Any]]
+    length: int = 0
+    tokens: list[int] = field(default_factory=list)
+
+    def nbytes(self) -> int:
+        """Bytes held by the cache arrays."""
+        total = 0
+        for states in self.layers:
+            for s in states.values():
+                if hasattr(s, "nbytes"):
+                    total += s.nbytes() if callable(s.nbytes) else int(s.nbytes)
+        return total
+
+
+class Model:
+    """A loaded model. Build it with :func:`modelkit.load`.
+
+    ``forward(ids, cache=None, last_only=False)`` maps token ids [T] to float32 logits
+    [T, vocab] (or [1, vocab] with ``last_only``); with a cache it continues the cached sequence
+    and extends it. ``generate`` and ``stream`` produce tokens.
+    """
+
+    def __init__(self, *, name: str, config: Config, mapping: Mapping, layers: list[Layer],
+                 embed: np.ndarray, pos_embed: np.ndarray | None, final_norm: Block | None,
+                 head: np.ndarray, head_bias: np.ndarray | None, embedding_multiplier: float,
+                 logits_divisor: float, tokenizer: Any = None, generation_config: dict | None = None,
+                 source: str = "", tied: bool = False):
+        self.name = name
+        self.config = config
+        self.mapping = mapping
+        self.layers = layers
+        self.embed = embed
+        self.pos_embed = pos_embed
+        self.final_norm = final_norm
+        self.head = head
+        self.head_bias = head_bias
+        self.embedding_multiplier = np.float32(embedding_multiplier)
+        self.logits_divisor = np.float32(logits_divisor)
+        self.tokenizer = tokenizer
+        self.generation_config = generation_config or {}
+        self.source = source
+        self.tied = tied
+        self.vocab_size = int(embed.shape[0])
+
+    # ---- caches -------------------------------------------------------------------------
+    def make_cache(self) -> Cache:
+        """A fresh, empty cache for one sequence (one state per stateful block)."""
+        return Cache([layer.new_state() for layer in self.layers])
+
+    # ---- forward ------------------------------------------------------------------------
+    def forward(self, ids: Sequence[int] | np.ndarray, cache: Cache | None = None,
+                last_only: bool = False) -> np.ndarray:
+        """Logits for ``ids`` [T]: float32 [T, vocab], or [1, vocab] with ``last_only``.
+
+        With ``cache``, the ids continue the cached sequence and the cache is extended; without,
+        a temporary cache is used. Long inputs run in pieces of ``PREFILL_CHUNK`` tokens.
+        """
+        ids = self._check_ids(ids)
+        if cache is None:
+            cache = self.make_cache()
+        if ids.size == 0:
+            return np.empty((0, self.vocab_size), np.float32)
+        pieces = []
+        for start in range(0, ids.size, PREFILL_CHUNK):
+            piece = ids[start:start + PREFILL_CHUNK]
+            is_last = start + PREFILL_CHUNK >= ids.size
+            h = self._run_layers(piece, cache)
+            if last_only and not is_last:
+                continue
+            pieces.append(self._head(h[-1:] if last_only else h))
+        return pieces[0] if len(pieces) == 1 else np.concatenate(pieces, axis=0)
+
+    def hidden_states(self, ids: Sequence[int] | np.ndarray, cache: Cache | None = None) -> np.ndarray:
+        """The final-normed hidden states [T, hidden] (before the head)."""
+        ids = self._check_ids(ids)
+        cache = cache if cache is not None else self.make_cache()
+        outs = [self._run_layers(ids[s:s + PREFILL_CHUNK], cache) for s in range(0, ids.size, PREFILL_CHUNK)]
+        h = np.concatenate(outs, axis=0)
+        return self.final_norm.forward(h, None, ForwardContext(0, h.shape[0])) if self.final_norm else h
+
+    def _check_ids(self, ids: Sequence[int] | np.ndarray) -> np.ndarray:
+        arr = np.asarray(ids)
+        if arr.ndim != 1 or (arr.size and not np.issubdtype(arr.dtype, np.integer)):
+            raise GenerationError(f"ids must be a 1-D sequence of integers, got shape {arr.shape} {arr.dtype}")
+        arr = arr.astype(np.int64, copy=False)
+        if arr.size and (arr.min() < 0 or arr.max() >= self.vocab_size):
+            bad = int(arr[(arr < 0) | (arr >= self.vocab_size)][0])
+            raise GenerationError(f"token id {bad} is outside the vocabulary (0..{self.vocab_size - 1})")
+        return arr
+
+    def _run_layers(self, ids: np.ndarray, cache: Cache) -> np.ndarray:
+        t = ids.size
+        pos = cache.length
+        h = self.embed[ids]  # [T] -> [T, D] (a copy we own)
+        if self.embedding_multiplier != 1.0:
+            h *= self.embedding_multiplier
+        if self.pos_embed is not None:
+            if pos + t > self.pos_embed.shape[0]:
+                raise GenerationError(f"sequence of {pos + t} tokens is longer than the model's "
+                                      f"{self.pos_embed.shape[0]} learned positions")
+            h += self.pos_embed[pos:pos + t]
+        ctx = ForwardContext(pos, t)
+        for layer, states in zip(self.layers, cache.layers):
+            h = layer.forward(h, states, ctx)
+        cache.length += t
+        cache.tokens.extend(int(i) for i in ids)
+        return h
+
+    def _head(self, h: np.ndarray) -> np.ndarray:
+        if self.final_norm is not None:
+            h = self.final_norm.forward(h, None, ForwardContext(0, h.shape[0]))
+        logits = h @ self.head.T  # [T, D] -> [T, vocab]
+        if self.head_bias is not None:
+            logits += self.head_bias
+        if self.logits_divisor != 1.0:
+            logits /= self.logits_divisor
+        return logits
+
+    # ---- generation ---------------------------------------------------------------------
+    def generate(self, prompt_ids: Sequence[int], max_new_tokens: int = 16, temperature: float = 0.0,
+                 **options: Any) -> list[int]:
+        """New token ids after ``prompt_ids`` (greedy at temperature 0); when an EOS or stop
+        token stops generation it is the last element. See :mod:`modelkit.generate`."""
+        from .generate import generate
+
+        return generate(self, prompt_ids, max_new_tokens=max_new_tokens, temperature=temperature, **options)
+
+    def stream(self, prompt_ids: Sequence[int], **options: Any) -> Iterator[Any]:
+        """Yield text pieces (with their token ids) as they are generated; options as generate."""
+        from .generate import stream
+
+        return stream(self, prompt_ids, **options)
+
+    def parameter_count(self) -> int:
+        """Number of parameters as stored in the checkpoint (the tied head counted once)."""
+        from .loader import count_parameters
+
+        return count_parameters(self)
+
+    def __repr__(self) -> str:
+        return (f"<modelkit.Model {self.name}: {len(self.layers)} layers, "
+                f"hidden {self.embed.shape[1]}, vocab {self.vocab_size}>")

@@ -1,0 +1,1 @@
+"""Weight sources: readers for checkpoint formats, registered through the weight-source hook."""
