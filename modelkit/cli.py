@@ -1,0 +1,124 @@
+"""The `modelkit` command: a thin layer that parses arguments and calls the library.
+
+User errors (:class:`modelkit.errors.ModelkitError`) print one line on stderr and exit 1 (2 for
+bad arguments); nothing from a model folder is ever executed. Heavy modules (numpy, the
+loader, plugins) are imported inside the commands so ``modelkit --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable, Sequence
+
+from .errors import ModelkitError
+
+EXIT_USER_ERROR = 1
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", "-m", required=True,
+                   help="model folder (config.json + *.safetensors), GGUF file, or hub repo id org/name")
+    p.add_argument("--arch", help="architecture name (default: detected from config.json)")
+    p.add_argument("--mapping", help="YAML mapping file to use instead of the registered ones")
+
+
+def cmd_archs(args: argparse.Namespace) -> int:
+    """List every architecture and the plugin and mapping file that provide it."""
+    from .loader import describe_architectures
+
+    rows = describe_architectures()
+    width = max((len(r["name"]) for r in rows), default=4)
+    for r in rows:
+        print(f"{r['name']:<{width}}  {r['origin']:<18}  model_type: {r['model_type'] or '-':<28}"
+              f"  source: {r['source']:<12}  {r['file']}")
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    """Check a checkpoint against its mapping; print the full report."""
+    from .hub import resolve_model_path
+    from .loader import inspect
+
+    source, choice, plan = inspect(resolve_model_path(args.model), args.arch, args.mapping)
+    source.close()
+    report = plan.report
+    n = len(plan.tensors)
+    print(f"architecture {choice.mapping.name} ({choice.origin}: {choice.file})")
+    print(f"{len(plan.variants)} layers, {n} tensors planned")
+    if report.ok:
+        print("ok: every tensor is mapped, present and of the expected shape")
+        return 0
+    for line in report.lines():
+        print(line)
+    print(f"{len(report.missing)} missing, {len(report.unexpected)} unexpected, "
+          f"{len(report.misshaped)} mis-shaped", file=sys.stderr)
+    return 1
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Generate text from a prompt and stream it to stdout."""
+    from .run import run
+
+    return run(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="modelkit",
+        description="Load language-model checkpoints of many architectures and run them in NumPy.")
+    parser.add_argument("--version", action="version", version=_version())
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("archs", help="list architectures and the mapping files that provide them")
+    p.set_defaults(func=cmd_archs)
+
+    p = sub.add_parser("validate", help="check that a checkpoint fits its mapping (full report)")
+    _add_model_args(p)
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("run", help="generate text from a prompt")
+    _add_model_args(p)
+    from .run import add_generation_args
+
+    add_generation_args(p)
+    p.set_defaults(func=cmd_run)
+    return parser
+
+
+def _version() -> str:
+    from . import __version__
+
+    return f"modelkit {__version__}"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``modelkit`` command; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func: Callable[[argparse.Namespace], int] | None = getattr(args, "func", None)
+    if func is None:
+        parser.print_help()
+        return 0
+    try:
+        return func(args)
+    except ModelkitError as exc:
+        _error(str(exc))
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        _error("interrupted")
+        return 130
+    except MemoryError:
+        _error("out of memory: the model does not fit in this machine's RAM")
+        return EXIT_USER_ERROR
+    except BrokenPipeError:
+        return 0
+
+
+def _error(message: str) -> None:
+    lines = message.strip().splitlines() or ["error"]
+    # one line, except a tensor report, which may use up to five
+    limit = 5 if len(lines) > 1 and "modelkit validate" in message else 1
+    shown = lines[:limit]
+    print("modelkit: error: " + "\n  ".join(s.strip() for s in shown), file=sys.stderr)
+
