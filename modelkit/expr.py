@@ -35,10 +35,25 @@ class ExprError(ValueError):
     """The expression is malformed, uses a forbidden construct, or names an unknown value."""
 
 
+# results a mapping could blow up to exhaust memory or time (config values never come close)
+_MAX_INT_BITS = 4096
+_MAX_REPEAT = 10_000
+
+
 def _limit_pow(a: Any, b: Any) -> Any:
     if isinstance(b, (int, float)) and abs(b) > 64:
         raise ExprError("exponent too large")
+    if isinstance(a, int) and isinstance(b, int) and a.bit_length() * abs(b) > _MAX_INT_BITS:
+        raise ExprError("result too large")
     return operator.pow(a, b)
+
+
+def _limit_mul(a: Any, b: Any) -> Any:
+    # 'x' * n and [..] * n build n copies
+    for seq, n in ((a, b), (b, a)):
+        if isinstance(seq, (str, list, tuple)) and isinstance(n, int) and len(seq) * n > _MAX_REPEAT:
+            raise ExprError("result too large")
+    return operator.mul(a, b)
 
 
 class _Evaluator:
@@ -83,7 +98,7 @@ class _Evaluator:
         op = type(node.op)
         if op not in _BINOPS:
             raise ExprError(f"operator '{op.__name__}' is not allowed")
-        fn = _limit_pow if op is ast.Pow else _BINOPS[op]
+        fn = _limit_pow if op is ast.Pow else _limit_mul if op is ast.Mult else _BINOPS[op]
         try:
             return fn(self.eval(node.left), self.eval(node.right))
         except (TypeError, ZeroDivisionError, OverflowError) as exc:

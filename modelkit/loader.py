@@ -97,8 +97,9 @@ def choose_mapping(raw: dict[str, Any], source_kind: str, arch: str | None = Non
         return MappingChoice(m, "--mapping", str(mapping_file))
     choices = available_mappings()
     if arch is not None:
-        named = [c for c in choices if c.mapping.name == arch]
-        # a name can have a mapping per source kind (llama for safetensors and for GGUF)
+        # a name can have a mapping per source kind: `--arch llama` also means `llama-gguf`
+        # (registered names are unique) for a GGUF file
+        named = [c for c in choices if c.mapping.name in (arch, f"{arch}-{source_kind}")]
         fitting = [c for c in named if _source_fits(c.mapping, source_kind)]
         if fitting:
             return fitting[0]
@@ -200,6 +201,14 @@ def _transform_shape(shape: tuple, transforms: list[tuple[str, dict[str, Any]]],
     return shape
 
 
+def _block_params(cls: type, opts: dict[str, Any], where: str) -> dict[str, ParamSpec]:
+    # a block kind rejects impossible options (heads, eps, rope) with a ConfigError: name config.json
+    try:
+        return cls.params(opts)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
 @dataclass
 class Plan:
     """Everything needed to load: the resolved config, per-layer blocks, tensors and report."""
@@ -240,7 +249,7 @@ def make_plan(mapping: Mapping, raw: dict[str, Any], infos: dict[str, TensorInfo
         spec = model["final_norm"]
         cls = kinds[spec.kind]
         final_opts = resolve_block_options(spec, cls, cfg, f"{mapping.path}: model.final_norm")
-        for pname, ps in cls.params(final_opts).items():
+        for pname, ps in _block_params(cls, final_opts, where).items():
             needed[f"final_norm.{pname}"] = (ps, f"final_norm.{pname}")
     if not tied:
         needed["head.weight"] = (ParamSpec((vocab, d)), "head.weight")
@@ -256,7 +265,7 @@ def make_plan(mapping: Mapping, raw: dict[str, Any], infos: dict[str, TensorInfo
             key = f"{mapping.path}: layers" + (f".variants.{variant}" if mapping.variant else "") + f".blocks.{bname}"
             opts = resolve_block_options(bspec, cls, layer_cfg, key)
             per_block[bname] = opts
-            for pname, ps in cls.params(opts).items():
+            for pname, ps in _block_params(cls, opts, where).items():
                 needed[f"layers.{i}.{bname}.{pname}"] = (ps, f"layers.{{i}}.{bname}.{pname}")
         block_options.append(per_block)
 
@@ -378,9 +387,9 @@ def build_model(source: WeightSource, choice: MappingChoice, plan: Plan, *,
     divisor = resolve_value(mapping.model["logits_divisor"], cfg, f"{mapping.path}: model.logits_divisor")
     for label, value in (("embedding_multiplier", emb_mult), ("logits_divisor", divisor)):
         if not isinstance(value, (int, float)) or isinstance(value, bool) or value != value:
-            raise ConfigError(f"{label} must be a number, got {value!r}")
+            raise ConfigError(f"{_config_where(source)}: {label} must be a number, got {value!r}")
     if divisor == 0:
-        raise ConfigError("logits_divisor must not be zero")
+        raise ConfigError(f"{_config_where(source)}: logits_divisor must not be zero")
     model = Model(name=mapping.name, config=cfg, mapping=mapping, layers=layers, embed=embed,
                   pos_embed=pos_embed, final_norm=final_norm, head=head, head_bias=head_bias,
                   embedding_multiplier=float(emb_mult), logits_divisor=float(divisor),

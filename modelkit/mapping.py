@@ -24,6 +24,8 @@ TYPES = {"int", "float", "bool", "str", "list", "dict", "any", "float_pair"}
 LAYOUTS = {"sequential", "parallel"}
 PLACEHOLDER = "{i}"
 _BRACES = re.compile(r"\{[^}]*\}|\{|\}")
+# libyaml's safe loader when present: the same safe subset, ~10x faster (every load parses every mapping)
+_SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 _TOP_KEYS = {"modelkit_mapping", "name", "description", "match", "config", "checks", "model",
              "layers", "weights", "ignore"}
@@ -555,7 +557,7 @@ def read_mapping(source: Any, known_kinds: dict[str, type] | None = None,
     except (OSError, UnicodeDecodeError) as exc:
         raise MappingError(f"{where}: cannot read the mapping file ({exc})") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_SAFE_LOADER)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" at line {mark.line + 1}" if mark is not None else ""

@@ -43,7 +43,10 @@ class Layer:
                 for name in branch:
                     y = self.blocks[name].forward(y, states.get(name), ctx)
                 if self.residual != 1.0:
-                    y *= self.residual
+                    if np.may_share_memory(y, x):  # a block handed back (a view of) its input
+                        y = y * self.residual
+                    else:
+                        y *= self.residual
                 x += y
             return x
         memo: dict[tuple[str, ...], np.ndarray] = {}
@@ -186,10 +189,11 @@ class Model:
         return logits
 
     # ---- generation ---------------------------------------------------------------------
-    def generate(self, prompt_ids: Sequence[int], max_new_tokens: int = 16, temperature: float = 0.0,
+    def generate(self, prompt_ids: Sequence[int], max_new_tokens: int = 16, temperature: float | None = None,
                  **options: Any) -> list[int]:
-        """New token ids after ``prompt_ids`` (greedy at temperature 0); when an EOS or stop
-        token stops generation it is the last element. See :mod:`modelkit.generate`."""
+        """New token ids after ``prompt_ids`` (greedy at temperature 0; None takes the default of
+        generation_config.json); when an EOS or stop token stops generation it is the last
+        element. See :mod:`modelkit.generate`."""
         from .generate import generate
 
         return generate(self, prompt_ids, max_new_tokens=max_new_tokens, temperature=temperature, **options)

@@ -54,14 +54,17 @@ class Registry:
 def _load_entry_points() -> None:
     global _loaded_entry_points
     if not _loaded_entry_points:
-        pm.load_setuptools_entrypoints("modelkit")
-        if pm.get_plugin("core") is None:
-            # running from a source tree that was never installed: the core still loads
-            from . import builtin
+        try:
+            pm.load_setuptools_entrypoints("modelkit")
+            if pm.get_plugin("core") is None:
+                # running from a source tree that was never installed: the core still loads
+                from . import builtin
 
-            pm.register(builtin, name="core")
+                pm.register(builtin, name="core")
+            pm.check_pending()  # a misspelled hook name in an installed plugin
+        except pluggy.PluginValidationError as exc:
+            raise PluginError(f"invalid modelkit plugin: {exc}") from None
         _loaded_entry_points = True
-        pm.check_pending()
 
 
 def _call_each(hook_name: str, make_register: Callable[[str], Callable[..., None]]) -> None:
@@ -134,10 +137,26 @@ def reset() -> None:
 
 
 def register_plugin(plugin: object, name: str | None = None) -> str:
-    """Register a plugin object at run time (tests, notebooks) and rebuild the registry."""
+    """Register a plugin object at run time (tests, notebooks) and rebuild the registry.
+
+    A name already in use, or a hook implementation that is not a modelkit hook (a misspelled
+    name, wrong arguments), raises :class:`PluginError` and leaves nothing registered.
+    """
     _load_entry_points()
-    registered = pm.register(plugin, name=name)
-    pm.check_pending()
+    try:
+        registered = pm.register(plugin, name=name)
+    except ValueError as exc:  # pluggy: this plugin or its name is registered already
+        raise PluginError(f"cannot register plugin {name or plugin!r}: "
+                          f"{str(exc).splitlines()[0]}") from None
+    except pluggy.PluginValidationError as exc:
+        if pm.is_registered(plugin):
+            pm.unregister(plugin)
+        raise PluginError(f"invalid modelkit plugin: {exc}") from None
+    try:
+        pm.check_pending()
+    except pluggy.PluginValidationError as exc:
+        pm.unregister(plugin)
+        raise PluginError(f"invalid modelkit plugin: {exc}") from None
     reset()
     return registered
 

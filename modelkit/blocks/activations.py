@@ -43,8 +43,14 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
 
 
 def silu(x: np.ndarray) -> np.ndarray:
-    """SiLU / swish: x * sigmoid(x)."""
-    return x * sigmoid(x)
+    """SiLU / swish: x * sigmoid(x) = x / (1 + exp(-x)), in four passes over one new array.
+    For x < -88, exp(-x) overflows to inf and x / inf is -0: exactly the limit, so the
+    overflow is expected and not reported."""
+    t = np.negative(x)
+    with np.errstate(over="ignore"):
+        np.exp(t, out=t)
+    t += np.float32(1.0)
+    return np.divide(x, t, out=t)
 
 
 def relu(x: np.ndarray) -> np.ndarray:

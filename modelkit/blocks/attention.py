@@ -13,7 +13,7 @@ import numpy as np
 
 from ..errors import ConfigError
 from .base import REQUIRED, Block, ForwardContext, ParamSpec
-from .rope import apply_rotary, rotary_table
+from .rope import apply_rotary, inverse_frequencies, rotary_table
 
 # queries per block when attending over long prompts: bounds the score matrix to
 # [kv_heads, group * QUERY_BLOCK, keys] instead of [heads, T, T]
@@ -111,6 +111,8 @@ class Attention(Block):
             raise ConfigError(f"attention: {h} heads do not divide into {kv} key/value heads")
         if opts["positions"] not in ("rope", "alibi", "none"):
             raise ConfigError(f"attention: positions must be rope, alibi or none, got {opts['positions']!r}")
+        if opts["positions"] == "rope":  # bad rope settings fail at planning, before any tensor is read
+            inverse_frequencies(opts["rope_dim"] or hd, opts["rope_theta"], opts["rope_scaling"])
         return {
             "q.weight": ParamSpec((h * hd, d)), "k.weight": ParamSpec((kv * hd, d)),
             "v.weight": ParamSpec((kv * hd, d)), "o.weight": ParamSpec((d, h * hd)),
@@ -153,13 +155,13 @@ class Attention(Block):
         if self.b_qkv is not None:
             qkv += self.b_qkv
         nq, nk = self.h * self.hd, self.kv * self.hd
+        if self.rope is not None:
+            # q and k heads side by side, rotated in place inside qkv in one pass
+            cos, sin = self.rope.get(ctx.pos, ctx.pos + t)
+            apply_rotary(qkv[:, :nq + nk].reshape(t, self.h + self.kv, self.hd), cos, sin, self.rot_dim)
         q = qkv[:, :nq].reshape(t, self.h, self.hd)
         k = qkv[:, nq:nq + nk].reshape(t, self.kv, self.hd)
         v = qkv[:, nq + nk:].reshape(t, self.kv, self.hd)
-        if self.rope is not None:
-            cos, sin = self.rope.get(ctx.pos, ctx.pos + t)
-            q = apply_rotary(np.ascontiguousarray(q), cos, sin, self.rot_dim)
-            k = apply_rotary(np.ascontiguousarray(k), cos, sin, self.rot_dim)
         if state is None:
             state = KVCache(self.kv, self.hd)
         start = state.length
@@ -183,6 +185,11 @@ class Attention(Block):
     def attend(self, q: np.ndarray, cache: KVCache, start: int) -> np.ndarray:
         """Attention of queries q [T, H, hd] at positions start.. over the cached keys."""
         t = q.shape[0]
+        if self.slopes is None:
+            # without ALiBi the score scale can go on the queries: T*H*hd products instead of H*T*S
+            q = q * self.scale
+        if t == 1 and self.window is None and self.slopes is None:
+            return self._attend_one(q, cache)
         out = np.empty((t, self.h * self.hd), np.float32)
         # [T, H, hd] -> [KV, group, T, hd]: query head h reads kv head h // group
         qh = q.reshape(t, self.kv, self.group, self.hd).transpose(1, 2, 0, 3)
@@ -195,25 +202,44 @@ class Attention(Block):
             tb = b1 - b0
             qb = np.ascontiguousarray(qh[:, :, b0:b1]).reshape(self.kv, self.group * tb, self.hd)
             scores = (qb @ keys.transpose(0, 2, 1)).reshape(self.kv, self.group, tb, n_keys - k0)
-            kpos = np.arange(k0, n_keys)
             if self.slopes is not None:
-                alibi = self.alibi(kpos)  # [KV, group, 1, S]
+                alibi = self.alibi(np.arange(k0, n_keys))  # [KV, group, 1, S]
                 if self.opts["alibi_scaled"]:
                     scores += alibi
                     scores *= self.scale
                 else:
                     scores *= self.scale
                     scores += alibi
-            else:
-                scores *= self.scale
-            if tb > 1 or self.window is not None:
+            if self.window is not None:
+                kpos = np.arange(k0, n_keys)
                 qpos = np.arange(start + b0, start + b1)[:, None]
-                hidden = kpos[None, :] > qpos
-                if self.window is not None:
-                    hidden |= kpos[None, :] <= qpos - self.window
+                hidden = (kpos[None, :] > qpos) | (kpos[None, :] <= qpos - self.window)
                 scores[:, :, hidden] = -np.inf
+            elif tb > 1:
+                # only the last tb keys (this block's own positions) can lie in a query's future
+                scores[..., n_keys - k0 - tb:] += _causal_bias(tb)
             softmax_inplace(scores)
             ctx = scores.reshape(self.kv, self.group * tb, -1) @ vals  # [KV, group*Tb, hd]
             # [KV, group, Tb, hd] -> [Tb, H * hd]
             out[b0:b1] = ctx.reshape(self.kv, self.group, tb, self.hd).transpose(2, 0, 1, 3).reshape(tb, -1)
         return out
+
+    def _attend_one(self, q: np.ndarray, cache: KVCache) -> np.ndarray:
+        """One (already scaled) query [1, H, hd] over every cached key: the decoding step."""
+        n = cache.length
+        qh = q.reshape(self.kv, self.group, self.hd)  # head h reads kv head h // group
+        scores = qh @ cache.k[:, :n].transpose(0, 2, 1)  # [KV, group, S]
+        softmax_inplace(scores)
+        return (scores @ cache.v[:, :n]).reshape(1, self.h * self.hd)  # [KV, group, hd] -> [1, H * hd]
+
+
+# 0 on and below the diagonal, -inf above; its top-left [n, n] corner serves any n <= QUERY_BLOCK
+_CAUSAL_BIAS = np.triu(np.full((QUERY_BLOCK, QUERY_BLOCK), -np.inf, np.float32), 1)
+
+
+def _causal_bias(n: int) -> np.ndarray:
+    """[n, n] float32 additive mask hiding each query's future keys."""
+    global _CAUSAL_BIAS
+    if n > _CAUSAL_BIAS.shape[0]:  # QUERY_BLOCK raised at run time
+        _CAUSAL_BIAS = np.triu(np.full((n, n), -np.inf, np.float32), 1)
+    return _CAUSAL_BIAS[:n, :n]

@@ -17,6 +17,22 @@ def _activation(name: Any) -> Any:
     return ACTIVATIONS[name]
 
 
+def _adjacent_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray | None:
+    """``concatenate([a, b])`` without a copy when b's rows follow a's in one buffer (a
+    checkpoint that stores gate and up fused, split at load), else None."""
+    if (a.ndim != 2 or b.shape[1:] != a.shape[1:] or a.dtype != b.dtype or a.base is None
+            or b.base is not a.base or not (a.flags.c_contiguous and b.flags.c_contiguous)):
+        return None
+    start = a.__array_interface__["data"][0]
+    if b.__array_interface__["data"][0] != start + a.nbytes:
+        return None
+    base = np.asarray(a.base)
+    if base.nbytes != a.nbytes + b.nbytes:  # the view must not keep a larger buffer alive
+        return None
+    offset = start - base.__array_interface__["data"][0]
+    return np.ndarray((a.shape[0] + b.shape[0], a.shape[1]), a.dtype, buffer=base, offset=offset)
+
+
 class MLP(Block):
     """down(act(up(x))) with optional biases (GPT-2, Falcon)."""
 
@@ -59,7 +75,9 @@ class GatedMLP(Block):
         self.act = _activation(self.opts["activation"])
         self.i = self.opts["intermediate_size"]
         p = self.p
-        self.w_gate_up = np.ascontiguousarray(np.concatenate([p["gate.weight"], p["up.weight"]], 0))
+        self.w_gate_up = _adjacent_rows(p["gate.weight"], p["up.weight"])
+        if self.w_gate_up is None:
+            self.w_gate_up = np.concatenate([p["gate.weight"], p["up.weight"]], 0)
         gb, ub = p.get("gate.bias"), p.get("up.bias")
         self.b_gate_up = None
         if gb is not None or ub is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 import threading
 from typing import Any
 
@@ -19,6 +20,8 @@ def inverse_frequencies(dim: int, theta: float, scaling: dict[str, Any] | None) 
 
     Computed in float32 like the reference, so long positions round the same way.
     """
+    if isinstance(theta, bool) or not isinstance(theta, numbers.Real) or not theta > 0:
+        raise ConfigError(f"rope_theta must be a positive number, got {theta!r}")
     inv = (np.float32(1.0) / (np.float32(theta) ** (np.arange(0, dim, 2, dtype=np.int64).astype(np.float32)
                                                    / np.float32(dim)))).astype(np.float32)
     kind = None
@@ -27,12 +30,15 @@ def inverse_frequencies(dim: int, theta: float, scaling: dict[str, Any] | None) 
     if kind in (None, "default"):
         return inv
     if kind == "linear":
-        return (inv / np.float32(scaling["factor"])).astype(np.float32)
+        return (inv / np.float32(_positive(scaling, kind, "factor"))).astype(np.float32)
     if kind == "llama3":
-        factor = float(scaling["factor"])
-        low = float(scaling.get("low_freq_factor", 1.0))
-        high = float(scaling.get("high_freq_factor", 4.0))
-        old_ctx = float(scaling["original_max_position_embeddings"])
+        factor = _positive(scaling, kind, "factor")
+        low = _positive(scaling, kind, "low_freq_factor", 1.0)
+        high = _positive(scaling, kind, "high_freq_factor", 4.0)
+        old_ctx = _positive(scaling, kind, "original_max_position_embeddings")
+        if not high > low:
+            raise ConfigError(f"rope scaling llama3: high_freq_factor ({high:g}) must exceed "
+                              f"low_freq_factor ({low:g})")
         low_wavelen = old_ctx / low
         high_wavelen = old_ctx / high
         wavelen = np.float32(2 * math.pi) / inv
@@ -42,6 +48,14 @@ def inverse_frequencies(dim: int, theta: float, scaling: dict[str, Any] | None) 
         medium = ~(wavelen < high_wavelen) & ~(wavelen > low_wavelen)
         return np.where(medium, smoothed, scaled).astype(np.float32)
     raise ConfigError(f"unsupported rope scaling type {kind!r}; modelkit supports default, linear and llama3")
+
+
+def _positive(scaling: dict[str, Any], kind: str, key: str, default: float | None = None) -> float:
+    # a missing or non-numeric value is a config problem, not a KeyError
+    value = scaling.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value > 0:
+        raise ConfigError(f"rope scaling {kind}: '{key}' must be a positive number, got {value!r}")
+    return float(value)
 
 
 class RotaryTable:

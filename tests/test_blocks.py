@@ -1,0 +1,243 @@
+"""Unit tests of the NumPy blocks: activations, norms, rotary tables, ALiBi, the KV cache and
+attention against direct formulas."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+import modelkit.blocks.attention as attention
+from modelkit.blocks.activations import erf, gelu, gelu_tanh, sigmoid, silu, softplus
+from modelkit.blocks.attention import KV_BLOCK, Attention, KVCache, alibi_slopes, softmax_inplace
+from modelkit.blocks.base import ForwardContext
+from modelkit.blocks.norms import layer_norm, rms_norm
+from modelkit.blocks.rope import apply_rotary, inverse_frequencies
+from modelkit.errors import ConfigError
+
+GRID = np.concatenate([np.linspace(-6, 6, 2401), [-30.0, -10.0, 0.0, 1e-8, 10.0, 30.0]]).astype(np.float32)
+
+
+def test_erf_matches_math_erf() -> None:
+    got = erf(GRID)
+    assert got.dtype == np.float32
+    want = np.array([math.erf(float(x)) for x in GRID])
+    assert np.max(np.abs(got - want)) < 3e-7
+    assert erf(np.float32(0.0)) == 0.0 and np.all(erf(-GRID) == -erf(GRID))
+
+
+def test_gelu_exact_and_tanh() -> None:
+    x = GRID[np.abs(GRID) < 10]
+    exact = np.array([0.5 * v * (1 + math.erf(v / math.sqrt(2))) for v in x.astype(np.float64)])
+    assert gelu(x).dtype == np.float32
+    assert np.max(np.abs(gelu(x) - exact)) < 2e-6
+    tanh = np.array([0.5 * v * (1 + math.tanh(math.sqrt(2 / math.pi) * (v + 0.044715 * v ** 3)))
+                     for v in x.astype(np.float64)])
+    assert np.max(np.abs(gelu_tanh(x) - tanh)) < 2e-6
+    assert np.max(np.abs(gelu(x) - gelu_tanh(x))) < 1e-3  # close, but different functions
+    assert np.max(np.abs(gelu(x) - gelu_tanh(x))) > 1e-5
+
+
+def test_softplus_is_stable() -> None:
+    x = np.array([-1e4, -100.0, -20.0, -1.0, 0.0, 1.0, 20.0, 100.0, 1e4, 3e38], np.float32)
+    with np.errstate(over="raise", invalid="raise", divide="raise"):
+        y = softplus(x)
+    assert y.dtype == np.float32 and np.all(np.isfinite(y)) and np.all(y >= 0)
+    for xi, yi in zip(x.astype(np.float64), y.astype(np.float64)):
+        want = xi + math.log1p(math.exp(-xi)) if xi > 0 else math.log1p(math.exp(xi))
+        assert yi == pytest.approx(want, rel=1e-6, abs=1e-45)
+    assert y[-2] == np.float32(1e4) and y[0] == 0.0 and y[4] == pytest.approx(math.log(2), rel=1e-7)
+    assert 0 < y[1] < 1e-43  # exp(-100), not rounded to zero by log(1 + tiny)
+
+
+def test_sigmoid_and_silu_are_stable() -> None:
+    x = np.array([-1e4, -50.0, 0.0, 50.0, 1e4], np.float32)
+    with np.errstate(over="raise", invalid="raise", divide="raise"):
+        s = sigmoid(x)
+        si = silu(x)
+    assert s.dtype == np.float32 and list(s[[0, 2, 4]]) == [0.0, 0.5, 1.0]
+    assert si[-1] == np.float32(1e4) and si[0] == 0.0
+
+
+def test_norms_match_formulas() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(5, 16)).astype(np.float32) * 3 + 1
+    w = rng.normal(size=16).astype(np.float32)
+    b = rng.normal(size=16).astype(np.float32)
+    x64 = x.astype(np.float64)
+    rms = x64 / np.sqrt(np.mean(x64 ** 2, -1, keepdims=True) + 1e-6) * w
+    got = rms_norm(x, w, 1e-6)
+    assert got.dtype == np.float32 and np.max(np.abs(got - rms)) < 1e-5
+    ln = (x64 - x64.mean(-1, keepdims=True)) / np.sqrt(x64.var(-1, keepdims=True) + 1e-5) * w + b
+    got = layer_norm(x, w, b, 1e-5)
+    assert got.dtype == np.float32 and np.max(np.abs(got - ln)) < 1e-5
+
+
+# ---- rotary ----------------------------------------------------------------------------------
+
+def _llama3_direct(dim: int, theta: float, factor: float, low: float, high: float, old: int) -> list[float]:
+    """transformers' _compute_llama3_parameters, one frequency at a time in float64."""
+    out = []
+    for k in range(0, dim, 2):
+        f = 1.0 / theta ** (k / dim)
+        wavelen = 2 * math.pi / f
+        if wavelen < old / high:
+            out.append(f)
+        elif wavelen > old / low:
+            out.append(f / factor)
+        else:
+            smooth = (old / wavelen - low) / (high - low)
+            out.append((1 - smooth) * f / factor + smooth * f)
+    return out
+
+
+@pytest.mark.parametrize("old", [16, 32, 8192])
+def test_rope_llama3_against_direct_formula(old: int) -> None:
+    scaling = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+               "original_max_position_embeddings": old}
+    dim, theta = 64, 5e5
+    got = inverse_frequencies(dim, theta, scaling)
+    assert got.dtype == np.float32 and got.shape == (dim // 2,)
+    np.testing.assert_allclose(got, _llama3_direct(dim, theta, 8.0, 1.0, 4.0, old), rtol=2e-6)
+
+
+def test_rope_default_linear_and_legacy_type_key() -> None:
+    base = 1.0 / 1e4 ** (np.arange(0, 16, 2) / 16)
+    np.testing.assert_allclose(inverse_frequencies(16, 1e4, None), base, rtol=1e-6)
+    np.testing.assert_allclose(inverse_frequencies(16, 1e4, {"rope_type": "default", "rope_theta": 1e4}),
+                               base, rtol=1e-6)
+    np.testing.assert_allclose(inverse_frequencies(16, 1e4, {"type": "linear", "factor": 4.0}), base / 4,
+                               rtol=1e-6)
+    with pytest.raises(ConfigError, match="yarn"):
+        inverse_frequencies(16, 1e4, {"rope_type": "yarn", "factor": 4.0})
+
+
+def test_apply_rotary_rotates_halves() -> None:
+    rng = np.random.default_rng(1)
+    t, h, d = 6, 2, 8
+    x = rng.normal(size=(t, h, d)).astype(np.float32)
+    inv = inverse_frequencies(d, 1e4, None)
+    ang = np.arange(t)[:, None] * inv[None, :].astype(np.float64)  # [T, d/2]
+    # pair (j, j + d/2) rotated by angle j, as a complex number
+    z = (x[..., : d // 2] + 1j * x[..., d // 2:]).astype(np.complex128) * np.exp(1j * ang)[:, None, :]
+    emb = np.concatenate([ang, ang], -1)
+    got = apply_rotary(x.copy(), np.cos(emb).astype(np.float32), np.sin(emb).astype(np.float32), d)
+    np.testing.assert_allclose(got[..., : d // 2], z.real, atol=1e-5)
+    np.testing.assert_allclose(got[..., d // 2:], z.imag, atol=1e-5)
+
+
+# ---- ALiBi, softmax, KV cache ----------------------------------------------------------------
+
+def test_alibi_slopes_8_and_12_heads() -> None:
+    np.testing.assert_allclose(alibi_slopes(8), [2.0 ** -k for k in range(1, 9)], rtol=1e-7)
+    twelve = [2.0 ** -k for k in range(1, 9)] + [2.0 ** -(k / 2) for k in (1, 3, 5, 7)]
+    np.testing.assert_allclose(alibi_slopes(12), twelve, rtol=1e-7)
+    np.testing.assert_allclose(alibi_slopes(16), [2.0 ** -(k / 2) for k in range(1, 17)], rtol=1e-7)
+    assert alibi_slopes(12).dtype == np.float32
+
+
+def test_softmax_is_stable_and_respects_masks() -> None:
+    s = np.array([[1000.0, 1000.0, -np.inf], [-1e4, 0.0, 1e4]], np.float32)
+    with np.errstate(over="raise", invalid="raise"):
+        p = softmax_inplace(s)
+    np.testing.assert_allclose(p, [[0.5, 0.5, 0.0], [0.0, 0.0, 1.0]], atol=1e-7)
+
+
+def test_kv_cache_grows_in_blocks() -> None:
+    cache = KVCache(kv_heads=2, head_dim=4)
+    assert cache.k.shape == (2, 0, 4) and cache.k.dtype == np.float32
+    rng = np.random.default_rng(2)
+    written = []
+
+    def add(t: int) -> None:
+        k = rng.normal(size=(t, 2, 4)).astype(np.float32)
+        written.append(k)
+        cache.append(k, -k)
+
+    add(3)
+    assert cache.length == 3 and cache.k.shape[1] == KV_BLOCK and cache.nbytes() == 2 * 2 * KV_BLOCK * 4 * 4
+    k_array, v_array = cache.k, cache.v
+    for _ in range(KV_BLOCK - 3):
+        add(1)
+    assert cache.length == KV_BLOCK
+    assert cache.k is k_array and cache.v is v_array  # filled to capacity without reallocating
+    add(1)
+    assert cache.k is not k_array and cache.k.shape[1] % KV_BLOCK == 0 and cache.k.shape[1] > KV_BLOCK
+    grown = cache.k
+    add(5)
+    assert cache.k is grown  # room left after growth
+    add(10 * KV_BLOCK)
+    assert cache.k.shape[1] >= cache.length and cache.k.shape[1] % KV_BLOCK == 0
+    everything = np.concatenate(written)  # [T, kv, hd]
+    np.testing.assert_array_equal(cache.k[:, : cache.length], everything.transpose(1, 0, 2))
+    np.testing.assert_array_equal(cache.v[:, : cache.length], -everything.transpose(1, 0, 2))
+
+
+# ---- attention against a direct implementation -----------------------------------------------
+
+def _naive_attention(x, wq, wk, wv, wo, h, kv, hd, theta, window):
+    """Per-head float64 attention with rotate-half RoPE and an optional sliding window."""
+    t = x.shape[0]
+    x = x.astype(np.float64)
+    q = (x @ wq.T).reshape(t, h, hd)
+    k = (x @ wk.T).reshape(t, kv, hd)
+    v = (x @ wv.T).reshape(t, kv, hd)
+    inv = 1.0 / theta ** (np.arange(0, hd, 2) / hd)
+    ang = np.arange(t)[:, None] * inv[None, :]
+    cos, sin = np.cos(ang)[:, None, :], np.sin(ang)[:, None, :]
+
+    def rot(a):
+        a1, a2 = a[..., : hd // 2], a[..., hd // 2:]
+        return np.concatenate([a1 * cos - a2 * sin, a2 * cos + a1 * sin], -1)
+
+    q, k = rot(q), rot(k)
+    out = np.zeros((t, h, hd))
+    for head in range(h):
+        g = head // (h // kv)
+        for i in range(t):
+            lo = 0 if window is None else max(0, i - window + 1)
+            s = k[lo:i + 1, g] @ q[i, head] / math.sqrt(hd)
+            p = np.exp(s - s.max())
+            p /= p.sum()
+            out[i, head] = p @ v[lo:i + 1, g]
+    return out.reshape(t, h * hd) @ wo.T
+
+
+@pytest.mark.parametrize("h, kv, window", [(4, 4, None), (4, 2, None), (4, 1, 3), (6, 2, 5)])
+def test_attention_block_against_naive(h: int, kv: int, window: int | None,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(h * 10 + kv)
+    d, hd, t = 16, 8, 13
+    w = {"q.weight": rng.normal(size=(h * hd, d)) * 0.3, "k.weight": rng.normal(size=(kv * hd, d)) * 0.3,
+         "v.weight": rng.normal(size=(kv * hd, d)) * 0.3, "o.weight": rng.normal(size=(d, h * hd)) * 0.3}
+    w = {k: v.astype(np.float32) for k, v in w.items()}
+    x = rng.normal(size=(t, d)).astype(np.float32)
+    expected = _naive_attention(x, w["q.weight"], w["k.weight"], w["v.weight"], w["o.weight"],
+                                h, kv, hd, 1e4, window)
+    opts = {**{k: v for k, v in Attention.OPTIONS.items()}, "num_heads": h, "num_kv_heads": kv, "head_dim": hd,
+            "hidden_size": d, "positions": "rope", "window": window}
+    assert set(Attention.params(opts)) >= set(w)
+    block = Attention(opts, {**dict(w), "o.bias": None, "q.bias": None, "k.bias": None, "v.bias": None})
+
+    full = block.forward(x, block.new_state(), ForwardContext(0, t))
+    assert full.dtype == np.float32
+    assert np.max(np.abs(full - expected)) < 1e-4
+
+    monkeypatch.setattr(attention, "QUERY_BLOCK", 2)  # query blocks smaller than the window
+    state = block.new_state()
+    pieces = [block.forward(x[:5], state, ForwardContext(0, 5))]
+    for i in range(5, t):
+        pieces.append(block.forward(x[i:i + 1], state, ForwardContext(i, 1)))
+    assert np.max(np.abs(np.concatenate(pieces) - expected)) < 1e-4
+
+
+def test_attention_rejects_impossible_heads() -> None:
+    opts = {**Attention.OPTIONS, "num_heads": 4, "num_kv_heads": 3, "head_dim": 8, "hidden_size": 32,
+            "positions": "rope"}
+    with pytest.raises(ConfigError, match="3 key/value heads"):
+        Attention.params(opts)
+    with pytest.raises(ConfigError, match="head_dim"):
+        Attention.params({**opts, "num_kv_heads": 2, "head_dim": 0})
+    with pytest.raises(ConfigError, match="positions"):
+        Attention.params({**opts, "num_kv_heads": 2, "positions": "sinusoidal"})
