@@ -21,6 +21,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                    help="model folder (config.json + *.safetensors), GGUF file, or hub repo id org/name")
     p.add_argument("--arch", help="architecture name (default: detected from config.json)")
     p.add_argument("--mapping", help="YAML mapping file to use instead of the registered ones")
+    p.add_argument("--revision", help="hub branch, tag or commit (with a repo id; default main)")
 
 
 def cmd_archs(args: argparse.Namespace) -> int:
@@ -40,7 +41,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from .hub import resolve_model_path
     from .loader import inspect
 
-    source, choice, plan = inspect(resolve_model_path(args.model), args.arch, args.mapping)
+    source, choice, plan = inspect(resolve_model_path(args.model, args.revision), args.arch, args.mapping)
     source.close()
     report = plan.report
     n = len(plan.tensors)
@@ -63,6 +64,33 @@ def cmd_run(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def cmd_chat(args: argparse.Namespace) -> int:
+    """Interactive multi-turn chat through the model's chat template."""
+    from .chat import run_chat
+
+    return run_chat(args)
+
+
+def cmd_download(args: argparse.Namespace) -> int:
+    """Fetch a hub repo's configs, safetensors weights and tokenizer files; print the folder."""
+    from .hub import download
+
+    print(download(args.repo_id, revision=args.revision, local_dir=args.local_dir, include=args.include))
+    return 0
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    """Write a checkpoint (a GGUF file) as a Hugging Face folder; print what was written."""
+    from .convert import convert
+    from .hub import resolve_model_path
+
+    done = convert(resolve_model_path(args.src), args.out, dtype=args.dtype, arch=args.arch,
+                   mapping=args.mapping, force=args.force, progress=True)
+    print(f"{done['folder']}: {done['parameters']:,} parameters as {done['dtype']} "
+          f"({done['source_arch']} -> {done['target_arch']}); {', '.join(done['files'])}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="modelkit",
@@ -77,12 +105,39 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(p)
     p.set_defaults(func=cmd_validate)
 
-    p = sub.add_parser("run", help="generate text from a prompt")
-    _add_model_args(p)
-    from .run import add_generation_args
+    from .run import add_generation_args, add_run_args
 
+    p = sub.add_parser("run", help="generate text from a prompt (raw continuation, or --chat)")
+    _add_model_args(p)
+    add_run_args(p)
     add_generation_args(p)
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("chat", help="interactive chat through the model's chat template")
+    _add_model_args(p)
+    p.add_argument("--system", metavar="TEXT", help="system message for the conversation")
+    p.add_argument("--verbose", "-v", action="store_true",
+                   help="after each reply, print token counts (reused / prefilled) and speeds on stderr")
+    add_generation_args(p)
+    p.set_defaults(func=cmd_chat)
+
+    p = sub.add_parser("download", help="fetch a model from the Hugging Face hub into the local cache")
+    p.add_argument("repo_id", metavar="ORG/NAME", help="hub repo id")
+    p.add_argument("--revision", help="branch, tag or commit (default main)")
+    p.add_argument("--local-dir", metavar="DIR", help="write the files into DIR instead of the cache")
+    p.add_argument("--include", action="append", default=[], metavar="PATTERN",
+                   help="also fetch files matching PATTERN (e.g. '*Q4_K_M.gguf'); repeatable")
+    p.set_defaults(func=cmd_download)
+
+    p = sub.add_parser("convert", help="write a GGUF file as a Hugging Face folder (safetensors)")
+    p.add_argument("src", metavar="SRC", help="GGUF file (or any checkpoint modelkit loads)")
+    p.add_argument("out", metavar="OUT", help="output folder (created; must be empty unless --force)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "f32", "bfloat16", "bf16", "float16", "f16"],
+                   help="tensor dtype in model.safetensors (default float32)")
+    p.add_argument("--arch", help="architecture of SRC (default: detected)")
+    p.add_argument("--mapping", help="YAML mapping file for SRC instead of the registered ones")
+    p.add_argument("--force", action="store_true", help="overwrite files in a non-empty OUT")
+    p.set_defaults(func=cmd_convert)
     return parser
 
 

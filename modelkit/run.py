@@ -1,48 +1,152 @@
-"""`modelkit run`: load, encode the prompt, stream generated text, report timings."""
+"""`modelkit run`: load, encode the prompt (raw, or through the chat template), stream the text.
+
+Also the pieces `modelkit chat` shares: the generation flags, reading prompts, loading with
+timing, and the stats line.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
 import time
+from pathlib import Path
+from typing import Any
 
 from .errors import GenerationError, TokenizerError
 
+DEFAULT_MAX_TOKENS = 256
+
 
 def add_generation_args(p: argparse.ArgumentParser) -> None:
-    """Flags shared by the commands that generate."""
-    p.add_argument("--prompt", "-p", help="prompt text")
-    p.add_argument("--max-tokens", "-n", type=int, default=64, help="new tokens at most (default 64)")
-    p.add_argument("--temperature", "-t", type=float, default=None,
+    """Flags shared by the commands that generate (run, chat)."""
+    g = p.add_argument_group("generation")
+    g.add_argument("--max-tokens", "-n", type=int, default=DEFAULT_MAX_TOKENS, metavar="N",
+                   help=f"new tokens at most per reply (default {DEFAULT_MAX_TOKENS})")
+    g.add_argument("--temperature", "-t", type=float, default=None, metavar="T",
                    help="sampling temperature; 0 is greedy (default: generation_config.json, else 0)")
-    p.add_argument("--seed", type=int, default=None, help="random seed for sampling")
+    g.add_argument("--top-k", type=int, default=None, metavar="K",
+                   help="sample among the K most likely tokens (0: off)")
+    g.add_argument("--top-p", type=float, default=None, metavar="P",
+                   help="sample among the fewest tokens holding probability P (1: off)")
+    g.add_argument("--min-p", type=float, default=None, metavar="P",
+                   help="drop tokens less likely than P times the most likely one (0: off)")
+    g.add_argument("--repetition-penalty", type=float, default=None, metavar="R",
+                   help="penalise tokens already in the context (1: off; 1.1 is mild)")
+    g.add_argument("--seed", type=int, default=None, help="random seed, for reproducible sampling")
+    g.add_argument("--stop", action="append", default=[], metavar="TEXT",
+                   help="stop when the output contains TEXT (not printed); repeatable")
+
+
+def add_run_args(p: argparse.ArgumentParser) -> None:
+    """Flags of `modelkit run` beyond the generation ones."""
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--prompt", "-p", metavar="TEXT", help="prompt text; '-' reads standard input")
+    src.add_argument("--prompt-file", "-f", metavar="PATH", help="read the prompt from a UTF-8 file ('-': stdin)")
+    p.add_argument("--chat", action="store_true",
+                   help="wrap the prompt in the model's chat template as a user message")
+    p.add_argument("--system", metavar="TEXT", help="system message (with --chat)")
     p.add_argument("--quiet", "-q", action="store_true", help="no timing line on stderr")
 
 
-def run(args: argparse.Namespace) -> int:
+def generation_options(args: argparse.Namespace) -> dict[str, Any]:
+    """Keyword options for :func:`modelkit.generate.stream` from parsed flags."""
+    if args.max_tokens < 1:
+        raise GenerationError(f"--max-tokens must be at least 1, got {args.max_tokens}")
+    return dict(max_new_tokens=args.max_tokens, temperature=args.temperature, top_k=args.top_k,
+                top_p=args.top_p, min_p=args.min_p, repetition_penalty=args.repetition_penalty,
+                seed=args.seed, stop_strings=args.stop or None)
+
+
+def read_prompt(args: argparse.Namespace) -> str:
+    """The prompt from --prompt TEXT, --prompt - (stdin) or --prompt-file PATH.
+
+    A prompt read from a file or stdin loses one trailing newline (editors add one)."""
+    if args.prompt is not None and args.prompt != "-":
+        return args.prompt
+    if args.prompt == "-" or args.prompt_file == "-":
+        data, where = sys.stdin.buffer.read(), "standard input"
+    else:
+        path = Path(args.prompt_file).expanduser()
+        where = str(path)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise GenerationError(f"{path}: prompt file not found") from None
+        except IsADirectoryError:
+            raise GenerationError(f"{path}: is a folder, not a prompt file") from None
+        except OSError as exc:
+            raise GenerationError(f"{path}: cannot read the prompt file ({exc.strerror})") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise GenerationError(f"{where}: the prompt is not UTF-8 text (byte 0x{data[exc.start]:02x} "
+                              f"at offset {exc.start})") from None
+    text = text.removeprefix("\ufeff")
+    if text.endswith("\r\n"):
+        text = text[:-2]
+    elif text.endswith("\n"):
+        text = text[:-1]
+    return text
+
+
+def load_model(args: argparse.Namespace) -> tuple[Any, float]:
+    """The model named by --model (folder, file or hub repo id) and the seconds loading took;
+    a progress bar shows on a terminal."""
     from .hub import resolve_model_path
     from .loader import load
 
-    if args.prompt is None:
-        raise GenerationError("--prompt is required")
-    if args.max_tokens < 1:
-        raise GenerationError("--max-tokens must be at least 1")
     t0 = time.perf_counter()
-    model = load(resolve_model_path(args.model), args.arch, mapping=args.mapping, progress=True)
-    load_s = time.perf_counter() - t0
+    model = load(resolve_model_path(args.model, getattr(args, "revision", None)), args.arch,
+                 mapping=args.mapping, progress=True)
     if model.tokenizer is None:
         raise TokenizerError(f"{args.model}: no tokenizer.json, so text cannot be encoded")
-    ids = model.tokenizer.encode(args.prompt)
+    return model, time.perf_counter() - t0
+
+
+def stats_line(stats: Any, load_s: float | None = None, lead: str | None = None) -> str:
+    """One line of counts and speeds for stderr; ``lead`` replaces the prompt-token count."""
+    parts = [lead if lead is not None else f"{stats.prompt_tokens} prompt tokens"]
+    if load_s is not None:
+        parts.append(f"load {load_s:.2f} s")
+    parts.append(f"prefill {stats.prefill_tps:.1f} tok/s")
+    parts.append(f"decode {stats.decode_tps:.1f} tok/s")
+    parts.append(f"{stats.new_tokens} tokens ({stats.stop_reason or 'done'})")
+    return "[" + " | ".join(parts) + "]"
+
+
+def prepare_stdout() -> None:
+    """Never fail mid-reply on a character the terminal's encoding lacks."""
+    reconfigure = getattr(sys.stdout, "reconfigure", None)
+    if reconfigure is not None:
+        reconfigure(errors="replace")
+
+
+def run(args: argparse.Namespace) -> int:
+    """`modelkit run`: stream the continuation (or the chat reply) of one prompt to stdout."""
+    from .chat_template import chat_prompt_ids
+    from .generate import GenerationStats
+
+    if args.system is not None and not args.chat:
+        raise GenerationError("--system needs --chat (raw prompts have no system message)")
+    options = generation_options(args)
+    prompt = read_prompt(args)
+    model, load_s = load_model(args)
+    tok = model.tokenizer
+    if args.chat:
+        messages = ([{"role": "system", "content": args.system}] if args.system is not None else [])
+        ids = chat_prompt_ids(tok, messages + [{"role": "user", "content": prompt}])
+    else:
+        ids = tok.encode(prompt)
     if not ids:
-        raise GenerationError("the prompt encodes to no tokens")
-    temperature = 0.0 if args.temperature is None else args.temperature
-    t1 = time.perf_counter()
-    out = model.generate(ids, max_new_tokens=args.max_tokens, temperature=temperature, seed=args.seed)
-    gen_s = time.perf_counter() - t1
-    sys.stdout.write(model.tokenizer.decode(out))
+        raise GenerationError("the prompt encodes to no tokens; give some text")
+    stats = GenerationStats()
+    prepare_stdout()
+    for piece in model.stream(ids, stats=stats, **options):
+        if piece.text:
+            sys.stdout.write(piece.text)
+            sys.stdout.flush()
     sys.stdout.write("\n")
     sys.stdout.flush()
     if not args.quiet:
-        print(f"[{len(ids)} prompt tokens, {len(out)} generated; load {load_s:.2f} s, "
-              f"{len(out) / gen_s:.1f} tok/s]", file=sys.stderr)
+        print(stats_line(stats, load_s), file=sys.stderr)
     return 0
