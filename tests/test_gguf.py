@@ -561,3 +561,15 @@ def test_undecodable_metadata_string_is_a_checkpoint_error(tmp_path: Path) -> No
     src = GGUFSource.open(write_gguf(tmp_path / "m.gguf", tensors, meta))
     with pytest.raises(CheckpointError, match="m.gguf: metadata key 'general.name' is unreadable"):
         src.config()
+
+
+def test_folder_holding_one_gguf_file_loads_through_the_gguf_source(tmp_path: Path) -> None:
+    # a downloaded repo folder with a .gguf and no safetensors (as `modelkit download --include` leaves)
+    folder = tmp_path / "repo"
+    folder.mkdir()
+    fixture_as_gguf("llama_gqa", folder / "model.gguf")
+    ids, logits = reference("llama_gqa")
+    assert max_abs(modelkit.load(folder).forward(ids), logits) < ATOL
+    fixture_as_gguf("llama_mqa_tied", folder / "other.gguf")
+    with pytest.raises(CheckpointError, match="safetensors"):
+        modelkit.load(folder)  # two candidates: nothing guessed

@@ -54,6 +54,14 @@ def dequantize_tensor(tensor: ReaderTensor) -> np.ndarray:
     return np.ascontiguousarray(values, dtype=np.float32).reshape(shape)
 
 
+def gguf_in_folder(folder: Path) -> Path | None:
+    """The one .gguf file of a folder without safetensors weights, else None."""
+    if any(folder.glob("*.safetensors")):
+        return None
+    files = sorted(p for p in folder.glob("*.gguf") if p.is_file())
+    return files[0] if len(files) == 1 else None
+
+
 class GGUFSource(WeightSource):
     """A ``.gguf`` file: config from metadata, tensors dequantised to float32 on read."""
 
@@ -61,7 +69,18 @@ class GGUFSource(WeightSource):
 
     @classmethod
     def can_open(cls, path: Path) -> bool:
+        if path.is_dir():  # a downloaded repo folder holding one GGUF file and no safetensors
+            return gguf_in_folder(path) is not None
         return path.is_file() and (path.suffix.lower() == ".gguf" or is_gguf(path))
+
+    @classmethod
+    def open(cls, path: Path) -> "GGUFSource":
+        if path.is_dir():
+            found = gguf_in_folder(path)
+            if found is None:
+                raise CheckpointError(f"{path}: expected exactly one .gguf file in the folder")
+            path = found
+        return cls(path)
 
     def __init__(self, path: Path):
         super().__init__(path)
