@@ -1,0 +1,327 @@
+"""Random-weight checkpoints with the exact shapes of published models, built from config alone.
+
+For measuring load time, memory and speed at real sizes without downloading anything::
+
+    python bench/checkpoints.py granite-4.0-h-350m --out /tmp/ckpt     # -> /tmp/ckpt/granite-4.0-h-350m/
+    python bench/checkpoints.py --list
+
+Each folder gets config.json (the published architecture fields), generation_config.json,
+model.safetensors (bf16 by default, as on the hub; tensor names and shapes as published, tied
+heads stored once), and a byte-level BPE tokenizer.json whose ids cover the whole vocabulary:
+a small BPE trained on a paragraph of English, then filler tokens up to ``vocab_size``, and the
+model's special tokens at their ids, with tokenizer_config.json carrying a short chat template
+in the model's turn format. The weights are noise (matrices uniform with std 0.02, norms 1, Mamba A_log
+log U(1, 16), D 1, dt_bias N(0, 0.5)), so generated text is noise too; the sizes are real.
+
+``granite-4.0-h-350m`` and ``granite-4.0-h-1b`` have 340,332,224 and 1,461,538,368 parameters,
+``smollm2-135m`` 134,515,008 (tied heads counted once).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import ml_dtypes
+import numpy as np
+
+# ---- configs ----------------------------------------------------------------------------------
+
+
+def _granite_h(hidden: int, layers: int, attention_at: list[int], head_count: int, mlp: int,
+               mamba_head_dim: int, attention_multiplier: float, residual_multiplier: float,
+               logits_scaling: float, max_positions: int) -> dict[str, Any]:
+    """A Granite 4.0-H config.json as the hub spells it (transformers 4.5x style)."""
+    return {
+        "architectures": ["GraniteMoeHybridForCausalLM"],
+        "model_type": "granitemoehybrid",
+        "attention_bias": False,
+        "attention_dropout": 0.0,
+        "attention_multiplier": attention_multiplier,
+        "bos_token_id": 100257,
+        "eos_token_id": 100257,
+        "pad_token_id": 100256,
+        "embedding_multiplier": 12,
+        "hidden_act": "silu",
+        "hidden_size": hidden,
+        "intermediate_size": mlp,
+        "shared_intermediate_size": mlp,
+        "layer_types": ["attention" if i in attention_at else "mamba" for i in range(layers)],
+        "logits_scaling": logits_scaling,
+        "mamba_chunk_size": 256,
+        "mamba_conv_bias": True,
+        "mamba_d_conv": 4,
+        "mamba_d_head": mamba_head_dim,
+        "mamba_d_state": 128,
+        "mamba_expand": 2,
+        "mamba_n_groups": 1,
+        "mamba_n_heads": 2 * hidden // mamba_head_dim,
+        "mamba_proj_bias": False,
+        "max_position_embeddings": max_positions,
+        "normalization_function": "rmsnorm",
+        "num_attention_heads": head_count,
+        "num_key_value_heads": 4,
+        "num_hidden_layers": layers,
+        "num_experts_per_tok": 0,
+        "num_local_experts": 0,
+        "position_embedding_type": "nope",
+        "residual_multiplier": residual_multiplier,
+        "rms_norm_eps": 1e-05,
+        "rope_scaling": None,
+        "rope_theta": 10000,
+        "tie_word_embeddings": True,
+        "torch_dtype": "bfloat16",
+        "use_cache": True,
+        "vocab_size": 100352,
+    }
+
+
+CONFIGS: dict[str, dict[str, Any]] = {
+    "granite-4.0-h-350m": _granite_h(768, 32, [10, 13, 17, 27], 12, 2048, 32, 0.015625, 0.246, 3, 32768),
+    "granite-4.0-h-1b": _granite_h(1536, 40, [5, 15, 25, 35], 12, 4096, 64, 0.0078125, 0.22, 6, 131072),
+    "smollm2-135m": {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "attention_bias": False,
+        "bos_token_id": 0,
+        "eos_token_id": 0,
+        "hidden_act": "silu",
+        "hidden_size": 576,
+        "intermediate_size": 1536,
+        "max_position_embeddings": 8192,
+        "num_attention_heads": 9,
+        "num_hidden_layers": 30,
+        "num_key_value_heads": 3,
+        "rms_norm_eps": 1e-05,
+        "rope_scaling": None,
+        "rope_theta": 100000,
+        "tie_word_embeddings": True,
+        "torch_dtype": "bfloat16",
+        "use_cache": True,
+        "vocab_size": 49152,
+    },
+}
+
+# special tokens by model type: id -> text; the first (or only) eos is the config's eos id
+SPECIALS: dict[str, dict[int, str]] = {
+    "granitemoehybrid": {100256: "<|pad|>", 100257: "<|end_of_text|>",
+                         100264: "<|start_of_role|>", 100265: "<|end_of_role|>"},
+    "llama": {0: "<|endoftext|>", 1: "<|im_start|>", 2: "<|im_end|>"},
+}
+
+CHAT_TEMPLATES = {
+    "granitemoehybrid": (
+        "{%- for message in messages %}"
+        "{{- '<|start_of_role|>' + message['role'] + '<|end_of_role|>' + message['content'] + '<|end_of_text|>\\n' }}"
+        "{%- endfor %}"
+        "{%- if add_generation_prompt %}{{- '<|start_of_role|>assistant<|end_of_role|>' }}{%- endif %}"),
+    "llama": (
+        "{%- for message in messages %}"
+        "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+        "{%- endfor %}"
+        "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"),
+}
+
+
+# ---- tensor shapes ----------------------------------------------------------------------------
+
+
+def granite_h_shapes(cfg: dict[str, Any]) -> dict[str, tuple[int, ...]]:
+    """Every tensor of a Granite 4.0-H checkpoint (no experts), hub names, [out, in] layout."""
+    d, v = cfg["hidden_size"], cfg["vocab_size"]
+    heads, kv = cfg["num_attention_heads"], cfg["num_key_value_heads"]
+    hd = cfg.get("head_dim", d // heads)
+    inner = cfg["mamba_expand"] * d
+    mh, g, n, k = cfg["mamba_n_heads"], cfg["mamba_n_groups"], cfg["mamba_d_state"], cfg["mamba_d_conv"]
+    conv = inner + 2 * g * n
+    mlp = cfg["shared_intermediate_size"]
+    shapes: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (v, d), "model.norm.weight": (d,)}
+    if not cfg["tie_word_embeddings"]:
+        shapes["lm_head.weight"] = (v, d)
+    for i, kind in enumerate(cfg["layer_types"]):
+        p = f"model.layers.{i}."
+        shapes[p + "input_layernorm.weight"] = (d,)
+        shapes[p + "post_attention_layernorm.weight"] = (d,)
+        shapes[p + "shared_mlp.input_linear.weight"] = (2 * mlp, d)
+        shapes[p + "shared_mlp.output_linear.weight"] = (d, mlp)
+        if kind == "mamba":
+            m = p + "mamba."
+            shapes[m + "in_proj.weight"] = (inner + conv + mh, d)
+            shapes[m + "conv1d.weight"] = (conv, 1, k)
+            shapes[m + "conv1d.bias"] = (conv,)
+            for name in ("dt_bias", "A_log", "D"):
+                shapes[m + name] = (mh,)
+            shapes[m + "norm.weight"] = (inner,)
+            shapes[m + "out_proj.weight"] = (d, inner)
+        else:
+            a = p + "self_attn."
+            shapes[a + "q_proj.weight"] = (heads * hd, d)
+            shapes[a + "k_proj.weight"] = (kv * hd, d)
+            shapes[a + "v_proj.weight"] = (kv * hd, d)
+            shapes[a + "o_proj.weight"] = (d, heads * hd)
+    return shapes
+
+
+def llama_shapes(cfg: dict[str, Any]) -> dict[str, tuple[int, ...]]:
+    """Every tensor of a Llama checkpoint, hub names, [out, in] layout."""
+    d, v, inter = cfg["hidden_size"], cfg["vocab_size"], cfg["intermediate_size"]
+    heads, kv = cfg["num_attention_heads"], cfg["num_key_value_heads"]
+    hd = cfg.get("head_dim", d // heads)
+    shapes: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (v, d), "model.norm.weight": (d,)}
+    if not cfg["tie_word_embeddings"]:
+        shapes["lm_head.weight"] = (v, d)
+    for i in range(cfg["num_hidden_layers"]):
+        p = f"model.layers.{i}."
+        shapes[p + "input_layernorm.weight"] = (d,)
+        shapes[p + "post_attention_layernorm.weight"] = (d,)
+        shapes[p + "self_attn.q_proj.weight"] = (heads * hd, d)
+        shapes[p + "self_attn.k_proj.weight"] = (kv * hd, d)
+        shapes[p + "self_attn.v_proj.weight"] = (kv * hd, d)
+        shapes[p + "self_attn.o_proj.weight"] = (d, heads * hd)
+        shapes[p + "mlp.gate_proj.weight"] = (inter, d)
+        shapes[p + "mlp.up_proj.weight"] = (inter, d)
+        shapes[p + "mlp.down_proj.weight"] = (d, inter)
+    return shapes
+
+
+SHAPES = {"granitemoehybrid": granite_h_shapes, "llama": llama_shapes}
+
+
+def tensor_shapes(cfg: dict[str, Any]) -> dict[str, tuple[int, ...]]:
+    """The checkpoint's tensors and shapes for a config of a supported model type."""
+    return SHAPES[cfg["model_type"]](cfg)
+
+
+def random_tensor(name: str, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
+    """Plausible noise for a tensor, by its role (float32)."""
+    leaf = name.rsplit(".", 1)[-1]
+    if leaf == "A_log":
+        return np.log(rng.uniform(1.0, 16.0, shape)).astype(np.float32)
+    if leaf == "D":
+        return np.ones(shape, np.float32)
+    if leaf == "dt_bias":
+        return (0.5 * rng.standard_normal(shape, dtype=np.float32)).astype(np.float32)
+    if name.endswith("norm.weight"):  # RMSNorm and the gated norm
+        return np.ones(shape, np.float32)
+    if leaf == "bias":
+        return np.zeros(shape, np.float32)
+    # uniform with standard deviation 0.02: four times faster to draw than normal noise
+    out = rng.random(shape, dtype=np.float32)
+    out -= np.float32(0.5)
+    out *= np.float32(0.02 * np.sqrt(12.0))
+    return out
+
+
+# ---- tokenizer --------------------------------------------------------------------------------
+
+TRAIN_TEXT = """\
+The quick brown fox jumps over the lazy dog. Hi there, hello world! How are you today?
+Once upon a time, in a small village by the sea, there lived an old fisherman and his wife.
+Language models read tokens, predict the next token, and then read that token again.
+Numbers such as 1, 2, 3, 10, 42 and 2024 appear in text; so do dates like 12/31/1999.
+def main():
+    print("hello, world")
+    return 0
+"""
+
+
+def build_tokenizer(vocab_size: int, specials: dict[int, str], merges_vocab: int = 600) -> str:
+    """tokenizer.json text: byte-level BPE covering ids 0..vocab_size-1.
+
+    A BPE of ``merges_vocab`` entries is trained on a paragraph; filler entries (never produced
+    by encoding, decoding to ``<tok1234>``) pad the model vocabulary; ``specials`` are added
+    tokens at their given ids.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.decoder = decoders.ByteLevel()
+    tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    trainer = trainers.BpeTrainer(vocab_size=merges_vocab, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator([TRAIN_TEXT], trainer=trainer)
+    data = json.loads(tok.to_str())
+    trained = sorted(data["model"]["vocab"], key=data["model"]["vocab"].get)
+    free = (i for i in range(vocab_size) if i not in specials)
+    vocab = {token: next(free) for token in trained}
+    for i in free:  # filler tokens: ASCII text, which byte-level BPE maps to itself
+        vocab[f"<tok{i}>"] = i
+    # specials live in the model vocabulary too: an added token not found there gets the next
+    # free id, whatever id the file gives it
+    vocab.update({text: i for i, text in specials.items()})
+    data["model"]["vocab"] = vocab
+    data["added_tokens"] = [
+        {"id": i, "content": text, "single_word": False, "lstrip": False, "rstrip": False,
+         "normalized": False, "special": True} for i, text in sorted(specials.items())]
+    text = json.dumps(data, ensure_ascii=False)
+    check = Tokenizer.from_str(text)
+    assert check.get_vocab_size(with_added_tokens=True) == vocab_size, check.get_vocab_size()
+    assert all(check.token_to_id(t) == i for i, t in specials.items()), "special token ids moved"
+    return text
+
+
+# ---- checkpoints ------------------------------------------------------------------------------
+
+
+def build_checkpoint(name: str, out: Path, dtype: str = "bfloat16", seed: int = 0) -> Path:
+    """Write the random-weight checkpoint ``name`` (a key of CONFIGS) into ``out/name``."""
+    from safetensors.numpy import save_file
+
+    if name not in CONFIGS:
+        raise ValueError(f"unknown checkpoint {name!r}; known: {', '.join(CONFIGS)}")
+    cfg = dict(CONFIGS[name])
+    cfg["torch_dtype"] = dtype
+    np_dtype = {"bfloat16": ml_dtypes.bfloat16, "float16": np.float16, "float32": np.float32}[dtype]
+    folder = out / name
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    tensors = {tname: random_tensor(tname, shape, rng).astype(np_dtype)
+               for tname, shape in tensor_shapes(cfg).items()}
+    save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    del tensors
+    (folder / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+    gen = {k: cfg[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if k in cfg}
+    (folder / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n")
+    specials = SPECIALS[cfg["model_type"]]
+    (folder / "tokenizer.json").write_text(build_tokenizer(cfg["vocab_size"], specials), encoding="utf-8")
+    eos = specials[cfg["eos_token_id"]]
+    tok_cfg = {"bos_token": specials.get(cfg["bos_token_id"]), "eos_token": eos,
+               "pad_token": specials.get(cfg.get("pad_token_id", -1), eos),
+               "add_bos_token": False, "chat_template": CHAT_TEMPLATES[cfg["model_type"]]}
+    (folder / "tokenizer_config.json").write_text(json.dumps(tok_cfg, indent=2) + "\n")
+    return folder
+
+
+def parameter_count(name: str) -> int:
+    """Parameters of a checkpoint from its shapes alone (a tied head counted once)."""
+    return sum(int(np.prod(s)) for s in tensor_shapes(CONFIGS[name]).values())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("names", nargs="*", metavar="NAME", help=f"checkpoints to build: {', '.join(CONFIGS)}")
+    parser.add_argument("--out", type=Path, help="parent folder (one subfolder per checkpoint)")
+    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--list", action="store_true", help="list the checkpoints and their sizes")
+    args = parser.parse_args(argv)
+    if args.list or not args.names:
+        for name in CONFIGS:
+            print(f"{name:20s} {parameter_count(name):>15,d} parameters")
+        return 0
+    if args.out is None:
+        parser.error("--out is required")
+    unknown = [n for n in args.names if n not in CONFIGS]
+    if unknown:
+        parser.error(f"unknown checkpoint(s) {', '.join(unknown)}; known: {', '.join(CONFIGS)}")
+    for name in args.names:
+        print(build_checkpoint(name, args.out, args.dtype, args.seed))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

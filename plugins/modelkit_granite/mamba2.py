@@ -1,0 +1,171 @@
+"""Mamba2 (state-space duality) math over float32 NumPy arrays, as pure functions.
+
+Shapes: T time steps, C conv channels (d_inner + 2 * groups * d_state), H heads of P channels
+(H * P = d_inner), G groups of B/C vectors of size N (d_state); head h reads group h // (H / G).
+
+The recurrence, per head::
+
+    state = exp(dt * A) * state + dt * outer(x, B)       # state [P, N]
+    y     = state @ C + D * x
+
+:func:`ssd_chunked` computes it for a whole prompt with matrix products inside chunks and the
+recurrence only across chunks; :func:`ssd_step` is the constant-time update for one token.
+Both continue from a given state and leave the final state in it (updated in place), so a
+prompt may arrive in pieces and decoding picks up where prefill stopped.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from modelkit.blocks.activations import silu, softplus
+
+# exp() of anything above this overflows float32; A_log is clamped here so A stays finite
+# (an infinite A times a zero step would give NaN instead of "no decay")
+_MAX_LOG_DECAY_RATE = np.float32(88.0)
+# decays below exp(-80) ~ 2e-35 become exactly 0: below ~1e-38 float32 turns subnormal, and
+# arithmetic on subnormals is ~10x slower on common CPUs (a long chunk produces many of them)
+_LOG_DECAY_FLOOR = np.float32(-80.0)
+
+
+def _exp_decay(log_decay: np.ndarray) -> np.ndarray:
+    """exp(log_decay) in place, with anything below exp(-80) flushed to exactly 0."""
+    np.copyto(log_decay, np.float32(-np.inf), where=log_decay < _LOG_DECAY_FLOOR)
+    return np.exp(log_decay, out=log_decay)
+
+
+def decay_rates(a_log: np.ndarray) -> np.ndarray:
+    """A = -exp(A_log) [H]: each head's (negative, finite) continuous decay rate."""
+    return -np.exp(np.minimum(a_log.astype(np.float32), _MAX_LOG_DECAY_RATE))
+
+
+def time_steps(dt: np.ndarray, dt_bias: np.ndarray, limit: tuple[float, float]) -> np.ndarray:
+    """dt [T, H] = clamp(softplus(dt + dt_bias), *limit): stable softplus, float32."""
+    out = softplus(dt + dt_bias)
+    lo, hi = limit
+    if lo > 0.0 or hi != np.inf:  # softplus is already >= 0, so the default (0, inf) is a no-op
+        np.clip(out, np.float32(lo), np.float32(hi), out=out)
+    return out
+
+
+def causal_conv(x: np.ndarray, history: np.ndarray, weight_t: np.ndarray,
+                bias: np.ndarray | None) -> np.ndarray:
+    """Causal depthwise convolution over time, continuing from ``history``.
+
+    ``x`` [T, C] raw inputs; ``history`` [K-1, C] the K-1 raw inputs before them (zeros at the
+    start of a sequence), overwritten in place with the last K-1 raw inputs; ``weight_t`` [K, C]
+    (tap k multiplies the input K-1-k steps back); ``bias`` [C]. Returns [T, C], before the
+    activation.
+    """
+    t = x.shape[0]
+    k = weight_t.shape[0]
+    padded = np.concatenate([history, x], axis=0)  # [K-1+T, C]
+    out = padded[k - 1:] * weight_t[k - 1]  # tap K-1 is the current input
+    for tap in range(k - 1):
+        out += padded[tap:tap + t] * weight_t[tap]
+    if bias is not None:
+        out += bias
+    if k > 1:
+        history[:] = padded[t:]
+    return out
+
+
+def ssd_step(x: np.ndarray, dt: np.ndarray, a: np.ndarray, b: np.ndarray, c: np.ndarray,
+             state: np.ndarray, scratch: np.ndarray | None = None) -> np.ndarray:
+    """One step of the recurrence for every head at once.
+
+    ``x`` [H, P], ``dt`` [H] (already softplus'd), ``a`` [H] (= A), ``b``/``c`` [G, N],
+    ``state`` [H, P, N] updated in place; ``scratch`` an optional [H, P, N] float32 buffer for
+    the rank-one update (saves an allocation per token). Returns y [H, P] without the D skip.
+    """
+    h, p = x.shape
+    g, n = b.shape
+    state *= _exp_decay(dt * a)[:, None, None]  # decay
+    grouped = state.reshape(g, (h // g) * p, n)  # [G, H/G * P, N]: heads of a group share B, C
+    dtx = (x * dt[:, None]).reshape(g, -1, 1)  # [G, H/G * P, 1]
+    if scratch is None:
+        grouped += dtx * b[:, None, :]
+    else:
+        upd = scratch.reshape(grouped.shape)
+        np.multiply(dtx, b[:, None, :], out=upd)
+        grouped += upd
+    return (grouped @ c[:, :, None]).reshape(h, p)  # [G, H/G * P, N] @ [G, N, 1]
+
+
+def ssd_chunked(x: np.ndarray, dt: np.ndarray, a: np.ndarray, b: np.ndarray, c: np.ndarray,
+                state: np.ndarray, chunk_size: int) -> np.ndarray:
+    """The recurrence over a whole sequence with the chunked SSD algorithm.
+
+    ``x`` [T, H, P], ``dt`` [T, H] (already softplus'd), ``a`` [H], ``b``/``c`` [T, G, N],
+    ``state`` [H, P, N]: the state before the first step, updated in place to the state after
+    the last. Any T >= 1; the last chunk may be shorter than ``chunk_size``. Returns y
+    [T, H, P] without the D skip. Per chunk of length l, with s <= t positions in it:
+
+    1. within the chunk: y[t] += sum_s decay(s -> t) * (C[t] . B[s]) * dt[s] x[s]  (an
+       attention-like [l, l] matrix per head, times the inputs);
+    2. the chunk's own state at its end: sum_s decay(s -> end) * dt[s] x[s] outer B[s];
+    3. across chunks: state(end) = decay(start -> end) * state(start) + step 2;
+    4. the carried-in state seen from inside: y[t] += decay(start -> t) * state(start) @ C[t].
+
+    decay(s -> t) = exp(sum of dt*A over the steps s+1..t) is built from sums over each
+    segment (never differences of running sums), so it stays exact and finite for any dt.
+    """
+    t_total, h, p = x.shape
+    g, n = b.shape[1:]
+    hpg = h // g
+    y = np.empty((t_total, h, p), np.float32)
+    log_decay = dt * a  # [T, H]: log of each step's decay factor (<= 0)
+    dtx = x * dt[:, :, None]  # [T, H, P]
+    size = min(chunk_size, t_total)
+    # [s, t] layouts (source position first), so the running sums below run along the last axis
+    later = np.tri(size, size, -1, dtype=bool).T  # t > s
+    causal = np.tri(size, size, 0, dtype=np.float32).T  # t >= s
+    for t0 in range(0, t_total, chunk_size):
+        t1 = min(t_total, t0 + chunk_size)
+        l = t1 - t0
+        la = log_decay[t0:t1].T  # [H, l]
+        xc = dtx[t0:t1].transpose(1, 0, 2)  # [H, l, P]
+        bc = b[t0:t1].transpose(1, 0, 2)  # [G, l, N]
+        cc = c[t0:t1].transpose(1, 0, 2)  # [G, l, N]
+
+        # decay[h, s, t] = exp(la[h, s+1] + ... + la[h, t]); 1 where t <= s (masked below)
+        decay = np.where(later[:l, :l], la[:, None, :], np.float32(0.0))  # [H, l(s), l(t)]
+        np.cumsum(decay, axis=2, out=decay)
+        _exp_decay(decay)
+        to_end = decay[:, :, -1].copy()  # [H, l]: decay(s -> chunk end)
+        from_start = _exp_decay(np.cumsum(la, axis=1))  # [H, l]: decay(chunk start -> t)
+
+        # 1. within the chunk: (decay * B C^T, causal) @ dt x
+        scores = bc @ cc.transpose(0, 2, 1)  # [G, l(s), l(t)]
+        scores *= causal[:l, :l]
+        decay.reshape(g, hpg, l, l)[...] *= scores[:, None]
+        yc = decay.transpose(0, 2, 1) @ xc  # [H, l(t), l(s)] @ [H, l, P] -> [H, l, P]
+
+        # 4. the state carried in from earlier chunks, read out by C and decayed to each t
+        carried = state.reshape(g, hpg * p, n) @ cc.transpose(0, 2, 1)  # [G, H/G * P, l]
+        yc += carried.reshape(h, p, l).transpose(0, 2, 1) * from_start[:, :, None]
+        y[t0:t1] = yc.transpose(1, 0, 2)
+
+        # 2. this chunk's contribution to the state at its end: (dt x * decay)^T @ B
+        weighted = (xc * to_end[:, :, None]).transpose(0, 2, 1).reshape(g, hpg * p, l)
+        own = weighted @ bc  # [G, H/G * P, l] @ [G, l, N] -> [G, H/G * P, N]
+
+        # 3. carry the state across the chunk
+        state *= from_start[:, -1, None, None]
+        state += own.reshape(h, p, n)
+    return y
+
+
+def gated_rms_norm(y: np.ndarray, z: np.ndarray, weight: np.ndarray, groups: int,
+                   eps: float) -> np.ndarray:
+    """rmsnorm(y * silu(z)) per group of D/groups channels, times ``weight`` [D].
+
+    ``y``, ``z`` [T, D]. The gate is applied before normalising (Mamba2's norm_before_gate=False).
+    """
+    t, d = y.shape
+    gated = y * silu(z)  # [T, D]
+    grouped = gated.reshape(t, groups, d // groups)
+    ms = np.mean(np.square(grouped), axis=-1, keepdims=True)  # [T, G, 1]
+    grouped *= np.float32(1.0) / np.sqrt(ms + np.float32(eps))
+    gated *= weight
+    return gated

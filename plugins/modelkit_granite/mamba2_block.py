@@ -1,0 +1,153 @@
+"""The ``mamba2`` block kind: a Mamba2 mixer over the math in :mod:`modelkit_granite.mamba2`.
+
+Parameters (local names; PyTorch [out, in] layout, D = d_inner, C = D + 2 * groups * d_state,
+H heads)::
+
+    in_proj.weight  [D + C + H, hidden]   rows z | xBC | dt
+    in_proj.bias    [D + C + H]           only with proj_bias
+    conv.weight     [C, d_conv]           depthwise taps (the checkpoint's [C, 1, d_conv] reshaped)
+    conv.bias       [C]                   only with conv_bias
+    dt_bias, A_log, D  [H]
+    norm.weight     [D]                   gated RMSNorm
+    out_proj.weight [hidden, D]
+    out_proj.bias   [hidden]              only with proj_bias
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from modelkit.blocks.activations import ACTIVATIONS
+from modelkit.blocks.base import REQUIRED, Block, ForwardContext, ParamSpec
+from modelkit.errors import ConfigError
+
+from .mamba2 import causal_conv, decay_rates, gated_rms_norm, ssd_chunked, ssd_step, time_steps
+
+
+class Mamba2State:
+    """What a Mamba2 layer remembers about one sequence, preallocated and updated in place.
+
+    ``conv`` [d_conv - 1, C]: the last raw (pre-convolution) xBC inputs, oldest first;
+    ``ssm`` [H, P, N]: the recurrent state. ``scratch`` is working space for decoding.
+    """
+
+    def __init__(self, d_conv: int, conv_dim: int, heads: int, head_dim: int, d_state: int):
+        self.conv = np.zeros((d_conv - 1, conv_dim), np.float32)
+        self.ssm = np.zeros((heads, head_dim, d_state), np.float32)
+        self.scratch = np.empty_like(self.ssm)
+
+    def nbytes(self) -> int:
+        """Bytes held (conv history, SSM state and its scratch buffer)."""
+        return self.conv.nbytes + self.ssm.nbytes + self.scratch.nbytes
+
+
+class Mamba2(Block):
+    """Mamba2 mixer: in_proj, causal conv, selective state space scan, gated RMSNorm, out_proj.
+
+    Options: ``hidden_size``; ``d_inner`` (D), ``num_heads`` (H), ``head_dim`` (P, H * P = D),
+    ``n_groups`` (G), ``d_state`` (N), ``d_conv`` (K), ``chunk_size`` (prefill chunk length);
+    ``conv_bias`` / ``proj_bias`` (whether the checkpoint has those biases); ``eps`` of the
+    gated norm; ``time_step_limit`` (dt is clamped into it); ``activation`` after the conv.
+    """
+
+    OPTIONS = {
+        "hidden_size": "$hidden_size",
+        "d_inner": REQUIRED,
+        "num_heads": REQUIRED,
+        "head_dim": REQUIRED,
+        "n_groups": 1,
+        "d_state": REQUIRED,
+        "d_conv": 4,
+        "chunk_size": 256,
+        "conv_bias": True,
+        "proj_bias": False,
+        "eps": 1e-6,
+        "time_step_limit": [0.0, float("inf")],
+        "activation": "silu",
+    }
+
+    @classmethod
+    def params(cls, opts: dict[str, Any]) -> dict[str, ParamSpec]:
+        cls._check(opts)
+        d, hidden, h = opts["d_inner"], opts["hidden_size"], opts["num_heads"]
+        conv_dim = d + 2 * opts["n_groups"] * opts["d_state"]
+        proj = d + conv_dim + h
+        out = {
+            "in_proj.weight": ParamSpec((proj, hidden)),
+            "conv.weight": ParamSpec((conv_dim, opts["d_conv"])),
+            "dt_bias": ParamSpec((h,)),
+            "A_log": ParamSpec((h,)),
+            "D": ParamSpec((h,)),
+            "norm.weight": ParamSpec((d,)),
+            "out_proj.weight": ParamSpec((hidden, d)),
+        }
+        if opts["conv_bias"]:
+            out["conv.bias"] = ParamSpec((conv_dim,))
+        if opts["proj_bias"]:
+            out["in_proj.bias"] = ParamSpec((proj,))
+            out["out_proj.bias"] = ParamSpec((hidden,))
+        return out
+
+    @staticmethod
+    def _check(opts: dict[str, Any]) -> None:
+        for name in ("hidden_size", "d_inner", "num_heads", "head_dim", "n_groups", "d_state",
+                     "d_conv", "chunk_size"):
+            v = opts[name]
+            if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+                raise ConfigError(f"mamba2: {name} must be a positive integer, got {v!r}")
+        if opts["num_heads"] * opts["head_dim"] != opts["d_inner"]:
+            raise ConfigError(f"mamba2: {opts['num_heads']} heads x {opts['head_dim']} channels "
+                              f"!= d_inner {opts['d_inner']}")
+        if opts["num_heads"] % opts["n_groups"]:
+            raise ConfigError(f"mamba2: {opts['num_heads']} heads do not divide into "
+                              f"{opts['n_groups']} groups")
+        if opts["activation"] not in ACTIVATIONS:
+            raise ConfigError(f"mamba2: unsupported activation {opts['activation']!r}")
+        limit = opts["time_step_limit"]
+        if (not isinstance(limit, (list, tuple)) or len(limit) != 2
+                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in limit)
+                or not 0.0 <= limit[0] <= limit[1]):
+            raise ConfigError(f"mamba2: time_step_limit must be a pair 0 <= low <= high, got {limit!r}")
+
+    def setup(self) -> None:
+        o, p = self.opts, self.p
+        self.d, self.h, self.hd = o["d_inner"], o["num_heads"], o["head_dim"]
+        self.g, self.n, self.k = o["n_groups"], o["d_state"], o["d_conv"]
+        self.conv_dim = self.d + 2 * self.g * self.n
+        self.chunk = o["chunk_size"]
+        self.eps = float(o["eps"])
+        self.limit = (float(o["time_step_limit"][0]), float(o["time_step_limit"][1]))
+        self.act = ACTIVATIONS[o["activation"]]
+        self.conv_w = np.ascontiguousarray(p["conv.weight"].T)  # [C, K] -> [K, C]: one row per tap
+        self.a = decay_rates(p["A_log"])  # [H]
+
+    def new_state(self) -> Mamba2State:
+        return Mamba2State(self.k, self.conv_dim, self.h, self.hd, self.n)
+
+    def forward(self, x: np.ndarray, state: Mamba2State | None, ctx: ForwardContext) -> np.ndarray:
+        if state is None:
+            state = self.new_state()
+        t = x.shape[0]
+        d, cd, h, hd, g, n = self.d, self.conv_dim, self.h, self.hd, self.g, self.n
+        p = self.p
+        proj = x @ p["in_proj.weight"].T  # [T, hidden] -> [T, D + C + H]
+        if p.get("in_proj.bias") is not None:
+            proj += p["in_proj.bias"]
+        z = proj[:, :d]
+        xbc = self.act(causal_conv(proj[:, d:d + cd], state.conv, self.conv_w, p.get("conv.bias")))
+        dt = time_steps(proj[:, d + cd:], p["dt_bias"], self.limit)  # [T, H]
+        xs = xbc[:, :d].reshape(t, h, hd)  # [T, H, P]
+        b = xbc[:, d:d + g * n].reshape(t, g, n)  # [T, G, N]
+        c = xbc[:, d + g * n:].reshape(t, g, n)
+        if t == 1:
+            y = ssd_step(xs[0], dt[0], self.a, b[0], c[0], state.ssm, state.scratch)[None]
+        else:
+            y = ssd_chunked(xs, dt, self.a, b, c, state.ssm, self.chunk)  # [T, H, P]
+        y += xs * p["D"][:, None]  # skip connection from x (before the dt scaling)
+        out = gated_rms_norm(y.reshape(t, d), z, p["norm.weight"], g, self.eps)
+        res = out @ p["out_proj.weight"].T  # [T, D] -> [T, hidden]
+        if p.get("out_proj.bias") is not None:
+            res += p["out_proj.bias"]
+        return res
