@@ -69,6 +69,11 @@ def hf_names(plan: Plan, target: Mapping) -> dict[str, str]:
 
 
 def _hf_config(raw: dict[str, Any], torch_dtype: str) -> dict[str, Any]:
+    scaling = raw.get("rope_scaling") or {}
+    if scaling.get("rope_type") == "freq_factors":
+        # llama.cpp keeps only the resulting divisors; config.json needs llama3's parameters
+        raise CheckpointError("this GGUF stores its rope scaling as rope_freqs.weight divisors, which "
+                              "config.json cannot express; run the GGUF file directly instead")
     cfg = {k: v for k, v in raw.items() if k not in PRIVATE_CONFIG_KEYS}
     cfg["torch_dtype"] = torch_dtype
     return cfg

@@ -51,7 +51,7 @@ def test_converted_folder_loads_with_identical_logits(tmp_path: Path, name: str)
     from_gguf, from_folder = modelkit.load(src), modelkit.load(tmp_path / "hf")
     assert from_folder.name == "llama"
     np.testing.assert_array_equal(from_folder.forward(ids), from_gguf.forward(ids))
-    gguf_only = {"rope_dim", "rope_freqs"}  # fields only the GGUF mapping declares
+    gguf_only = {"rope_dim"}  # fields only the GGUF mapping declares
     assert dict(from_folder.config) == {k: v for k, v in from_gguf.config.items() if k not in gguf_only}
 
 

@@ -369,10 +369,33 @@ def test_rope_scaling_metadata(tmp_path: Path) -> None:
     assert src.config()["rope_scaling"] == {"rope_type": "linear", "factor": 4.0}
 
 
-def test_rope_freqs_tensor_is_refused_by_name(tmp_path: Path) -> None:
+def test_rope_freqs_tensor_gives_llama3_scaling(tmp_path: Path) -> None:
+    # llama.cpp writes Llama 3.1+ rope scaling as rope_freqs.weight: per-frequency divisors of the
+    # plain frequencies. The llama3-scaled fixture written that way must match transformers.
+    from modelkit.blocks.rope import inverse_frequencies
+
+    cfg = json.loads((fixture_path("llama3_rope_headdim") / "config.json").read_text())
+    rope = cfg["rope_parameters"]
+    plain = inverse_frequencies(cfg["head_dim"], rope["rope_theta"], None)
+    scaled = inverse_frequencies(cfg["head_dim"], rope["rope_theta"], rope)
+    path = fixture_as_gguf("llama3_rope_headdim", tmp_path / "m.gguf")
+    reader = gguf.GGUFReader(path)
+    tensors = {t.name: (np.array(t.data, dtype=np.float32).reshape(tuple(reversed(t.shape.tolist()))), None)
+               for t in reader.tensors}
+    tensors["rope_freqs.weight"] = ((plain / scaled).astype(np.float32), None)
+    meta = {f.name: f.contents() for f in reader.fields.values()
+            if not f.name.startswith("GGUF.") and f.name != "general.architecture"}
+    meta["llama.attention.key_length"] = meta["llama.attention.value_length"] = cfg["head_dim"]
+    model = modelkit.load(write_gguf(tmp_path / "freqs.gguf", tensors, meta))
+    assert model.config["rope_scaling"]["rope_type"] == "freq_factors"
+    ids, ref = reference("llama3_rope_headdim")
+    assert max_abs(model.forward(ids), ref) < ATOL
+
+
+def test_rope_freqs_of_the_wrong_size_are_refused(tmp_path: Path) -> None:
     tensors, meta = _tiny_llama_meta(**{"llama.rope.dimension_count": 8})
-    tensors["rope_freqs.weight"] = (np.ones(4, np.float32), None)
-    with pytest.raises(ConfigError, match="rope_freqs"):
+    tensors["rope_freqs.weight"] = (np.ones(3, np.float32), None)
+    with pytest.raises(ConfigError, match="freq_factors"):
         modelkit.load(write_gguf(tmp_path / "m.gguf", tensors, meta))
 
 

@@ -47,7 +47,15 @@ def inverse_frequencies(dim: int, theta: float, scaling: dict[str, Any] | None) 
         smoothed = (np.float32(1.0) - smooth) * scaled / np.float32(factor) + smooth * scaled
         medium = ~(wavelen < high_wavelen) & ~(wavelen > low_wavelen)
         return np.where(medium, smoothed, scaled).astype(np.float32)
-    raise ConfigError(f"unsupported rope scaling type {kind!r}; modelkit supports default, linear and llama3")
+    if kind == "freq_factors":
+        # llama.cpp's form of Llama 3.1+ scaling: one divisor per frequency (GGUF rope_freqs.weight)
+        factors = np.asarray(scaling.get("factors", ()), dtype=np.float32)
+        if factors.shape != inv.shape or not np.all(factors > 0):
+            raise ConfigError(f"rope scaling freq_factors: expected {inv.size} positive factors, "
+                              f"got shape {list(factors.shape)}")
+        return (inv / factors).astype(np.float32)
+    raise ConfigError(f"unsupported rope scaling type {kind!r}; modelkit supports default, linear, "
+                      f"llama3 and freq_factors")
 
 
 def _positive(scaling: dict[str, Any], kind: str, key: str, default: float | None = None) -> float:

@@ -107,7 +107,12 @@ class GGUFSource(WeightSource):
 
     def config(self) -> dict[str, Any]:
         if self._config is None:
-            self._config = config_from_metadata(self.reader, set(self._tensors), self.path)
+            cfg = config_from_metadata(self.reader, set(self._tensors), self.path)
+            if "rope_freqs.weight" in self._tensors:
+                # Llama 3.1+ files store their rope scaling as per-frequency divisors
+                factors = dequantize_tensor(self._tensors["rope_freqs.weight"]).ravel()
+                cfg["rope_scaling"] = {"rope_type": "freq_factors", "factors": [float(f) for f in factors]}
+            self._config = cfg
         return self._config
 
     def tensor_infos(self) -> dict[str, TensorInfo]:
