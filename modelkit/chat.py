@@ -113,26 +113,38 @@ class ChatSession:
 
 # ---- the interactive command -----------------------------------------------------------
 def _read_line(interactive: bool) -> str | None:
-    """One line of input; None at end of input."""
-    if interactive:
-        try:
-            return input(">>> ")
-        except EOFError:
-            return None
-    line = sys.stdin.readline()
-    return None if line == "" else line.rstrip("\r\n")
+    """One line of input; None at end of input. Input that is not UTF-8 is a GenerationError."""
+    from .run import utf8_text
+
+    try:
+        if interactive:
+            try:
+                line = input(">>> ")
+            except EOFError:
+                return None
+        else:
+            line = sys.stdin.readline()
+            if line == "":
+                return None
+            line = line.rstrip("\r\n")
+    except UnicodeDecodeError as exc:
+        raise GenerationError(f"standard input: not UTF-8 text (byte 0x{exc.object[exc.start]:02x})") from None
+    return utf8_text(line, "standard input")  # a UTF-8-mode stdin passes bad bytes on as surrogates
 
 
 def run_chat(args: argparse.Namespace) -> int:
     """`modelkit chat`: an interactive session on stdin / stdout; stats on stderr with --verbose."""
     from .generate import GenerationStats
-    from .run import generation_options, load_model, prepare_stdout, stats_line
+    from .run import generation_options, load_model, prepare_stdout, stats_line, utf8_text
 
     options = generation_options(args)
+    system = utf8_text(args.system, "--system") if args.system is not None else None
     model, load_s = load_model(args)
-    if not model.tokenizer.chat_template:
-        apply_chat_template(model.tokenizer, [])  # raises the clear "no chat template" error
-    session = ChatSession(model, system=args.system, **options)
+    # render a first turn before reading any input: a template that is missing, broken or
+    # stopped by the sandbox ends the command (exit 1) instead of failing every turn
+    first = [{"role": "system", "content": system}] if system is not None else []
+    apply_chat_template(model.tokenizer, first + [{"role": "user", "content": "Hello"}])
+    session = ChatSession(model, system=system, **options)
     interactive = sys.stdin.isatty()
     if interactive:
         try:

@@ -39,21 +39,25 @@ def cmd_archs(args: argparse.Namespace) -> int:
 def cmd_validate(args: argparse.Namespace) -> int:
     """Check a checkpoint against its mapping; print the full report."""
     from .hub import resolve_model_path
-    from .loader import inspect
+    from .loader import inspect, non_finite_values
 
     source, choice, plan = inspect(resolve_model_path(args.model, args.revision), args.arch, args.mapping)
-    source.close()
+    try:
+        bad_values = non_finite_values(source, plan) if args.values else []
+    finally:
+        source.close()
     report = plan.report
     n = len(plan.tensors)
     print(f"architecture {choice.mapping.name} ({choice.origin}: {choice.file})")
     print(f"{len(plan.variants)} layers, {n} tensors planned")
-    if report.ok:
-        print("ok: every tensor is mapped, present and of the expected shape")
+    if report.ok and not bad_values:
+        checked = "; every value is finite" if args.values else ""
+        print(f"ok: every tensor is mapped, present and of the expected shape{checked}")
         return 0
-    for line in report.lines():
+    for line in report.lines() + bad_values:
         print(line)
-    print(f"{len(report.missing)} missing, {len(report.unexpected)} unexpected, "
-          f"{len(report.misshaped)} mis-shaped", file=sys.stderr)
+    counts = report.counts() + (f", {len(bad_values)} with NaN or infinite values" if bad_values else "")
+    print(counts, file=sys.stderr)
     return 1
 
 
@@ -103,6 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("validate", help="check that a checkpoint fits its mapping (full report)")
     _add_model_args(p)
+    p.add_argument("--values", action="store_true",
+                   help="also read every tensor and report NaN or infinite values (as slow as loading)")
     p.set_defaults(func=cmd_validate)
 
     from .run import add_generation_args, add_run_args

@@ -27,17 +27,14 @@ class Config(dict):
             raise AttributeError(name) from None
 
 
-def _decode_special_floats(obj: Any) -> Any:
-    # transformers 5 writes non-finite floats as {"__float__": "Infinity"}
-    if isinstance(obj, dict):
-        if set(obj) == {"__float__"} and isinstance(obj["__float__"], str):
-            try:
-                return float(obj["__float__"])
-            except ValueError:
-                return obj
-        return {k: _decode_special_floats(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_decode_special_floats(v) for v in obj]
+def _decode_special_float(obj: dict[str, Any]) -> Any:
+    # transformers 5 writes non-finite floats as {"__float__": "Infinity"}; called by the JSON
+    # parser for every object, innermost first, so deep nesting needs no recursion of ours
+    if len(obj) == 1 and isinstance(obj.get("__float__"), str):
+        try:
+            return float(obj["__float__"])
+        except ValueError:
+            return obj
     return obj
 
 
@@ -51,13 +48,17 @@ def read_config_json(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: config.json not found")
     try:
         text = path.read_text(encoding="utf-8")
-        data = json.loads(text, parse_constant=_reject_constant)
+        data = json.loads(text, parse_constant=_reject_constant, object_hook=_decode_special_float)
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not UTF-8 text") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: JSON nested too deeply") from None
     except json.JSONDecodeError as exc:
         raise ConfigError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    except ValueError as exc:  # an integer of thousands of digits
+        raise ConfigError(f"{path}: not valid JSON ({exc})") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a JSON object at the top level")
-    return _decode_special_floats(data)
+    return data

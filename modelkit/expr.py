@@ -24,9 +24,18 @@ _CMPOPS = {
     ast.Gt: operator.gt, ast.GtE: operator.ge, ast.In: lambda a, b: a in b,
     ast.NotIn: lambda a, b: a not in b, ast.Is: operator.is_, ast.IsNot: operator.is_not,
 }
+
+
+def _str(value: Any) -> str:
+    # str() of a list made with * ([[1] * 10000] * 10000) would be hundreds of megabytes of text
+    if not isinstance(value, (str, int, float)):
+        raise ExprError("str() takes a number, a string or a boolean")
+    return str(value)
+
+
 _FUNCS = {
     "min": min, "max": max, "abs": abs, "int": int, "float": float, "bool": bool, "len": len,
-    "sqrt": math.sqrt, "round": round, "str": str,
+    "sqrt": math.sqrt, "round": round, "str": _str,
     "all": all, "any": any, "list": list,
 }
 
@@ -99,8 +108,12 @@ class _Evaluator:
         if op not in _BINOPS:
             raise ExprError(f"operator '{op.__name__}' is not allowed")
         fn = _limit_pow if op is ast.Pow else _limit_mul if op is ast.Mult else _BINOPS[op]
+        left, right = self.eval(node.left), self.eval(node.right)
+        if op is ast.Mod and isinstance(left, str):
+            # '%0999999999d' % 1 would build a gigabyte string
+            raise ExprError("string formatting with % is not allowed")
         try:
-            return fn(self.eval(node.left), self.eval(node.right))
+            return fn(left, right)
         except (TypeError, ZeroDivisionError, OverflowError) as exc:
             raise ExprError(str(exc)) from None
 
@@ -186,8 +199,13 @@ def evaluate(expr: str | ast.Expression, names: Mapping[str, Any]) -> Any:
     tree = compile_expr(expr) if isinstance(expr, str) else expr
     try:
         return _Evaluator(names).eval(tree)
+    except ExprError:
+        raise
     except RecursionError:
         raise ExprError("expression nested too deeply") from None
+    except (TypeError, ValueError, ArithmeticError) as exc:
+        # what an operation not checked above raises on wrong operands: -'text', {[1]: 2}, int(inf)
+        raise ExprError(str(exc)) from None
 
 
 def names_in(expr: str) -> set[str]:

@@ -37,7 +37,7 @@ class GenerationStats:
     new_tokens: int = 0       # tokens generated (a final EOS included)
     prefill_s: float = 0.0
     decode_s: float = 0.0
-    stop_reason: str = ""     # "eos", "stop_string", "length" or "interrupted"
+    stop_reason: str = ""     # "eos", "stop_string", "length", "context" or "interrupted"
 
     @property
     def prefill_tps(self) -> float:
@@ -116,15 +116,29 @@ def _check_options(model: Any, prompt_ids: Sequence[int], max_new_tokens: int | 
     options = SamplingOptions.resolve(model.generation_config, **sampling)
     if cache is not None and not hasattr(cache, "tokens"):
         raise GenerationError("cache must come from model.make_cache()")
+    limit = position_limit(model)
+    held = cache.length if cache is not None else 0
+    if limit is not None and held + len(prompt) > limit:
+        raise GenerationError(f"the prompt has {held + len(prompt)} tokens; this model has {limit} learned "
+                              f"positions, so it cannot read more than {limit} tokens")
     return prompt, int(n), options
+
+
+def position_limit(model: Any) -> int | None:
+    """How many tokens the model can hold: its learned positions (GPT-2's n_positions), or None
+    for models with relative positions (rotary, ALiBi, none), which have no hard limit."""
+    pos_embed = getattr(model, "pos_embed", None)
+    return int(pos_embed.shape[0]) if pos_embed is not None else None
 
 
 def _tokens(model: Any, prompt: list[int], max_new_tokens: int, options: SamplingOptions, stops: set[int],
             cache: Any, stats: GenerationStats, should_stop: Callable[[], bool] | None
             ) -> Iterator[tuple[int, bool]]:
     """Yield (token, is_last). A token is yielded before it is fed back, so a consumer that
-    stops early leaves the cache holding everything but the last token."""
+    stops early leaves the cache holding everything but the last token. Generation also ends
+    when the model's learned positions are full (stop reason "context")."""
     sampler = Sampler(options)
+    limit = position_limit(model)
     cache = cache if cache is not None else model.make_cache()
     stats.cached_tokens, stats.prompt_tokens = cache.length, len(prompt)
     t0 = time.perf_counter()
@@ -144,9 +158,12 @@ def _tokens(model: Any, prompt: list[int], max_new_tokens: int, options: Samplin
                 return
             token = sampler(logits, history[:seen] if history is not None else ())
             stats.new_tokens += 1
-            last = token in stops or step + 1 == max_new_tokens
+            # a token fed back at position cache.length needs a position embedding for it
+            full = limit is not None and cache.length >= limit
+            last = token in stops or step + 1 == max_new_tokens or full
             if last:
-                stats.stop_reason = "eos" if token in stops else "length"
+                stats.stop_reason = ("eos" if token in stops else "length" if step + 1 == max_new_tokens
+                                     else "context")
             yield token, last
             if last:
                 return

@@ -26,8 +26,16 @@ from .errors import CheckpointError, ConfigError, MappingError, UnknownArchitect
 from .mapping import BlockSpec, Mapping, WeightSpec, read_mapping, resolve_value
 from .model import Layer, Model
 from .sources.base import TensorInfo, WeightSource
+from .sources.safetensors_source import PICKLE_PATTERNS
+from .sources.safetensors_source import _pickle_advice as pickle_advice
 
 USER_MAPPINGS_ENV = "MODELKIT_MAPPINGS"
+# stored dtypes modelkit cannot read as weights: integers (safetensors and GGUF spell them alike)
+# and safetensors' 8-, 6- and 4-bit floats; found from the headers, before any data is read
+UNREADABLE_DTYPES = {"BOOL", "U8", "I8", "U16", "I16", "U32", "I32", "U64", "I64", "F8_E4M3", "F8_E5M2",
+                     "F8_E8M0", "F8_E4M3FNUZ", "F8_E5M2FNUZ", "F6_E2M3", "F6_E3M2", "F4"}
+# what block kinds and transforms raise for options of the wrong type (from a broken mapping)
+_OPTION_ERRORS = (TypeError, ValueError, AttributeError, KeyError, IndexError, ArithmeticError)
 
 
 # ---- weight sources ------------------------------------------------------------------------
@@ -40,8 +48,11 @@ def open_source(path: str | os.PathLike) -> WeightSource:
     for name, cls in plugins.registry().weight_sources.items():
         if cls.can_open(p):
             return cls.open(p)
+    if p.is_file() and any(p.match(pattern) for pattern in PICKLE_PATTERNS):
+        raise pickle_advice(p.parent, [p])
     kinds = ", ".join(plugins.registry().weight_sources)
-    raise CheckpointError(f"{p}: no weight source can read this (known sources: {kinds})")
+    hint = "; give the folder holding it and its config.json" if p.suffix == ".safetensors" else ""
+    raise CheckpointError(f"{p}: no weight source can read this (known sources: {kinds}){hint}")
 
 
 # ---- mappings ------------------------------------------------------------------------------
@@ -157,10 +168,11 @@ class Report:
     missing: list[tuple[str, str, tuple]] = field(default_factory=list)  # source, canonical, shape
     unexpected: list[tuple[str, tuple]] = field(default_factory=list)  # source, shape
     misshaped: list[tuple[str, str, tuple, tuple, str]] = field(default_factory=list)
+    mistyped: list[tuple[str, str, str]] = field(default_factory=list)  # source, canonical, dtype
 
     @property
     def ok(self) -> bool:
-        return not (self.missing or self.unexpected or self.misshaped)
+        return not (self.missing or self.unexpected or self.misshaped or self.mistyped)
 
     def lines(self) -> list[str]:
         """The full report, one tensor a line."""
@@ -173,14 +185,23 @@ class Report:
             extra = f"; {note}" if note else ""
             out.append(f"mis-shaped  {src}  (canonical {canon}): shape {list(got)}, "
                        f"expected {list(want)}{extra}")
+        for src, canon, dtype in self.mistyped:
+            out.append(f"mis-typed   {src}  (canonical {canon}): dtype {dtype}, which modelkit does not read "
+                       f"as weights")
         return out
+
+    def counts(self) -> str:
+        """'N missing, N unexpected, N mis-shaped' (and mis-typed, when there are any)."""
+        parts = [f"{len(self.missing)} missing", f"{len(self.unexpected)} unexpected",
+                 f"{len(self.misshaped)} mis-shaped"]
+        if self.mistyped:
+            parts.append(f"{len(self.mistyped)} mis-typed")
+        return ", ".join(parts)
 
     def summary(self, where: str) -> str:
         """At most five lines for ``load``/``run``; ``modelkit validate`` prints the rest."""
-        counts = [f"{len(self.missing)} missing", f"{len(self.unexpected)} unexpected",
-                  f"{len(self.misshaped)} mis-shaped"]
         lines = self.lines()
-        head = f"{where}: checkpoint does not fit the mapping ({', '.join(counts)} tensors)"
+        head = f"{where}: checkpoint does not fit the mapping ({self.counts()} tensors)"
         shown = lines[:3]
         tail = (f"... and {len(lines) - 3} more; " if len(lines) > 3 else "") + \
             "run `modelkit validate` for the full report"
@@ -196,17 +217,20 @@ def _transform_shape(shape: tuple, transforms: list[tuple[str, dict[str, Any]]],
         if t.shape is not None:
             try:
                 shape = tuple(t.shape(shape, **resolved))
-            except TypeError as exc:
+            except _OPTION_ERRORS as exc:
                 raise MappingError(f"{where}: bad arguments for transform '{name}': {exc}") from None
     return shape
 
 
-def _block_params(cls: type, opts: dict[str, Any], where: str) -> dict[str, ParamSpec]:
+def _block_params(cls: type, opts: dict[str, Any], where: str, key: str) -> dict[str, ParamSpec]:
     # a block kind rejects impossible options (heads, eps, rope) with a ConfigError: name config.json
     try:
         return cls.params(opts)
     except ConfigError as exc:
         raise ConfigError(f"{where}: {exc}") from None
+    except _OPTION_ERRORS as exc:
+        # an option of the wrong type (a mapping's `rope_scaling: 1.5`) that the kind does not check
+        raise MappingError(f"{key}: the block cannot use these options ({type(exc).__name__}: {exc})") from None
 
 
 @dataclass
@@ -249,7 +273,7 @@ def make_plan(mapping: Mapping, raw: dict[str, Any], infos: dict[str, TensorInfo
         spec = model["final_norm"]
         cls = kinds[spec.kind]
         final_opts = resolve_block_options(spec, cls, cfg, f"{mapping.path}: model.final_norm")
-        for pname, ps in _block_params(cls, final_opts, where).items():
+        for pname, ps in _block_params(cls, final_opts, where, f"{mapping.path}: model.final_norm").items():
             needed[f"final_norm.{pname}"] = (ps, f"final_norm.{pname}")
     if not tied:
         needed["head.weight"] = (ParamSpec((vocab, d)), "head.weight")
@@ -265,7 +289,7 @@ def make_plan(mapping: Mapping, raw: dict[str, Any], infos: dict[str, TensorInfo
             key = f"{mapping.path}: layers" + (f".variants.{variant}" if mapping.variant else "") + f".blocks.{bname}"
             opts = resolve_block_options(bspec, cls, layer_cfg, key)
             per_block[bname] = opts
-            for pname, ps in _block_params(cls, opts, where).items():
+            for pname, ps in _block_params(cls, opts, where, key).items():
                 needed[f"layers.{i}.{bname}.{pname}"] = (ps, f"layers.{{i}}.{bname}.{pname}")
         block_options.append(per_block)
 
@@ -290,6 +314,9 @@ def make_plan(mapping: Mapping, raw: dict[str, Any], infos: dict[str, TensorInfo
                 report.missing.append((source, canonical, ps.shape))
             continue
         used.add(source)
+        if info.dtype in UNREADABLE_DTYPES:
+            report.mistyped.append((source, canonical, info.dtype))
+            continue
         try:
             got = _transform_shape(info.shape, w.transforms, cfg, f"{mapping.path}: weights.{template}")
         except CheckpointError as exc:
@@ -325,7 +352,10 @@ def _read(source: WeightSource, planned: PlannedTensor, cfg: Config, memo: dict[
         memo[planned.source] = array
     reg = plugins.registry().transforms
     for name, args in planned.transforms:
-        array = reg[name].apply(array, **resolve_value(args, cfg, where))
+        try:
+            array = reg[name].apply(array, **resolve_value(args, cfg, where))
+        except _OPTION_ERRORS as exc:
+            raise MappingError(f"{where}.{planned.canonical}: bad arguments for transform '{name}': {exc}") from None
     if array.dtype != np.float32 or not array.flags.c_contiguous:
         array = np.ascontiguousarray(array, dtype=np.float32)
     if tuple(array.shape) != tuple(planned.shape):
@@ -367,8 +397,15 @@ def build_model(source: WeightSource, choice: MappingChoice, plan: Plan, *,
                 cls = kinds[bspec.kind]
                 opts = plan.block_options[i][bname]
                 params = {pname: get(f"layers.{i}.{bname}.{pname}") for pname in cls.params(opts)}
-                blocks[bname] = cls(opts, params)
+                try:
+                    blocks[bname] = cls(opts, params)
+                except _OPTION_ERRORS as exc:  # an option of a type the kind does not check
+                    key = f"layers{f'.variants.{variant}' if mapping.variant else ''}.blocks.{bname}"
+                    raise MappingError(f"{mapping.path}: {key}: the block cannot use these options "
+                                       f"({type(exc).__name__}: {exc})") from None
             res = resolve_value(spec.residual_multiplier, {**cfg, "i": i}, f"{mapping.path}: residual_multiplier")
+            if not isinstance(res, (int, float)) or isinstance(res, bool) or res != res:
+                raise ConfigError(f"{_config_where(source)}: residual_multiplier must be a number, got {res!r}")
             layers.append(Layer(spec, blocks, float(res), variant))
         final_norm = None
         if plan.final_norm_options is not None:
@@ -427,6 +464,19 @@ def inspect(path: str | os.PathLike, arch: str | None = None,
     return source, choice, plan
 
 
+def non_finite_values(source: WeightSource, plan: Plan) -> list[str]:
+    """One line per planned tensor holding NaN or infinite values. Reads every tensor, so it
+    takes as long as loading; ``load`` itself does not look (``modelkit validate --values`` does)."""
+    out = []
+    for name in dict.fromkeys(t.source for t in plan.tensors.values() if t.source is not None):
+        array = source.read(name)  # float32 [...]
+        nan = int(np.count_nonzero(np.isnan(array)))
+        inf = int(np.count_nonzero(np.isinf(array)))
+        if nan or inf:
+            out.append(f"non-finite  {name}  ({nan} NaN, {inf} infinite of {array.size} values)")
+    return out
+
+
 def _config_where(source: WeightSource) -> str:
     folder = source.folder()
     return str(folder / "config.json") if folder is not None and source.kind == "safetensors" else str(source.path)
@@ -444,8 +494,9 @@ def load(path: str | os.PathLike, arch: str | None = None, *, mapping: str | os.
 
     source, choice, plan = inspect(path, arch, mapping)
     try:
-        if not plan.report.ok and (strict or plan.report.missing or plan.report.misshaped):
-            raise WeightMismatchError(plan.report, plan.report.summary(str(source.path)))
+        report = plan.report
+        if not report.ok and (strict or report.missing or report.misshaped or report.mistyped):
+            raise WeightMismatchError(report, report.summary(str(source.path)))
         tokenizer = load_tokenizer(source)
         gen_cfg = load_generation_config(source)
         return build_model(source, choice, plan, progress=progress, tokenizer=tokenizer,

@@ -26,6 +26,12 @@ PLACEHOLDER = "{i}"
 _BRACES = re.compile(r"\{[^}]*\}|\{|\}")
 # libyaml's safe loader when present: the same safe subset, ~10x faster (every load parses every mapping)
 _SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+# YAML aliases let a few lines stand for a billion values ("billion laughs"); a mapping walked
+# value by value past this many is refused (the shipped ones have a few hundred)
+MAX_YAML_VALUES = 100_000
+# far above any real model (a few hundred layers at most); a larger count is a broken config
+# and would take minutes to plan
+MAX_LAYERS = 10_000
 
 _TOP_KEYS = {"modelkit_mapping", "name", "description", "match", "config", "checks", "model",
              "layers", "weights", "ignore"}
@@ -163,6 +169,8 @@ class Mapping:
         count = resolve_value(self.layer_count, cfg, f"{self.path}: layers.count")
         if not isinstance(count, int) or isinstance(count, bool) or count < 0:
             raise ConfigError(f"layer count must be a non-negative integer, got {count!r}")
+        if count > MAX_LAYERS:
+            raise ConfigError(f"layer count {count} is not plausible (more than {MAX_LAYERS})")
         if self.variant is None:
             (only,) = self.variants
             return [only] * count
@@ -367,7 +375,7 @@ class _Parser:
             for s in sources:
                 self.expect(s, str, f"{key}.from", "strings")
             typ = spec.get("type", "any")
-            if typ not in TYPES:
+            if not isinstance(typ, str) or typ not in TYPES:
                 raise self.fail(f"{key}.type", f"unknown type {typ!r}; expected one of {', '.join(sorted(TYPES))}")
             derive = spec.get("derive")
             if derive is not None:
@@ -436,7 +444,7 @@ class _Parser:
         self.expect(data, dict, key, "an object with blocks and flow")
         self.check_keys(data, _LAYER_KEYS, key)
         layout = data.get("layout", "sequential")
-        if layout not in LAYOUTS:
+        if not isinstance(layout, str) or layout not in LAYOUTS:
             raise self.fail(f"{key}.layout", f"expected one of {', '.join(sorted(LAYOUTS))}, got {layout!r}")
         res = data.get("residual_multiplier", 1.0)
         names = names | {"i"}  # layer options may depend on the layer index
@@ -455,7 +463,7 @@ class _Parser:
             if not branch:
                 raise self.fail(f"{key}.flow[{n}]", "a branch needs at least one block")
             for b in branch:
-                if b not in blocks:
+                if not isinstance(b, str) or b not in blocks:
                     raise self.fail(f"{key}.flow[{n}]", f"names block {b!r}, which is not in blocks")
         return LayerSpec(layout, res, blocks, flow)
 
@@ -565,7 +573,24 @@ def read_mapping(source: Any, known_kinds: dict[str, type] | None = None,
         raise MappingError(f"{where}: not valid YAML{at}: {problem}") from None
     except RecursionError:
         raise MappingError(f"{where}: YAML nested too deeply") from None
+    _check_size(data, where)
     return parse_mapping(data, where, known_kinds, known_transforms)
+
+
+def _check_size(data: Any, where: str) -> None:
+    """Refuse YAML whose values, aliases expanded, number more than MAX_YAML_VALUES."""
+    stack, seen = [data], 0
+    while stack:
+        value = stack.pop()
+        seen += 1
+        if seen > MAX_YAML_VALUES:
+            raise MappingError(f"{where}: more than {MAX_YAML_VALUES} values once YAML aliases are "
+                               f"expanded; refusing it")
+        if isinstance(value, dict):
+            stack.extend(value.keys())
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
 
 
 __all__ = ["Mapping", "FieldSpec", "BlockSpec", "LayerSpec", "WeightSpec", "read_mapping",

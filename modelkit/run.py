@@ -62,7 +62,7 @@ def read_prompt(args: argparse.Namespace) -> str:
 
     A prompt read from a file or stdin loses one trailing newline (editors add one)."""
     if args.prompt is not None and args.prompt != "-":
-        return args.prompt
+        return utf8_text(args.prompt, "--prompt")
     if args.prompt == "-" or args.prompt_file == "-":
         data, where = sys.stdin.buffer.read(), "standard input"
     else:
@@ -86,6 +86,18 @@ def read_prompt(args: argparse.Namespace) -> str:
         text = text[:-2]
     elif text.endswith("\n"):
         text = text[:-1]
+    return text
+
+
+def utf8_text(text: str, where: str) -> str:
+    """``text`` unchanged, or a GenerationError when it carries bytes that are not UTF-8 (Python
+    passes such bytes from the command line or a non-UTF-8 terminal as lone surrogates)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        code = ord(text[exc.start])
+        byte = f" (byte 0x{code - 0xDC00:02x})" if 0xDC80 <= code <= 0xDCFF else ""
+        raise GenerationError(f"{where}: not UTF-8 text{byte}") from None
     return text
 
 
@@ -133,7 +145,8 @@ def run(args: argparse.Namespace) -> int:
     model, load_s = load_model(args)
     tok = model.tokenizer
     if args.chat:
-        messages = ([{"role": "system", "content": args.system}] if args.system is not None else [])
+        messages = ([{"role": "system", "content": utf8_text(args.system, "--system")}]
+                    if args.system is not None else [])
         ids = chat_prompt_ids(tok, messages + [{"role": "user", "content": prompt}])
     else:
         ids = tok.encode(prompt)

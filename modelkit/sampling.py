@@ -48,6 +48,8 @@ class SamplingOptions:
             ("min_p", 0.0 <= self.min_p <= 1.0, "must be in [0, 1] (0 is off)"),
             ("repetition_penalty", math.isfinite(self.repetition_penalty) and self.repetition_penalty > 0,
              "must be > 0 (1 is off)"),
+            ("seed", self.seed is None or (isinstance(self.seed, (int, np.integer)) and self.seed >= 0),
+             "must be an integer >= 0"),
         ]
         for name, ok, rule in checks:
             if not ok:
@@ -81,7 +83,7 @@ class SamplingOptions:
         unknown = set(values) - {f for f in cls.__dataclass_fields__}
         if unknown:
             raise GenerationError(f"unknown sampling option(s): {', '.join(sorted(unknown))}")
-        return cls(**{k: (int(v) if k in ("top_k", "seed") else float(v)) for k, v in values.items()})
+        return cls(**{k: (_integer(k, v) if k in ("top_k", "seed") else float(v)) for k, v in values.items()})
 
     def with_(self, **changes: Any) -> "SamplingOptions":
         """A copy with some fields changed."""
@@ -90,6 +92,21 @@ class SamplingOptions:
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _integer(name: str, value: Any) -> int:
+    # 50.0 is 50; 2.5, inf and NaN (generation_config.json may hold them) are errors, not crashes
+    if isinstance(value, float) and not value.is_integer():
+        raise GenerationError(f"{name} must be an integer, got {value!r}")
+    return int(value)
+
+
+def _check_finite(best: Any) -> None:
+    """Refuse a logits row whose largest value is NaN or infinite (NaN anywhere makes it NaN)."""
+    if not math.isfinite(best):
+        raise GenerationError("the model produced logits that are NaN or infinite, so no token can be "
+                              "chosen; its weights may hold NaN or inf (`modelkit validate --values` "
+                              "checks them)")
 
 
 # ---- the steps ---------------------------------------------------------------------------
@@ -212,7 +229,9 @@ class Sampler:
         (prompt and generated), used by the repetition penalty."""
         o = self.options
         if o.greedy and o.repetition_penalty == 1.0:
-            return int(np.argmax(logits))  # the fast path: no copy at all
+            best = int(np.argmax(logits))  # the fast path: no copy at all
+            _check_finite(logits[best])  # argmax points at the first NaN when there is one
+            return best
         ids, z = self._candidates(logits, history)
         if o.greedy:
             return int(ids[0])
@@ -230,8 +249,14 @@ class Sampler:
             z = apply_repetition_penalty(z, history, o.repetition_penalty)
         if o.greedy:
             best = int(np.argmax(z))
+            _check_finite(z[best])
             return np.array([best]), z[best:best + 1]
-        z = z / np.float32(o.temperature)  # a new float32 array; the caller's logits stay intact
+        top = z.max()
+        _check_finite(top)
+        # a new float32 array (the caller's logits stay intact), shifted so its maximum is 0 before
+        # dividing: a tiny temperature then sends the others to -inf instead of the maximum to inf
+        with np.errstate(over="ignore"):
+            z = (z - top) / np.float32(o.temperature)
         ids, z = top_k_candidates(None, z, o.top_k)
         ids, z = top_p_candidates(ids, z, o.top_p)
         ids, z = min_p_candidates(ids, z, o.min_p)

@@ -51,7 +51,10 @@ class Tokenizer:
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         """Token ids for ``text``."""
-        return list(self.backend.encode(text, add_special_tokens=add_special_tokens).ids)
+        try:
+            return list(self.backend.encode(text, add_special_tokens=add_special_tokens).ids)
+        except TypeError:  # not a str, or one with lone surrogates (undecodable bytes)
+            raise TokenizerError("the text to encode is not a valid Unicode string") from None
 
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = True) -> str:
         """Text for ``ids`` (special tokens dropped by default)."""
@@ -123,8 +126,10 @@ def read_json_if_present(path: Path) -> dict[str, Any]:
         return {}
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError, or an integer of thousands of digits
         raise TokenizerError(f"{path}: not valid JSON ({exc})") from None
+    except RecursionError:
+        raise TokenizerError(f"{path}: JSON nested too deeply") from None
     if not isinstance(data, dict):
         raise TokenizerError(f"{path}: expected a JSON object")
     return data

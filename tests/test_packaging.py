@@ -112,6 +112,8 @@ def test_archs_from_the_venv(built: dict[str, Path]) -> None:
 
     if "granite" in modelkit.architectures():  # the Granite 4.0-H plugin, once it registers
         expected.add("granite")
+    if "llama-gguf" in modelkit.architectures():  # the GGUF plugin's mapping
+        expected.add("llama-gguf")
     assert expected <= set(rows), proc.stdout
     venv = str(built["venv"].resolve())
     for arch in SHIPPED_YAML:
@@ -129,3 +131,18 @@ def test_run_from_the_venv(built: dict[str, Path]) -> None:
     proc = _run([str(built["python"]), "-m", "modelkit", "validate", "--model", str(fixture_path("falcon_40b"))],
                 cwd=built["work"])
     assert "ok" in proc.stdout
+
+
+def test_plugins_run_from_the_venv(built: dict[str, Path], tmp_path: Path) -> None:
+    """The plugins ship in the wheel: a Granite 4.0-H hybrid (modelkit_granite) and a GGUF file
+    (modelkit_gguf) run from the venv with the same text as from the source tree."""
+    import modelkit
+    from test_gguf import fixture_as_gguf
+
+    for model_path in (fixture_path("gh_hybrid"), fixture_as_gguf("llama_gqa", tmp_path / "tiny.gguf")):
+        model = modelkit.load(model_path)
+        expected = model.tokenizer.decode(model.generate(model.tokenizer.encode("Hello"), max_new_tokens=4,
+                                                         temperature=0.0))
+        proc = _run([str(built["modelkit"]), "run", "--model", str(model_path), "--prompt", "Hello",
+                     "--max-tokens", "4", "--temperature", "0", "--quiet"], cwd=built["work"])
+        assert proc.stdout.splitlines() == (expected + "\n").splitlines()  # text mode reads "\r" as "\n"

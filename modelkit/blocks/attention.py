@@ -13,24 +13,33 @@ import numpy as np
 
 from ..errors import ConfigError
 from .base import REQUIRED, Block, ForwardContext, ParamSpec
-from .rope import apply_rotary, inverse_frequencies, rotary_table
+from .rope import inverse_frequencies, rotary_table, rotate
 
 # queries per block when attending over long prompts: bounds the score matrix to
 # [kv_heads, group * QUERY_BLOCK, keys] instead of [heads, T, T]
 QUERY_BLOCK = 256
+# ... and at most about this many scores (floats) per block, so that a block's scores stay in
+# cache through the softmax; blocks never shrink below SCORE_MIN_QUERIES queries
+SCORE_BLOCK = 1 << 18
+SCORE_MIN_QUERIES = 16
 # the KV cache grows in steps of this many positions (and at least by half its size)
 KV_BLOCK = 256
 
 
 class KVCache:
-    """Keys and values of one attention layer, [kv_heads, capacity, head_dim] each.
+    """Keys and values of one attention layer: ``k`` and ``v`` read as [kv_heads, capacity,
+    head_dim] each.
 
+    The keys are stored transposed, ``kt`` [kv_heads, head_dim, capacity] (``k`` is a view of
+    it), so that query-key scores are a plain matrix product: BLAS is several times slower on
+    the transposed operand for a few query rows, which is every decoding step.
     Capacity grows in blocks as the sequence grows: never the whole context up front, and a
-    token's append writes only its own rows (the arrays are re-allocated only on growth).
+    token's append writes only its own positions (the arrays are re-allocated only on growth).
     """
 
     def __init__(self, kv_heads: int, head_dim: int):
-        self.k = np.empty((kv_heads, 0, head_dim), np.float32)
+        self.kt = np.empty((kv_heads, head_dim, 0), np.float32)
+        self.k = self.kt.transpose(0, 2, 1)
         self.v = np.empty((kv_heads, 0, head_dim), np.float32)
         self.length = 0
 
@@ -38,21 +47,22 @@ class KVCache:
         """Add ``k``, ``v`` given as [T, kv_heads, head_dim] at the end."""
         t = k.shape[0]
         need = self.length + t
-        if need > self.k.shape[1]:
-            cap = max(need, self.k.shape[1] + self.k.shape[1] // 2)
+        if need > self.v.shape[1]:
+            cap = max(need, self.v.shape[1] + self.v.shape[1] // 2)
             cap = -(-cap // KV_BLOCK) * KV_BLOCK
-            for name in ("k", "v"):
-                old = getattr(self, name)
-                new = np.empty((old.shape[0], cap, old.shape[2]), np.float32)
-                new[:, : self.length] = old[:, : self.length]
-                setattr(self, name, new)
-        self.k[:, self.length:need] = k.transpose(1, 0, 2)
+            kv, hd = self.v.shape[0], self.v.shape[2]
+            kt = np.empty((kv, hd, cap), np.float32)
+            kt[:, :, : self.length] = self.kt[:, :, : self.length]
+            v_new = np.empty((kv, cap, hd), np.float32)
+            v_new[:, : self.length] = self.v[:, : self.length]
+            self.kt, self.k, self.v = kt, kt.transpose(0, 2, 1), v_new
+        self.kt[:, :, self.length:need] = k.transpose(1, 2, 0)
         self.v[:, self.length:need] = v.transpose(1, 0, 2)
         self.length = need
 
     def nbytes(self) -> int:
         """Bytes allocated (capacity, not length)."""
-        return self.k.nbytes + self.v.nbytes
+        return self.kt.nbytes + self.v.nbytes
 
 
 def alibi_slopes(num_heads: int) -> np.ndarray:
@@ -67,9 +77,20 @@ def alibi_slopes(num_heads: int) -> np.ndarray:
     return np.asarray(slopes, dtype=np.float32)
 
 
+# exp() of a score this far below the row's maximum is < 1e-26: negligible as a weight, but
+# below about -87 it is a subnormal float32, and subnormals make exp and the matrix product
+# with the values many times slower (tens of times, on rows where most keys are far below the
+# maximum, which peaked attention and masked keys give). Scores are floored here first.
+EXP_FLOOR = np.float32(-60.0)
+
+
 def softmax_inplace(scores: np.ndarray) -> np.ndarray:
-    """Softmax over the last axis, stable (max subtracted), written into ``scores``."""
+    """Softmax over the last axis, stable (max subtracted), written into ``scores``.
+
+    Weights below exp(-60) relative to the largest come out as exp(-60) (masked keys
+    included): a change of < 1e-26 per key that keeps every value a normal float."""
     scores -= scores.max(axis=-1, keepdims=True)
+    np.maximum(scores, EXP_FLOOR, out=scores)
     np.exp(scores, out=scores)
     scores /= scores.sum(axis=-1, keepdims=True)
     return scores
@@ -111,6 +132,12 @@ class Attention(Block):
             raise ConfigError(f"attention: {h} heads do not divide into {kv} key/value heads")
         if opts["positions"] not in ("rope", "alibi", "none"):
             raise ConfigError(f"attention: positions must be rope, alibi or none, got {opts['positions']!r}")
+        scale, window = opts["scale"], opts["window"]
+        if scale is not None and (not isinstance(scale, (int, float)) or isinstance(scale, bool)
+                                  or not math.isfinite(scale)):
+            raise ConfigError(f"attention: scale must be a finite number or null, got {scale!r}")
+        if window is not None and (not isinstance(window, int) or isinstance(window, bool) or window < 1):
+            raise ConfigError(f"attention: window must be a positive integer or null, got {window!r}")
         if opts["positions"] == "rope":  # bad rope settings fail at planning, before any tensor is read
             inverse_frequencies(opts["rope_dim"] or hd, opts["rope_theta"], opts["rope_scaling"])
         return {
@@ -157,8 +184,8 @@ class Attention(Block):
         nq, nk = self.h * self.hd, self.kv * self.hd
         if self.rope is not None:
             # q and k heads side by side, rotated in place inside qkv in one pass
-            cos, sin = self.rope.get(ctx.pos, ctx.pos + t)
-            apply_rotary(qkv[:, :nq + nk].reshape(t, self.h + self.kv, self.hd), cos, sin, self.rot_dim)
+            cos, sin_signed = self.rope.get_signed(ctx.pos, ctx.pos + t)
+            rotate(qkv[:, :nq + nk].reshape(t, self.h + self.kv, self.hd), cos, sin_signed, self.rot_dim)
         q = qkv[:, :nq].reshape(t, self.h, self.hd)
         k = qkv[:, nq:nq + nk].reshape(t, self.kv, self.hd)
         v = qkv[:, nq + nk:].reshape(t, self.kv, self.hd)
@@ -193,15 +220,19 @@ class Attention(Block):
         out = np.empty((t, self.h * self.hd), np.float32)
         # [T, H, hd] -> [KV, group, T, hd]: query head h reads kv head h // group
         qh = q.reshape(t, self.kv, self.group, self.hd).transpose(1, 2, 0, 3)
-        for b0 in range(0, t, QUERY_BLOCK):
-            b1 = min(t, b0 + QUERY_BLOCK)
+        # query blocks small enough that a block's scores stay in cache through the softmax's
+        # passes (NumPy's elementwise work is single-threaded and memory-bound)
+        keys_seen = start + t if self.window is None else min(start + t, self.window + QUERY_BLOCK)
+        step = min(QUERY_BLOCK, max(SCORE_MIN_QUERIES, SCORE_BLOCK // (self.h * keys_seen)))
+        for b0 in range(0, t, step):
+            b1 = min(t, b0 + step)
             n_keys = start + b1  # keys a query in this block can see at most
             k0 = 0 if self.window is None else max(0, start + b0 - self.window + 1)
-            keys = cache.k[:, k0:n_keys]  # [KV, S, hd]
-            vals = cache.v[:, k0:n_keys]
+            keys_t = cache.kt[:, :, k0:n_keys]  # [KV, hd, S]
+            vals = cache.v[:, k0:n_keys]  # [KV, S, hd]
             tb = b1 - b0
             qb = np.ascontiguousarray(qh[:, :, b0:b1]).reshape(self.kv, self.group * tb, self.hd)
-            scores = (qb @ keys.transpose(0, 2, 1)).reshape(self.kv, self.group, tb, n_keys - k0)
+            scores = (qb @ keys_t).reshape(self.kv, self.group, tb, n_keys - k0)
             if self.slopes is not None:
                 alibi = self.alibi(np.arange(k0, n_keys))  # [KV, group, 1, S]
                 if self.opts["alibi_scaled"]:
@@ -218,8 +249,13 @@ class Attention(Block):
             elif tb > 1:
                 # only the last tb keys (this block's own positions) can lie in a query's future
                 scores[..., n_keys - k0 - tb:] += _causal_bias(tb)
-            softmax_inplace(scores)
+            # softmax, normalised after the product with the values ([.., hd] divisions, not [.., S])
+            scores -= scores.max(axis=-1, keepdims=True)
+            np.maximum(scores, EXP_FLOOR, out=scores)  # no subnormals (see EXP_FLOOR)
+            np.exp(scores, out=scores)
+            total = scores.sum(axis=-1).reshape(self.kv, self.group * tb, 1)
             ctx = scores.reshape(self.kv, self.group * tb, -1) @ vals  # [KV, group*Tb, hd]
+            ctx /= total
             # [KV, group, Tb, hd] -> [Tb, H * hd]
             out[b0:b1] = ctx.reshape(self.kv, self.group, tb, self.hd).transpose(2, 0, 1, 3).reshape(tb, -1)
         return out
@@ -228,7 +264,7 @@ class Attention(Block):
         """One (already scaled) query [1, H, hd] over every cached key: the decoding step."""
         n = cache.length
         qh = q.reshape(self.kv, self.group, self.hd)  # head h reads kv head h // group
-        scores = qh @ cache.k[:, :n].transpose(0, 2, 1)  # [KV, group, S]
+        scores = qh @ cache.kt[:, :, :n]  # [KV, group, hd] @ [KV, hd, S] -> [KV, group, S]
         softmax_inplace(scores)
         return (scores @ cache.v[:, :n]).reshape(1, self.h * self.hd)  # [KV, group, hd] -> [1, H * hd]
 

@@ -73,6 +73,7 @@ class RotaryTable:
         self.inv_freq = inv_freq
         self.cos = np.empty((0, 2 * inv_freq.size), np.float32)
         self.sin = self.cos
+        self.sin_signed = self.cos  # sin with its first half negated (see rotate)
         self._lock = threading.Lock()
 
     def get(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
@@ -83,8 +84,16 @@ class RotaryTable:
                     n = max(stop, 2 * self.cos.shape[0], 256)
                     freqs = np.arange(n, dtype=np.float32)[:, None] * self.inv_freq[None, :]
                     emb = np.concatenate([freqs, freqs], axis=-1)
-                    self.cos, self.sin = np.cos(emb), np.sin(emb)
+                    sin = np.sin(emb)
+                    signed = sin.copy()
+                    signed[:, : self.inv_freq.size] *= np.float32(-1.0)
+                    self.cos, self.sin, self.sin_signed = np.cos(emb), sin, signed
         return self.cos[start:stop], self.sin[start:stop]
+
+    def get_signed(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        """cos and signed sin (first half negated) as [stop - start, dim], for :func:`rotate`."""
+        self.get(start, stop)
+        return self.cos[start:stop], self.sin_signed[start:stop]
 
 
 def rotary_table(dim: int, theta: float, scaling: dict[str, Any] | None) -> RotaryTable:
@@ -107,4 +116,17 @@ def apply_rotary(x: np.ndarray, cos: np.ndarray, sin: np.ndarray, rot_dim: int) 
     # cos/sin repeat over both halves, so use one half of the table for each
     x[..., :half] = x1 * c - x2 * s
     x[..., half:rot_dim] = x2 * c + x1 * s
+    return x
+
+
+def rotate(x: np.ndarray, cos: np.ndarray, sin_signed: np.ndarray, rot_dim: int) -> np.ndarray:
+    """:func:`apply_rotary` in four array operations (it runs per layer and token):
+    x * cos + swap_halves(x) * sin_signed, with ``sin_signed`` = [-sin, sin] over the halves
+    (:meth:`RotaryTable.get_signed`). Bit for bit the same result: negation is exact."""
+    half = rot_dim // 2
+    r = x[..., :rot_dim]
+    swapped = np.concatenate((r[..., half:], r[..., :half]), axis=-1)
+    swapped *= sin_signed[:, None, :]
+    r *= cos[:, None, :]
+    r += swapped
     return x

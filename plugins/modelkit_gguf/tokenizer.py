@@ -184,6 +184,8 @@ def tokenizer_from_metadata(reader: GGUFReader, path: Path) -> Tokenizer | None:
     if model is None or not isinstance(tokens, list):
         return None
     types = field_value(reader, "tokenizer.ggml.token_type") or [1] * len(tokens)
+    if not isinstance(types, list):
+        raise TokenizerError(f"{where}: tokenizer.ggml.token_type must be an array, got {types!r}")
     if len(types) != len(tokens):
         raise TokenizerError(f"{where}: tokenizer.ggml.token_type has {len(types)} entries for "
                              f"{len(tokens)} tokens")
