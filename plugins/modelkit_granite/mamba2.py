@@ -26,6 +26,17 @@ _MAX_LOG_DECAY_RATE = np.float32(88.0)
 # decays below exp(-80) ~ 2e-35 become exactly 0: below ~1e-38 float32 turns subnormal, and
 # arithmetic on subnormals is ~10x slower on common CPUs (a long chunk produces many of them)
 _LOG_DECAY_FLOOR = np.float32(-80.0)
+# per-step log decays are floored here: sums over a chunk stay finite (no overflow warnings)
+_LOG_DECAY_MIN = np.float32(-1e4)
+
+
+def _log_decay(dt: np.ndarray, a: np.ndarray) -> np.ndarray:
+    """dt * A, the log of each step's decay, floored at -1e4: any decay below exp(-80) is 0
+    anyway, and a finite floor keeps extreme products (and their running sums) from
+    overflowing to -inf."""
+    with np.errstate(over="ignore"):
+        out = dt * a
+    return np.maximum(out, _LOG_DECAY_MIN, out=out)
 
 
 def _exp_decay(log_decay: np.ndarray) -> np.ndarray:
@@ -80,7 +91,7 @@ def ssd_step(x: np.ndarray, dt: np.ndarray, a: np.ndarray, b: np.ndarray, c: np.
     """
     h, p = x.shape
     g, n = b.shape
-    state *= _exp_decay(dt * a)[:, None, None]  # decay
+    state *= _exp_decay(_log_decay(dt, a))[:, None, None]  # decay
     grouped = state.reshape(g, (h // g) * p, n)  # [G, H/G * P, N]: heads of a group share B, C
     dtx = (x * dt[:, None]).reshape(g, -1, 1)  # [G, H/G * P, 1]
     if scratch is None:
@@ -114,7 +125,7 @@ def ssd_chunked(x: np.ndarray, dt: np.ndarray, a: np.ndarray, b: np.ndarray, c: 
     g, n = b.shape[1:]
     hpg = h // g
     y = np.empty((t_total, h, p), np.float32)
-    log_decay = dt * a  # [T, H]: log of each step's decay factor (<= 0)
+    log_decay = _log_decay(dt, a)  # [T, H]: log of each step's decay factor (<= 0)
     dtx = x * dt[:, :, None]  # [T, H, P]
     size = min(chunk_size, t_total)
     # [s, t] layouts (source position first), so the running sums below run along the last axis
