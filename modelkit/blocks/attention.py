@@ -13,6 +13,7 @@ import numpy as np
 
 from ..errors import ConfigError
 from .base import REQUIRED, Block, ForwardContext, ParamSpec
+from .linear import linear
 from .rope import inverse_frequencies, rotary_table, rotate
 
 # queries per block when attending over long prompts: bounds the score matrix to
@@ -178,7 +179,7 @@ class Attention(Block):
 
     def forward(self, x: np.ndarray, state: KVCache | None, ctx: ForwardContext) -> np.ndarray:
         t = x.shape[0]
-        qkv = x @ self.w_qkv.T  # [T, D] -> [T, (H + 2KV) * hd]
+        qkv = linear(x, self.w_qkv)  # [T, D] -> [T, (H + 2KV) * hd]
         if self.b_qkv is not None:
             qkv += self.b_qkv
         nq, nk = self.h * self.hd, self.kv * self.hd
@@ -194,7 +195,7 @@ class Attention(Block):
         start = state.length
         state.append(k, v)
         out = self.attend(q, state, start)  # [T, H * hd]
-        y = out @ self.w_o.T
+        y = linear(out, self.w_o)  # [T, H * hd] -> [T, D]
         if self.b_o is not None:
             y += self.b_o
         return y

@@ -9,6 +9,7 @@ import numpy as np
 from ..errors import ConfigError
 from .activations import ACTIVATIONS
 from .base import REQUIRED, Block, ForwardContext, ParamSpec
+from .linear import linear
 
 
 def _activation(name: Any) -> Any:
@@ -49,10 +50,10 @@ class MLP(Block):
         self.act = _activation(self.opts["activation"])
 
     def forward(self, x: np.ndarray, state: Any, ctx: ForwardContext) -> np.ndarray:
-        h = x @ self.p["up.weight"].T  # [T, D] -> [T, I]
+        h = linear(x, self.p["up.weight"])  # [T, D] -> [T, I]
         if self.p.get("up.bias") is not None:
             h += self.p["up.bias"]
-        y = self.act(h) @ self.p["down.weight"].T  # [T, I] -> [T, D]
+        y = linear(self.act(h), self.p["down.weight"])  # [T, I] -> [T, D]
         if self.p.get("down.bias") is not None:
             y += self.p["down.bias"]
         return y
@@ -86,12 +87,12 @@ class GatedMLP(Block):
         p["gate.weight"] = p["up.weight"] = None  # the fused copy replaces them
 
     def forward(self, x: np.ndarray, state: Any, ctx: ForwardContext) -> np.ndarray:
-        gu = x @ self.w_gate_up.T  # [T, D] -> [T, 2I]
+        gu = linear(x, self.w_gate_up)  # [T, D] -> [T, 2I]
         if self.b_gate_up is not None:
             gu += self.b_gate_up
         h = self.act(gu[:, : self.i])
         h *= gu[:, self.i:]
-        y = h @ self.p["down.weight"].T  # [T, I] -> [T, D]
+        y = linear(h, self.p["down.weight"])  # [T, I] -> [T, D]
         if self.p.get("down.bias") is not None:
             y += self.p["down.bias"]
         return y

@@ -1,0 +1,1 @@
+"""modelkit's benchmark suite: ``python3 -m bench`` (see docs/performance.md)."""
