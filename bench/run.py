@@ -267,7 +267,8 @@ def table(args: argparse.Namespace, benches: list[Bench], results: dict, engines
             if j == 0:
                 lines.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
     lines.append("")
-    lines.append(f"medians of {args.runs} alternating runs; {args.threads} threads per engine; "
+    runs = max((len(g["runs"]) for r in results.values() for e in r.values() for g in e.values()), default=0)
+    lines.append(f"medians of {runs} alternating runs; {args.threads} threads per engine; "
                  "ratios are modelkit / reference (throughputs: higher is better; times and memory: lower)")
     return "\n".join(lines)
 
@@ -328,24 +329,32 @@ def main(argv: list[str] | None = None) -> int:
                 order = engines if run % 2 == 0 else engines[::-1]
                 for e in order:
                     results[b.name][e][group]["runs"].append(run_worker(args, e, b, group))
+                # written as it goes: a run stopped part way still leaves its figures
+                save(args, benches, results, engines, final=False)
+    report = save(args, benches, results, engines, final=True)
+    print(report)
+    log(f"results written to {args.out}")
+    return 0
+
+
+def save(args: argparse.Namespace, benches: list[Bench], results: dict, engines: list[str],
+         final: bool) -> str:
+    """Medians over the runs so far, the table and everything measured, into ``--out``."""
     for b in benches:
         for e in engines:
             for g in b.groups:
                 ok = [r for r in results[b.name][e][g]["runs"] if "error" not in r]
                 results[b.name][e][g]["median"] = median_of(ok) if ok else {}
-
     report = table(args, benches, results, engines)
-    print(report)
     data = {"machine": machine(), "settings": {k: (str(v) if isinstance(v, Path) else v)
                                                for k, v in vars(args).items()},
-            "engines": engines, "blas_env_cleared": not args.keep_blas_env,
+            "engines": engines, "blas_env_cleared": not args.keep_blas_env, "complete": final,
             "models": {b.name: {"note": b.note, "float32_bytes": b.f32_bytes,
                                 "checkpoints": {e: str(p) for e, p in b.paths.items()},
                                 "results": results[b.name]} for b in benches},
             "table": report}
     args.out.write_text(json.dumps(data, indent=1) + "\n")
-    log(f"results written to {args.out}")
-    return 0
+    return report
 
 
 if __name__ == "__main__":
