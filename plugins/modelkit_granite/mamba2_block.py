@@ -21,6 +21,7 @@ import numpy as np
 
 from modelkit.blocks.activations import ACTIVATIONS
 from modelkit.blocks.base import REQUIRED, Block, ForwardContext, ParamSpec
+from modelkit.blocks.linear import linear
 from modelkit.errors import ConfigError
 
 from .mamba2 import causal_conv, decay_rates, gated_rms_norm, ssd_chunked, ssd_step, time_steps
@@ -132,7 +133,7 @@ class Mamba2(Block):
         t = x.shape[0]
         d, cd, h, hd, g, n = self.d, self.conv_dim, self.h, self.hd, self.g, self.n
         p = self.p
-        proj = x @ p["in_proj.weight"].T  # [T, hidden] -> [T, D + C + H]
+        proj = linear(x, p["in_proj.weight"])  # [T, hidden] -> [T, D + C + H]
         if p.get("in_proj.bias") is not None:
             proj += p["in_proj.bias"]
         z = proj[:, :d]
@@ -147,7 +148,7 @@ class Mamba2(Block):
             y = ssd_chunked(xs, dt, self.a, b, c, state.ssm, self.chunk)  # [T, H, P]
         y += xs * p["D"][:, None]  # skip connection from x (before the dt scaling)
         out = gated_rms_norm(y.reshape(t, d), z, p["norm.weight"], g, self.eps)
-        res = out @ p["out_proj.weight"].T  # [T, D] -> [T, hidden]
+        res = linear(out, p["out_proj.weight"])  # [T, D] -> [T, hidden]
         if p.get("out_proj.bias") is not None:
             res += p["out_proj.bias"]
         return res
