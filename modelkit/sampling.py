@@ -141,6 +141,8 @@ def top_p_candidates(ids: np.ndarray | None, z: np.ndarray, p: float) -> tuple[n
     if p >= 1.0 or z.size <= 1:
         return ids, z
     e = np.exp(z - z.max())  # float32 [n], unnormalised probabilities
+    # running sums over up to 100k weights are taken in float64 (one row per token, not
+    # model-sized) so the kept set is exactly the smallest one reaching p
     target = float(e.sum(dtype=np.float64)) * p * (1.0 - _TOP_P_RTOL)
     if e.size > _TOP_P_FIRST_TRY:
         best = np.argpartition(e, e.size - _TOP_P_FIRST_TRY)[e.size - _TOP_P_FIRST_TRY:]
@@ -221,6 +223,7 @@ class Sampler:
             ids = np.arange(z.size)
         if self.options.greedy:
             return ids, np.ones(1)
+        # the draw's probabilities in float64: the row must sum to 1 for the seeded choice
         p = np.exp(z.astype(np.float64) - float(z.max()))
         return ids, p / p.sum()
 
