@@ -10,6 +10,7 @@ Nothing can call into Python objects, so a mapping from a stranger cannot run co
 from __future__ import annotations
 
 import ast
+import functools
 import math
 import operator
 from typing import Any, Mapping
@@ -185,9 +186,16 @@ class _Evaluator:
 
 
 def compile_expr(text: str) -> ast.Expression:
-    """Parse ``text`` once; raises :class:`ExprError` for syntax errors."""
+    """Parse ``text`` (cached: a load evaluates the same few expressions for every layer and
+    tensor); raises :class:`ExprError` for syntax errors."""
     if not isinstance(text, str) or len(text) > 2000:
         raise ExprError("an expression must be a string of at most 2000 characters")
+    return _parse(text)
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse(text: str) -> ast.Expression:
+    # the evaluator never mutates the tree, so one parsed tree can serve every call
     try:
         return ast.parse(text.strip(), mode="eval")
     except SyntaxError as exc:
