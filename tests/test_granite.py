@@ -102,7 +102,9 @@ def test_cache_holds_conv_and_ssm_state_per_mamba_layer() -> None:
     cfg = model.config
     conv_dim = cfg.mamba_d_inner + 2 * cfg.mamba_n_groups * cfg.mamba_d_state
     assert state.conv.shape == (cfg.mamba_d_conv - 1, conv_dim)
-    assert state.ssm.shape == (cfg.mamba_n_heads, cfg.mamba_head_dim, cfg.mamba_d_state)
+    groups = cfg.mamba_n_groups
+    assert state.ssm.shape == (groups, cfg.mamba_d_state,
+                               cfg.mamba_n_heads // groups * cfg.mamba_head_dim)
     before = cache.nbytes()
     model.forward(reference("gh_hybrid")[0][:5], cache)
     assert cache.nbytes() >= before > 0

@@ -29,6 +29,18 @@ def _inputs(seed: int, t: int, h: int = 6, p: int = 3, g: int = 2, n: int = 5, d
     return x, dt, a, b, c, state
 
 
+def _packed(state: np.ndarray, g: int) -> np.ndarray:
+    """[H, P, N] -> the scan's state layout [G, N, H/G * P]."""
+    h, p, n = state.shape
+    return np.ascontiguousarray(state.reshape(g, h // g * p, n).transpose(0, 2, 1))
+
+
+def _unpacked(state: np.ndarray, h: int) -> np.ndarray:
+    """[G, N, H/G * P] -> [H, P, N]."""
+    g, n, cols = state.shape
+    return state.transpose(0, 2, 1).reshape(h, cols * g // h, n)
+
+
 def _recurrence(x, dt, a, b, c, state):
     """The definition, one step and one head at a time, in float64."""
     t, h, p = x.shape
@@ -47,23 +59,23 @@ def _recurrence(x, dt, a, b, c, state):
 def test_chunked_scan_equals_the_recurrence(t: int, chunk: int) -> None:
     x, dt, a, b, c, state = _inputs(t, t)
     want_y, want_state = _recurrence(x, dt, a, b, c, state)
-    s = state.copy()
+    s = _packed(state, b.shape[1])
     y = ssd_chunked(x, dt, a, b, c, s, chunk)
     assert y.dtype == np.float32 and s.dtype == np.float32 and y.shape == x.shape
     np.testing.assert_allclose(y, want_y, rtol=1e-4, atol=1e-4)
-    np.testing.assert_allclose(s, want_state, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(_unpacked(s, x.shape[1]), want_state, rtol=1e-4, atol=1e-4)
 
 
 def test_step_equals_the_recurrence_and_the_chunked_scan() -> None:
     x, dt, a, b, c, state = _inputs(3, 19)
     want_y, want_state = _recurrence(x, dt, a, b, c, state)
-    s = state.copy()
+    s = _packed(state, b.shape[1])
     scratch = np.empty_like(s)
     ys = [ssd_step(x[i], dt[i], a, b[i], c[i], s, scratch if i % 2 else None) for i in range(19)]
     assert all(v.dtype == np.float32 for v in ys)
     np.testing.assert_allclose(np.stack(ys), want_y, rtol=1e-4, atol=1e-4)
-    np.testing.assert_allclose(s, want_state, rtol=1e-4, atol=1e-4)
-    s2 = state.copy()
+    np.testing.assert_allclose(_unpacked(s, x.shape[1]), want_state, rtol=1e-4, atol=1e-4)
+    s2 = _packed(state, b.shape[1])
     np.testing.assert_allclose(ssd_chunked(x, dt, a, b, c, s2, 4), np.stack(ys), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(s2, s, rtol=1e-5, atol=1e-5)
 
@@ -71,9 +83,9 @@ def test_step_equals_the_recurrence_and_the_chunked_scan() -> None:
 def test_chunked_scan_continues_from_its_own_state() -> None:
     """Prefill in pieces (cut inside a chunk and on a boundary) equals one scan."""
     x, dt, a, b, c, state = _inputs(5, 23)
-    whole_state = state.copy()
+    whole_state = _packed(state, b.shape[1])
     whole = ssd_chunked(x, dt, a, b, c, whole_state, 4)
-    s = state.copy()
+    s = _packed(state, b.shape[1])
     parts = [ssd_chunked(x[i:j], dt[i:j], a, b[i:j], c[i:j], s, 4) for i, j in [(0, 3), (3, 8), (8, 23)]]
     np.testing.assert_allclose(np.concatenate(parts), whole, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(s, whole_state, rtol=1e-5, atol=1e-5)
@@ -94,7 +106,7 @@ def test_extreme_time_steps_and_decay_rates_stay_finite() -> None:
     b = rng.standard_normal((t, g, n)).astype(F32)
     c = rng.standard_normal((t, g, n)).astype(F32)
     dts = np.broadcast_to(dt, (t, h)).copy()
-    s1 = np.ones((h, p, n), F32)
+    s1 = np.ones((g, n, h // g * p), F32)
     s2 = s1.copy()
     with np.errstate(over="ignore"):  # dt * A may overflow to -inf: a decay of exactly zero
         y_chunk = ssd_chunked(x, dts, a, b, c, s1, 4)
@@ -175,7 +187,7 @@ def test_block_prefill_in_pieces_and_decoding_equal_one_pass(cuts: list[int]) ->
 def test_block_state_is_preallocated_float32() -> None:
     block = _block()
     state = block.new_state()
-    assert state.conv.shape == (3, 16 + 2 * 2 * 3) and state.ssm.shape == (4, 4, 3)
+    assert state.conv.shape == (3, 16 + 2 * 2 * 3) and state.ssm.shape == (2, 3, 8)
     assert state.conv.dtype == state.ssm.dtype == np.float32
     ssm, conv = state.ssm, state.conv
     block.forward(np.ones((5, 12), F32), state, ForwardContext(0, 5))

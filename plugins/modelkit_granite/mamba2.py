@@ -23,15 +23,16 @@ from modelkit.blocks.activations import silu, softplus
 # exp() of anything above this overflows float32; A_log is clamped here so A stays finite
 # (an infinite A times a zero step would give NaN instead of "no decay")
 _MAX_LOG_DECAY_RATE = np.float32(88.0)
-# decays below exp(-80) ~ 2e-35 become exactly 0: below ~1e-38 float32 turns subnormal, and
-# arithmetic on subnormals is ~10x slower on common CPUs (a long chunk produces many of them)
-_LOG_DECAY_FLOOR = np.float32(-80.0)
+# decays below exp(-60) ~ 9e-27 become exactly 0: their products with scores and inputs would
+# otherwise fall below ~1e-38, where float32 turns subnormal, and arithmetic on subnormals is
+# ~10x slower on common CPUs (a long chunk produces many of them)
+_LOG_DECAY_FLOOR = np.float32(-60.0)
 # per-step log decays are floored here: sums over a chunk stay finite (no overflow warnings)
 _LOG_DECAY_MIN = np.float32(-1e4)
 
 
 def _log_decay(dt: np.ndarray, a: np.ndarray) -> np.ndarray:
-    """dt * A, the log of each step's decay, floored at -1e4: any decay below exp(-80) is 0
+    """dt * A, the log of each step's decay, floored at -1e4: any decay below exp(-60) is 0
     anyway, and a finite floor keeps extreme products (and their running sums) from
     overflowing to -inf."""
     with np.errstate(over="ignore"):
@@ -40,7 +41,7 @@ def _log_decay(dt: np.ndarray, a: np.ndarray) -> np.ndarray:
 
 
 def _exp_decay(log_decay: np.ndarray) -> np.ndarray:
-    """exp(log_decay) in place, with anything below exp(-80) flushed to exactly 0."""
+    """exp(log_decay) in place, with anything below exp(-60) flushed to exactly 0."""
     np.copyto(log_decay, np.float32(-np.inf), where=log_decay < _LOG_DECAY_FLOOR)
     return np.exp(log_decay, out=log_decay)
 
@@ -57,6 +58,14 @@ def time_steps(dt: np.ndarray, dt_bias: np.ndarray, limit: tuple[float, float]) 
     if lo > 0.0 or hi != np.inf:  # softplus is already >= 0, so the default (0, inf) is a no-op
         np.clip(out, np.float32(lo), np.float32(hi), out=out)
     return out
+
+
+def state_shape(heads: int, head_dim: int, groups: int, d_state: int) -> tuple[int, int, int]:
+    """The SSM state's layout, [G, N, H/G * P]: per group, one row per state dimension over
+    the group's heads' channels. Decoding scales and updates it along those long contiguous
+    rows (NumPy's broadcasting loops are slow over short ones), and both readouts are plain
+    matrix products (``C @ state``)."""
+    return groups, d_state, heads // groups * head_dim
 
 
 def causal_conv(x: np.ndarray, history: np.ndarray, weight_t: np.ndarray,
@@ -86,21 +95,21 @@ def ssd_step(x: np.ndarray, dt: np.ndarray, a: np.ndarray, b: np.ndarray, c: np.
     """One step of the recurrence for every head at once.
 
     ``x`` [H, P], ``dt`` [H] (already softplus'd), ``a`` [H] (= A), ``b``/``c`` [G, N],
-    ``state`` [H, P, N] updated in place; ``scratch`` an optional [H, P, N] float32 buffer for
-    the rank-one update (saves an allocation per token). Returns y [H, P] without the D skip.
+    ``state`` [G, N, H/G * P] (see :func:`state_shape`) updated in place; ``scratch`` an optional
+    buffer of the state's shape for the rank-one update (saves an allocation per token).
+    Returns y [H, P] without the D skip.
     """
     h, p = x.shape
     g, n = b.shape
-    state *= _exp_decay(_log_decay(dt, a))[:, None, None]  # decay
-    grouped = state.reshape(g, (h // g) * p, n)  # [G, H/G * P, N]: heads of a group share B, C
-    dtx = (x * dt[:, None]).reshape(g, -1, 1)  # [G, H/G * P, 1]
+    decay = _exp_decay(_log_decay(dt, a))  # [H]
+    state *= np.repeat(decay, p).reshape(g, 1, -1)  # each head's decay over its P columns
+    dtx = (x * dt[:, None]).reshape(g, 1, -1)  # [G, 1, H/G * P]
     if scratch is None:
-        grouped += dtx * b[:, None, :]
+        state += b[:, :, None] * dtx
     else:
-        upd = scratch.reshape(grouped.shape)
-        np.multiply(dtx, b[:, None, :], out=upd)
-        grouped += upd
-    return (grouped @ c[:, :, None]).reshape(h, p)  # [G, H/G * P, N] @ [G, N, 1]
+        np.multiply(b[:, :, None], dtx, out=scratch)  # [G, N, 1] * [G, 1, H/G * P]
+        state += scratch
+    return (c[:, None, :] @ state).reshape(h, p)  # [G, 1, N] @ [G, N, H/G * P]
 
 
 def ssd_chunked(x: np.ndarray, dt: np.ndarray, a: np.ndarray, b: np.ndarray, c: np.ndarray,
@@ -108,8 +117,8 @@ def ssd_chunked(x: np.ndarray, dt: np.ndarray, a: np.ndarray, b: np.ndarray, c: 
     """The recurrence over a whole sequence with the chunked SSD algorithm.
 
     ``x`` [T, H, P], ``dt`` [T, H] (already softplus'd), ``a`` [H], ``b``/``c`` [T, G, N],
-    ``state`` [H, P, N]: the state before the first step, updated in place to the state after
-    the last. Any T >= 1; the last chunk may be shorter than ``chunk_size``. Returns y
+    ``state`` [G, N, H/G * P]: the state before the first step, updated in place to the state
+    after the last. Any T >= 1; the last chunk may be shorter than ``chunk_size``. Returns y
     [T, H, P] without the D skip. Per chunk of length l, with s <= t positions in it:
 
     1. within the chunk: y[t] += sum_s decay(s -> t) * (C[t] . B[s]) * dt[s] x[s]  (an
@@ -128,42 +137,49 @@ def ssd_chunked(x: np.ndarray, dt: np.ndarray, a: np.ndarray, b: np.ndarray, c: 
     log_decay = _log_decay(dt, a)  # [T, H]: log of each step's decay factor (<= 0)
     dtx = x * dt[:, :, None]  # [T, H, P]
     size = min(chunk_size, t_total)
-    # [s, t] layouts (source position first), so the running sums below run along the last axis
-    later = np.tri(size, size, -1, dtype=bool).T  # t > s
-    causal = np.tri(size, size, 0, dtype=np.float32).T  # t >= s
+    causal = np.tri(size, size, 0, dtype=np.float32)  # [t, s]: 1 where t >= s
+    # [t, H, s] layout, reused by every chunk: row t of the segment sums is row t-1 plus one
+    # step, added over whole rows. Above the diagonal it stays 0 (the causal mask zeroes it
+    # after exp); the diagonal is reset to 0 for each chunk.
+    seg = np.zeros((size, h, size), np.float32)
     for t0 in range(0, t_total, chunk_size):
         t1 = min(t_total, t0 + chunk_size)
         l = t1 - t0
-        la = log_decay[t0:t1].T  # [H, l]
-        xc = dtx[t0:t1].transpose(1, 0, 2)  # [H, l, P]
+        la = log_decay[t0:t1]  # [l, H]
+        xc = dtx[t0:t1]  # [l, H, P]
         bc = b[t0:t1].transpose(1, 0, 2)  # [G, l, N]
         cc = c[t0:t1].transpose(1, 0, 2)  # [G, l, N]
 
-        # decay[h, s, t] = exp(la[h, s+1] + ... + la[h, t]); 1 where t <= s (masked below)
-        decay = np.where(later[:l, :l], la[:, None, :], np.float32(0.0))  # [H, l(s), l(t)]
-        np.cumsum(decay, axis=2, out=decay)
+        # decay[t, h, s] = exp(la[s+1, h] + ... + la[t, h]); 1 where s >= t (masked below)
+        decay = seg[:l, :, :l]
+        np.einsum("tht->th", decay)[...] = 0.0  # a writable view of the diagonal
+        for t in range(1, l):
+            np.add(decay[t - 1, :, :t], la[t, :, None], out=decay[t, :, :t])
         _exp_decay(decay)
-        to_end = decay[:, :, -1].copy()  # [H, l]: decay(s -> chunk end)
-        from_start = _exp_decay(np.cumsum(la, axis=1))  # [H, l]: decay(chunk start -> t)
+        to_end = decay[l - 1].T.copy()  # [l(s), H]: decay(s -> chunk end)
+        from_start = _exp_decay(np.cumsum(la, axis=0))  # [l, H]: decay(chunk start -> t)
 
-        # 1. within the chunk: (decay * B C^T, causal) @ dt x
-        scores = bc @ cc.transpose(0, 2, 1)  # [G, l(s), l(t)]
+        # 1. within the chunk: (decay * C B^T, causal) @ dt x
+        scores = cc @ bc.transpose(0, 2, 1)  # [G, l(t), l(s)]
         scores *= causal[:l, :l]
-        decay.reshape(g, hpg, l, l)[...] *= scores[:, None]
-        yc = decay.transpose(0, 2, 1) @ xc  # [H, l(t), l(s)] @ [H, l, P] -> [H, l, P]
+        grouped = decay.reshape(l, g, hpg, l)
+        np.multiply(grouped, scores.transpose(1, 0, 2)[:, :, None, :], out=grouped)
+        yc = y[t0:t1]  # [l, H, P], written through its [H, l, P] view
+        np.matmul(decay.transpose(1, 0, 2), xc.transpose(1, 0, 2), out=yc.transpose(1, 0, 2))
 
         # 4. the state carried in from earlier chunks, read out by C and decayed to each t
-        carried = state.reshape(g, hpg * p, n) @ cc.transpose(0, 2, 1)  # [G, H/G * P, l]
-        yc += carried.reshape(h, p, l).transpose(0, 2, 1) * from_start[:, :, None]
-        y[t0:t1] = yc.transpose(1, 0, 2)
+        carried = cc @ state  # [G, l, N] @ [G, N, H/G * P] -> [G, l, H/G * P]
+        carried = carried.transpose(1, 0, 2).reshape(l, h, p)
+        carried *= from_start[:, :, None]
+        yc += carried
 
-        # 2. this chunk's contribution to the state at its end: (dt x * decay)^T @ B
-        weighted = (xc * to_end[:, :, None]).transpose(0, 2, 1).reshape(g, hpg * p, l)
-        own = weighted @ bc  # [G, H/G * P, l] @ [G, l, N] -> [G, H/G * P, N]
+        # 2. this chunk's contribution to the state at its end: B^T @ (dt x * decay)
+        weighted = (xc * to_end[:, :, None]).reshape(l, g, hpg * p).transpose(1, 0, 2)
+        own = bc.transpose(0, 2, 1) @ weighted  # [G, N, l] @ [G, l, H/G * P]
 
         # 3. carry the state across the chunk
-        state *= from_start[:, -1, None, None]
-        state += own.reshape(h, p, n)
+        state *= np.repeat(from_start[-1], p).reshape(g, 1, -1)
+        state += own
     return y
 
 

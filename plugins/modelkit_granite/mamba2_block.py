@@ -24,19 +24,22 @@ from modelkit.blocks.base import REQUIRED, Block, ForwardContext, ParamSpec
 from modelkit.blocks.linear import linear
 from modelkit.errors import ConfigError
 
-from .mamba2 import causal_conv, decay_rates, gated_rms_norm, ssd_chunked, ssd_step, time_steps
+from .mamba2 import (causal_conv, decay_rates, gated_rms_norm, ssd_chunked, ssd_step, state_shape,
+                     time_steps)
 
 
 class Mamba2State:
     """What a Mamba2 layer remembers about one sequence, preallocated and updated in place.
 
     ``conv`` [d_conv - 1, C]: the last raw (pre-convolution) xBC inputs, oldest first;
-    ``ssm`` [H, P, N]: the recurrent state. ``scratch`` is working space for decoding.
+    ``ssm`` [G, N, H/G * P]: the recurrent state (:func:`~modelkit_granite.mamba2.state_shape`).
+    ``scratch`` is working space for decoding.
     """
 
-    def __init__(self, d_conv: int, conv_dim: int, heads: int, head_dim: int, d_state: int):
+    def __init__(self, d_conv: int, conv_dim: int, heads: int, head_dim: int, groups: int,
+                 d_state: int):
         self.conv = np.zeros((d_conv - 1, conv_dim), np.float32)
-        self.ssm = np.zeros((heads, head_dim, d_state), np.float32)
+        self.ssm = np.zeros(state_shape(heads, head_dim, groups, d_state), np.float32)
         self.scratch = np.empty_like(self.ssm)
 
     def nbytes(self) -> int:
@@ -125,7 +128,7 @@ class Mamba2(Block):
         self.a = decay_rates(p["A_log"])  # [H]
 
     def new_state(self) -> Mamba2State:
-        return Mamba2State(self.k, self.conv_dim, self.h, self.hd, self.n)
+        return Mamba2State(self.k, self.conv_dim, self.h, self.hd, self.g, self.n)
 
     def forward(self, x: np.ndarray, state: Mamba2State | None, ctx: ForwardContext) -> np.ndarray:
         if state is None:
