@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from modelkit.blocks.base import ForwardContext
-from modelkit_granite.mamba2 import (causal_conv, decay_rates, gated_rms_norm, ssd_chunked,
-                                     ssd_step, time_steps)
+from modelkit_granite.mamba2 import (PendingSteps, causal_conv, decay_rates, fold_pending,
+                                     gated_rms_norm, ssd_chunked, ssd_step, time_steps)
 from modelkit_granite.mamba2_block import Mamba2
 
 F32 = np.float32
@@ -66,14 +66,30 @@ def test_chunked_scan_equals_the_recurrence(t: int, chunk: int) -> None:
     np.testing.assert_allclose(_unpacked(s, x.shape[1]), want_state, rtol=1e-4, atol=1e-4)
 
 
-def test_step_equals_the_recurrence_and_the_chunked_scan() -> None:
+def _pending(window: int, x: np.ndarray, b: np.ndarray) -> PendingSteps:
+    h, p = x.shape[1:]
+    g, n = b.shape[1:]
+    return PendingSteps(window, h, p, g, n)
+
+
+@pytest.mark.parametrize("window", [1, 4, 19, 32])
+def test_step_equals_the_recurrence_and_the_chunked_scan(window: int) -> None:
+    """Steps kept pending (folded every ``window`` steps, and at the end) equal the recurrence
+    step by step: both the outputs and the state."""
     x, dt, a, b, c, state = _inputs(3, 19)
     want_y, want_state = _recurrence(x, dt, a, b, c, state)
     s = _packed(state, b.shape[1])
-    scratch = np.empty_like(s)
-    ys = [ssd_step(x[i], dt[i], a, b[i], c[i], s, scratch if i % 2 else None) for i in range(19)]
+    pending = _pending(window, x, b)
+    ys = []
+    for i in range(19):
+        ys.append(ssd_step(x[i], dt[i], a, b[i], c[i], s, pending))
+        assert 1 <= pending.count <= window
+        if i == 9:  # a fold in the middle (as a prefill after decoding does) changes nothing
+            fold_pending(s, pending)
+            assert pending.count == 0
     assert all(v.dtype == np.float32 for v in ys)
     np.testing.assert_allclose(np.stack(ys), want_y, rtol=1e-4, atol=1e-4)
+    fold_pending(s, pending)
     np.testing.assert_allclose(_unpacked(s, x.shape[1]), want_state, rtol=1e-4, atol=1e-4)
     s2 = _packed(state, b.shape[1])
     np.testing.assert_allclose(ssd_chunked(x, dt, a, b, c, s2, 4), np.stack(ys), rtol=1e-5, atol=1e-5)
@@ -110,7 +126,9 @@ def test_extreme_time_steps_and_decay_rates_stay_finite() -> None:
     s2 = s1.copy()
     with np.errstate(over="ignore"):  # dt * A may overflow to -inf: a decay of exactly zero
         y_chunk = ssd_chunked(x, dts, a, b, c, s1, 4)
-        y_step = np.stack([ssd_step(x[i], dts[i], a, b[i], c[i], s2) for i in range(t)])
+        pending = _pending(4, x, b)
+        y_step = np.stack([ssd_step(x[i], dts[i], a, b[i], c[i], s2, pending) for i in range(t)])
+        fold_pending(s2, pending)
     for arr in (y_chunk, y_step, s1, s2):
         assert np.isfinite(arr).all()
     np.testing.assert_allclose(y_chunk, y_step, rtol=1e-4, atol=1e-2)
@@ -193,7 +211,7 @@ def test_block_state_is_preallocated_float32() -> None:
     block.forward(np.ones((5, 12), F32), state, ForwardContext(0, 5))
     block.forward(np.ones((1, 12), F32), state, ForwardContext(5, 1))
     assert state.ssm is ssm and state.conv is conv  # updated in place
-    assert state.nbytes() == conv.nbytes + 2 * ssm.nbytes
+    assert state.nbytes() == conv.nbytes + ssm.nbytes + state.pending.nbytes()
     assert np.abs(ssm).sum() > 0
 
 

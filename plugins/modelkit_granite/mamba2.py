@@ -90,26 +90,81 @@ def causal_conv(x: np.ndarray, history: np.ndarray, weight_t: np.ndarray,
     return out
 
 
+# decoding steps kept aside before they are folded into the state (see PendingSteps): each
+# costs a little more readout per token, each fold one pass over the state
+PENDING_WINDOW = 32
+
+
+class PendingSteps:
+    """Decoding steps not yet folded into the SSM state: the last k tokens' B and dt*x, and the
+    log decays that separate them (and the folded state) from the latest token.
+
+    Updating the whole [G, N, H/G * P] state for every token takes three passes over it (decay,
+    rank-one product, add) besides the readout; keeping up to ``window`` steps aside and
+    folding them in with one matrix product, as the chunked scan does per chunk, leaves one
+    pass (the readout) per token.
+    """
+
+    def __init__(self, window: int, heads: int, head_dim: int, groups: int, d_state: int):
+        self.b = np.empty((window, groups, d_state), np.float32)
+        self.dtx = np.empty((window, heads, head_dim), np.float32)
+        # log decay from each pending step to the latest one (sums over the segment, like the
+        # scan: never differences), and from the folded state to the latest one
+        self.log_decay = np.empty((window, heads), np.float32)
+        self.base_log_decay = np.zeros(heads, np.float32)
+        self.count = 0
+
+    def nbytes(self) -> int:
+        """Bytes held by the buffers."""
+        return self.b.nbytes + self.dtx.nbytes + self.log_decay.nbytes + self.base_log_decay.nbytes
+
+
+def fold_pending(state: np.ndarray, pending: PendingSteps) -> None:
+    """Fold the pending steps into ``state`` [G, N, H/G * P] (in place) and empty them."""
+    k = pending.count
+    if k == 0:
+        return
+    g = state.shape[0]
+    h, p = pending.dtx.shape[1:]
+    state *= np.repeat(_exp_decay(pending.base_log_decay.copy()), p).reshape(g, 1, -1)
+    decay = _exp_decay(pending.log_decay[:k].copy())  # [k, H]
+    weighted = (pending.dtx[:k] * decay[:, :, None]).reshape(k, g, -1).transpose(1, 0, 2)
+    state += pending.b[:k].transpose(1, 2, 0) @ weighted  # [G, N, k] @ [G, k, H/G * P]
+    pending.base_log_decay.fill(0.0)
+    pending.count = 0
+
+
 def ssd_step(x: np.ndarray, dt: np.ndarray, a: np.ndarray, b: np.ndarray, c: np.ndarray,
-             state: np.ndarray, scratch: np.ndarray | None = None) -> np.ndarray:
+             state: np.ndarray, pending: PendingSteps) -> np.ndarray:
     """One step of the recurrence for every head at once.
 
-    ``x`` [H, P], ``dt`` [H] (already softplus'd), ``a`` [H] (= A), ``b``/``c`` [G, N],
-    ``state`` [G, N, H/G * P] (see :func:`state_shape`) updated in place; ``scratch`` an optional
-    buffer of the state's shape for the rank-one update (saves an allocation per token).
-    Returns y [H, P] without the D skip.
+    ``x`` [H, P], ``dt`` [H] (already softplus'd), ``a`` [H] (= A), ``b``/``c`` [G, N];
+    ``state`` [G, N, H/G * P] (see :func:`state_shape`) and ``pending`` together hold the
+    state before the step and are updated to the state after it. Returns y [H, P] without the
+    D skip: the folded state's readout, decayed, plus each pending step's contribution::
+
+        y = decay(base -> now) * (C @ state) + sum_j decay(j -> now) * (C . B_j) * dt_j x_j
     """
+    if pending.count == pending.b.shape[0]:
+        fold_pending(state, pending)
+    k = pending.count
     h, p = x.shape
-    g, n = b.shape
-    decay = _exp_decay(_log_decay(dt, a))  # [H]
-    state *= np.repeat(decay, p).reshape(g, 1, -1)  # each head's decay over its P columns
-    dtx = (x * dt[:, None]).reshape(g, 1, -1)  # [G, 1, H/G * P]
-    if scratch is None:
-        state += b[:, :, None] * dtx
-    else:
-        np.multiply(b[:, :, None], dtx, out=scratch)  # [G, N, 1] * [G, 1, H/G * P]
-        state += scratch
-    return (c[:, None, :] @ state).reshape(h, p)  # [G, 1, N] @ [G, N, H/G * P]
+    g = b.shape[0]
+    la = _log_decay(dt, a)  # [H]
+    pending.log_decay[:k] += la
+    pending.log_decay[k] = 0.0
+    pending.base_log_decay += la
+    pending.b[k] = b
+    np.multiply(x, dt[:, None], out=pending.dtx[k])
+    pending.count = k = k + 1
+
+    y = (c[:, None, :] @ state).reshape(h, p)  # [G, 1, N] @ [G, N, H/G * P]
+    y *= _exp_decay(pending.base_log_decay.copy())[:, None]
+    coef = _exp_decay(pending.log_decay[:k].copy())  # [k, H]
+    grouped = coef.reshape(k, g, -1)
+    np.multiply(grouped, np.einsum("kgn,gn->kg", pending.b[:k], c)[:, :, None], out=grouped)  # C . B_j
+    y += (coef.T[:, None, :] @ pending.dtx[:k].transpose(1, 0, 2)).reshape(h, p)  # [H, 1, k] @ [H, k, P]
+    return y
 
 
 def ssd_chunked(x: np.ndarray, dt: np.ndarray, a: np.ndarray, b: np.ndarray, c: np.ndarray,

@@ -24,27 +24,34 @@ from modelkit.blocks.base import REQUIRED, Block, ForwardContext, ParamSpec
 from modelkit.blocks.linear import linear
 from modelkit.errors import ConfigError
 
-from .mamba2 import (causal_conv, decay_rates, gated_rms_norm, ssd_chunked, ssd_step, state_shape,
-                     time_steps)
+from .mamba2 import (PENDING_WINDOW, PendingSteps, causal_conv, decay_rates, fold_pending,
+                     gated_rms_norm, ssd_chunked, ssd_step, state_shape, time_steps)
 
 
 class Mamba2State:
     """What a Mamba2 layer remembers about one sequence, preallocated and updated in place.
 
     ``conv`` [d_conv - 1, C]: the last raw (pre-convolution) xBC inputs, oldest first;
-    ``ssm`` [G, N, H/G * P]: the recurrent state (:func:`~modelkit_granite.mamba2.state_shape`).
-    ``scratch`` is working space for decoding.
+    ``base`` [G, N, H/G * P] and ``pending``: the recurrent state, as a folded part and up to
+    :data:`~modelkit_granite.mamba2.PENDING_WINDOW` decoding steps not yet folded into it;
+    :attr:`ssm` folds them and returns the whole state.
     """
 
     def __init__(self, d_conv: int, conv_dim: int, heads: int, head_dim: int, groups: int,
                  d_state: int):
         self.conv = np.zeros((d_conv - 1, conv_dim), np.float32)
-        self.ssm = np.zeros(state_shape(heads, head_dim, groups, d_state), np.float32)
-        self.scratch = np.empty_like(self.ssm)
+        self.base = np.zeros(state_shape(heads, head_dim, groups, d_state), np.float32)
+        self.pending = PendingSteps(PENDING_WINDOW, heads, head_dim, groups, d_state)
+
+    @property
+    def ssm(self) -> np.ndarray:
+        """The recurrent state after the last token, [G, N, H/G * P] (folds pending steps)."""
+        fold_pending(self.base, self.pending)
+        return self.base
 
     def nbytes(self) -> int:
-        """Bytes held (conv history, SSM state and its scratch buffer)."""
-        return self.conv.nbytes + self.ssm.nbytes + self.scratch.nbytes
+        """Bytes held (conv history, SSM state and the pending decoding steps)."""
+        return self.conv.nbytes + self.base.nbytes + self.pending.nbytes()
 
 
 class Mamba2(Block):
@@ -146,7 +153,7 @@ class Mamba2(Block):
         b = xbc[:, d:d + g * n].reshape(t, g, n)  # [T, G, N]
         c = xbc[:, d + g * n:].reshape(t, g, n)
         if t == 1:
-            y = ssd_step(xs[0], dt[0], self.a, b[0], c[0], state.ssm, state.scratch)[None]
+            y = ssd_step(xs[0], dt[0], self.a, b[0], c[0], state.base, state.pending)[None]
         else:
             y = ssd_chunked(xs, dt, self.a, b, c, state.ssm, self.chunk)  # [T, H, P]
         y += xs * p["D"][:, None]  # skip connection from x (before the dt scaling)
