@@ -66,6 +66,19 @@ def test_chunked_scan_equals_the_recurrence(t: int, chunk: int) -> None:
     np.testing.assert_allclose(_unpacked(s, x.shape[1]), want_state, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("t", [1, 4, 11])
+def test_chunked_scan_from_a_fresh_state_skips_reading_it(t: int) -> None:
+    """``fresh=True`` (a zero state, as a new sequence has) gives what reading the zeros gives,
+    and writes the state even though it never reads it (here it starts as garbage)."""
+    x, dt, a, b, c, _ = _inputs(7, t)
+    read = np.zeros((b.shape[1], b.shape[2], x.shape[1] // b.shape[1] * x.shape[2]), F32)
+    want = ssd_chunked(x, dt, a, b, c, read, 4)
+    unread = np.full_like(read, np.nan)
+    got = ssd_chunked(x, dt, a, b, c, unread, 4, fresh=True)
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(unread, read, rtol=1e-6, atol=1e-6)  # both final states
+
+
 def _pending(window: int, x: np.ndarray, b: np.ndarray) -> PendingSteps:
     h, p = x.shape[1:]
     g, n = b.shape[1:]

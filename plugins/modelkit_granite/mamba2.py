@@ -168,7 +168,7 @@ def ssd_step(x: np.ndarray, dt: np.ndarray, a: np.ndarray, b: np.ndarray, c: np.
 
 
 def ssd_chunked(x: np.ndarray, dt: np.ndarray, a: np.ndarray, b: np.ndarray, c: np.ndarray,
-                state: np.ndarray, chunk_size: int) -> np.ndarray:
+                state: np.ndarray, chunk_size: int, fresh: bool = False) -> np.ndarray:
     """The recurrence over a whole sequence with the chunked SSD algorithm.
 
     ``x`` [T, H, P], ``dt`` [T, H] (already softplus'd), ``a`` [H], ``b``/``c`` [T, G, N],
@@ -223,18 +223,23 @@ def ssd_chunked(x: np.ndarray, dt: np.ndarray, a: np.ndarray, b: np.ndarray, c: 
         np.matmul(decay.transpose(1, 0, 2), xc.transpose(1, 0, 2), out=yc.transpose(1, 0, 2))
 
         # 4. the state carried in from earlier chunks, read out by C and decayed to each t
-        carried = cc @ state  # [G, l, N] @ [G, N, H/G * P] -> [G, l, H/G * P]
-        carried = carried.transpose(1, 0, 2).reshape(l, h, p)
-        carried *= from_start[:, :, None]
-        yc += carried
+        zero_state = fresh and t0 == 0
+        if not zero_state:
+            carried = cc @ state  # [G, l, N] @ [G, N, H/G * P] -> [G, l, H/G * P]
+            carried = carried.transpose(1, 0, 2).reshape(l, h, p)
+            carried *= from_start[:, :, None]
+            yc += carried
 
-        # 2. this chunk's contribution to the state at its end: B^T @ (dt x * decay)
+        # 2. this chunk's own contribution to the state at its end: B^T @ (dt x * decay)
         weighted = (xc * to_end[:, :, None]).reshape(l, g, hpg * p).transpose(1, 0, 2)
-        own = bc.transpose(0, 2, 1) @ weighted  # [G, N, l] @ [G, l, H/G * P]
+        b_t = bc.transpose(0, 2, 1)  # [G, N, l] @ [G, l, H/G * P] -> [G, N, H/G * P]
 
-        # 3. carry the state across the chunk
-        state *= np.repeat(from_start[-1], p).reshape(g, 1, -1)
-        state += own
+        # 3. carry the state across the chunk: decay it and add 2 (a zero state becomes 2)
+        if zero_state:
+            np.matmul(b_t, weighted, out=state)
+        else:
+            state *= np.repeat(from_start[-1], p).reshape(g, 1, -1)
+            state += b_t @ weighted
     return y
 
 

@@ -34,7 +34,8 @@ class Mamba2State:
     ``conv`` [d_conv - 1, C]: the last raw (pre-convolution) xBC inputs, oldest first;
     ``base`` [G, N, H/G * P] and ``pending``: the recurrent state, as a folded part and up to
     :data:`~modelkit_granite.mamba2.PENDING_WINDOW` decoding steps not yet folded into it;
-    :attr:`ssm` folds them and returns the whole state.
+    :attr:`ssm` folds them and returns the whole state. ``fresh`` until the first token: the
+    state is still all zeros, and a prompt's scan need not read it.
     """
 
     def __init__(self, d_conv: int, conv_dim: int, heads: int, head_dim: int, groups: int,
@@ -42,6 +43,7 @@ class Mamba2State:
         self.conv = np.zeros((d_conv - 1, conv_dim), np.float32)
         self.base = np.zeros(state_shape(heads, head_dim, groups, d_state), np.float32)
         self.pending = PendingSteps(PENDING_WINDOW, heads, head_dim, groups, d_state)
+        self.fresh = True
 
     @property
     def ssm(self) -> np.ndarray:
@@ -155,7 +157,8 @@ class Mamba2(Block):
         if t == 1:
             y = ssd_step(xs[0], dt[0], self.a, b[0], c[0], state.base, state.pending)[None]
         else:
-            y = ssd_chunked(xs, dt, self.a, b, c, state.ssm, self.chunk)  # [T, H, P]
+            y = ssd_chunked(xs, dt, self.a, b, c, state.ssm, self.chunk, state.fresh)  # [T, H, P]
+        state.fresh = False
         y += xs * p["D"][:, None]  # skip connection from x (before the dt scaling)
         out = gated_rms_norm(y.reshape(t, d), z, p["norm.weight"], g, self.eps)
         res = linear(out, p["out_proj.weight"])  # [T, D] -> [T, hidden]
