@@ -81,8 +81,11 @@ def causal_conv(x: np.ndarray, history: np.ndarray, weight_t: np.ndarray,
     t = x.shape[0]
     k = weight_t.shape[0]
     padded = np.concatenate([history, x], axis=0)  # [K-1+T, C]
-    windows = sliding_window_view(padded, k, axis=0)  # [T, C, K]: a view, row t = inputs t..t+K-1
-    out = np.einsum("tck,kc->tc", windows, weight_t)  # one pass; 2.6x faster than tap by tap
+    if t == 1:  # decoding: the padded rows are the one window
+        out = np.einsum("kc,kc->c", padded, weight_t)[None]
+    else:  # one pass over a view of every window (row t = inputs t..t+K-1); 2.6x faster
+        windows = sliding_window_view(padded, k, axis=0)  # [T, C, K]  than tap by tap
+        out = np.einsum("tck,kc->tc", windows, weight_t)
     if bias is not None:
         out += bias
     if k > 1:
