@@ -8,10 +8,13 @@ The recurrence, per head::
     state = exp(dt * A) * state + dt * outer(x, B)       # state [P, N]
     y     = state @ C + D * x
 
+(all heads' states are stored together, [G, N, H/G * P]: see :func:`state_shape`).
 :func:`ssd_chunked` computes it for a whole prompt with matrix products inside chunks and the
-recurrence only across chunks; :func:`ssd_step` is the constant-time update for one token.
-Both continue from a given state and leave the final state in it (updated in place), so a
-prompt may arrive in pieces and decoding picks up where prefill stopped.
+recurrence only across chunks; :func:`ssd_step` is the constant-time step for one token, which
+keeps recent steps in :class:`PendingSteps` and folds them into the state every
+:data:`PENDING_WINDOW` tokens (:func:`fold_pending`). Both continue from a given state and
+leave the final state in it (updated in place), so a prompt may arrive in pieces and decoding
+picks up where prefill stopped.
 """
 
 from __future__ import annotations
@@ -63,9 +66,9 @@ def time_steps(dt: np.ndarray, dt_bias: np.ndarray, limit: tuple[float, float]) 
 
 def state_shape(heads: int, head_dim: int, groups: int, d_state: int) -> tuple[int, int, int]:
     """The SSM state's layout, [G, N, H/G * P]: per group, one row per state dimension over
-    the group's heads' channels. Decoding scales and updates it along those long contiguous
-    rows (NumPy's broadcasting loops are slow over short ones), and both readouts are plain
-    matrix products (``C @ state``)."""
+    the group's heads' channels. Per-head decays then scale long contiguous rows (NumPy's
+    broadcasting loops are slow over short ones), and the readouts (``C @ state``) and the
+    additions of new steps (``B^T @ (dt x)``) are plain matrix products."""
     return groups, d_state, heads // groups * head_dim
 
 
@@ -165,7 +168,8 @@ def ssd_step(x: np.ndarray, dt: np.ndarray, a: np.ndarray, b: np.ndarray, c: np.
     y *= _exp_decay(pending.base_log_decay.copy())[:, None]
     coef = _exp_decay(pending.log_decay[:k].copy())  # [k, H]
     grouped = coef.reshape(k, g, -1)
-    np.multiply(grouped, np.einsum("kgn,gn->kg", pending.b[:k], c)[:, :, None], out=grouped)  # C . B_j
+    c_dot_b = np.einsum("kgn,gn->kg", pending.b[:k], c)  # [k, G]: C . B_j
+    np.multiply(grouped, c_dot_b[:, :, None], out=grouped)
     y += (coef.T[:, None, :] @ pending.dtx[:k].transpose(1, 0, 2)).reshape(h, p)  # [H, 1, k] @ [H, k, P]
     return y
 
