@@ -20,6 +20,7 @@ import modelkit
 import modelkit.model as model_mod
 from modelkit import plugins
 from modelkit.loader import choose_mapping
+from modelkit_granite import mamba2_block
 from modelkit_granite.mamba2_block import Mamba2, Mamba2State
 from modelkit_granite.moe import MoE, route
 
@@ -65,6 +66,26 @@ def test_cached_decoding_equals_full_forward(name: str, prefill: int) -> None:
     rows += [model.forward([int(t)], cache) for t in ids[prefill:]]
     stepped = np.concatenate(rows)
     assert cache.length == ids.size
+    assert max_abs(stepped, full) < SELF_ATOL
+    assert max_abs(stepped, ref) < ATOL
+
+
+@pytest.mark.parametrize("name", ["gh_hybrid", "gh_all_mamba", "gh_moe"])
+@pytest.mark.parametrize("window", [1, 3])
+def test_decoding_folds_pending_steps_exactly(name: str, window: int,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a pending window of 1 or 3 steps, decoding folds many times, and a prompt piece
+    between decoded tokens folds whatever is pending first: still the full forward."""
+    monkeypatch.setattr(mamba2_block, "PENDING_WINDOW", window)
+    model = load_cached(name)
+    ids, ref = reference(name)
+    full = model.forward(ids)
+    cache = model.make_cache()
+    rows = [model.forward(ids[:2], cache)]
+    rows += [model.forward([int(t)], cache) for t in ids[2:7]]
+    rows.append(model.forward(ids[7:10], cache))
+    rows += [model.forward([int(t)], cache) for t in ids[10:]]
+    stepped = np.concatenate(rows)
     assert max_abs(stepped, full) < SELF_ATOL
     assert max_abs(stepped, ref) < ATOL
 
