@@ -4,38 +4,71 @@
     model = modelkit.load("path/to/folder")        # architecture detected from config.json
     logits = model.forward(ids)                    # float32 [T, vocab]
 
-Heavy modules load on first use, so ``import modelkit`` (and ``modelkit --help``) stays fast.
+This module is also the plugin API: a plugin needs nothing but the names exported here
+(``hookimpl``, ``Block``, ``Option``, ``ParamSpec``, ``WeightSource``, the errors, ...; see
+docs/hooks.md). Heavy modules load on first use, so ``import modelkit`` (and
+``modelkit --help``) stays fast.
 """
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 from .errors import (CheckpointError, ConfigError, GenerationError, MappingError, ModelkitError,
                      PluginError, TokenizerError, UnknownArchitectureError, WeightMismatchError)
-from .hookspecs import hookimpl
+from .plugins.hookspecs import hookimpl
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
+
+# public name -> the module that defines it, imported on first use
+_LAZY = {
+    # building blocks for plugins (modelkit.nn)
+    "Block": "nn.block", "ForwardContext": "nn.block", "ParamSpec": "nn.block",
+    "Option": "nn.options", "REQUIRED": "nn.options",
+    "linear": "nn.linear", "ACTIVATIONS": "nn.activations", "silu": "nn.activations",
+    "softplus": "nn.activations", "rms_norm": "nn.norms", "layer_norm": "nn.norms",
+    "GatedMLP": "nn.mlp", "MLP": "nn.mlp",
+    # checkpoints and weight sources
+    "WeightSource": "checkpoint.source", "TensorInfo": "checkpoint.source",
+    "Tokenizer": "text.tokenizer",
+    # loading
+    "inspect": "loading", "find_mapping": "loading", "resolve_path": "loading", "TensorReader": "loading.build",
+    "Plan": "loading.plan", "Model": "model", "Cache": "model", "PLACEHOLDER": "schema.spec",
+    # generation
+    "SamplingOptions": "generation.options", "Sampler": "generation.sampling",
+    "GenerationStats": "generation.loop", "Piece": "generation.loop",
+    "ChatSession": "generation.chat",
+}
 
 __all__ = ["load", "architectures", "hookimpl", "ModelkitError", "ConfigError", "MappingError",
            "CheckpointError", "WeightMismatchError", "UnknownArchitectureError", "PluginError",
-           "TokenizerError", "GenerationError", "__version__"]
+           "TokenizerError", "GenerationError", "__version__", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'modelkit' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
 
 
 def load(path: Any, arch: str | None = None, **kwargs: Any) -> Any:
-    """Load a checkpoint folder (or GGUF file) into a :class:`modelkit.model.Model`.
+    """Load a checkpoint folder, GGUF file or hub repo id into a :class:`modelkit.Model`.
 
     ``arch`` names the architecture (detected from config.json otherwise); ``mapping=FILE``
     uses a YAML mapping instead of the registered ones; ``progress=True`` shows a bar on a
-    terminal. See :func:`modelkit.loader.load`.
+    terminal. See :func:`modelkit.loading.load` for every option.
     """
-    from .loader import load as _load
+    from .loading import load as _load
 
     return _load(path, arch, **kwargs)
 
 
 def architectures() -> list[str]:
-    """Names of every registered architecture."""
-    from .loader import architectures as _architectures
+    """Names of every architecture in use (registered ones and user mappings)."""
+    from .loading import architectures as _architectures
 
     return _architectures()

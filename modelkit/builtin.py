@@ -1,6 +1,8 @@
 """The core plugin: modelkit's own blocks, transforms, safetensors source and architectures.
 
-It is registered through the ``modelkit`` entry-point group like any third-party plugin.
+It is registered through the ``modelkit`` entry-point group like any third-party plugin, and
+first. Its hooks import what they register only when called, so building the command line
+(which asks every plugin for commands) stays light.
 """
 
 from __future__ import annotations
@@ -8,12 +10,7 @@ from __future__ import annotations
 from importlib import resources
 from typing import Callable
 
-from .blocks.attention import Attention
-from .blocks.mlp import MLP, GatedMLP
-from .blocks.norms import LayerNorm, RMSNorm
-from .hookspecs import hookimpl
-from .sources.safetensors_source import SafetensorsSource
-from .transforms import CORE_TRANSFORMS
+from .plugins.hookspecs import hookimpl
 
 SHIPPED = ("gpt2", "llama", "mistral", "falcon", "granite3")
 
@@ -31,6 +28,10 @@ def register_architectures(register: Callable[..., None]) -> None:
 
 @hookimpl
 def register_block_kinds(register: Callable[..., None]) -> None:
+    from .nn.attention import Attention
+    from .nn.mlp import MLP, GatedMLP
+    from .nn.norms import LayerNorm, RMSNorm
+
     register("attention", Attention)
     register("mlp", MLP)
     register("gated_mlp", GatedMLP)
@@ -40,10 +41,14 @@ def register_block_kinds(register: Callable[..., None]) -> None:
 
 @hookimpl
 def register_transforms(register: Callable[..., None]) -> None:
+    from .loading.transforms import CORE_TRANSFORMS
+
     for name, (apply, shape) in CORE_TRANSFORMS.items():
         register(name, apply, shape)
 
 
 @hookimpl
 def register_weight_sources(register: Callable[..., None]) -> None:
+    from .checkpoint.safetensors import SafetensorsSource
+
     register("safetensors", SafetensorsSource)

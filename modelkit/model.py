@@ -7,13 +7,10 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from .blocks.base import Block, ForwardContext
-from .config import Config
 from .errors import GenerationError
-from .mapping import LayerSpec, Mapping
-
-# prompts longer than this run through the stack in pieces, bounding activation memory
-PREFILL_CHUNK = 512
+from .nn.block import Block, ForwardContext
+from .schema.resolve import Config
+from .schema.spec import LayerSpec, Mapping
 
 
 class Layer:
@@ -96,7 +93,8 @@ class Model:
                  embed: np.ndarray, pos_embed: np.ndarray | None, final_norm: Block | None,
                  head: np.ndarray, head_bias: np.ndarray | None, embedding_multiplier: float,
                  logits_divisor: float, tokenizer: Any = None, generation_config: dict | None = None,
-                 source: str = "", tied: bool = False):
+                 source: str = "", tied: bool = False, n_params: int = 0, mapping_file: str = "",
+                 prefill_chunk: int = 512):
         self.name = name
         self.config = config
         self.mapping = mapping
@@ -112,7 +110,21 @@ class Model:
         self.generation_config = generation_config or {}
         self.source = source
         self.tied = tied
+        self.n_params = n_params
+        self.mapping_file = mapping_file
+        self.prefill_chunk = prefill_chunk  # tokens per piece of a long prompt
         self.vocab_size = int(embed.shape[0])
+
+    @property
+    def eos_token_ids(self) -> frozenset[int]:
+        """End-of-sequence ids from config.json, generation_config.json and the tokenizer."""
+        return frozenset(_eos_ids(self.config.raw, self.generation_config, self.tokenizer))
+
+    @property
+    def max_positions(self) -> int | None:
+        """How many tokens the model can hold: its learned positions (GPT-2's n_positions), or
+        None for models with relative positions (rotary, ALiBi, none), which have no hard limit."""
+        return int(self.pos_embed.shape[0]) if self.pos_embed is not None else None
 
     # ---- caches -------------------------------------------------------------------------
     def make_cache(self) -> Cache:
@@ -125,7 +137,7 @@ class Model:
         """Logits for ``ids`` [T]: float32 [T, vocab], or [1, vocab] with ``last_only``.
 
         With ``cache``, the ids continue the cached sequence and the cache is extended; without,
-        a temporary cache is used. Long inputs run in pieces of ``PREFILL_CHUNK`` tokens.
+        a temporary cache is used. Long inputs run in pieces of ``prefill_chunk`` tokens.
         """
         ids = self._check_ids(ids)
         if cache is None:
@@ -133,9 +145,10 @@ class Model:
         if ids.size == 0:
             return np.empty((0, self.vocab_size), np.float32)
         pieces = []
-        for start in range(0, ids.size, PREFILL_CHUNK):
-            piece = ids[start:start + PREFILL_CHUNK]
-            is_last = start + PREFILL_CHUNK >= ids.size
+        chunk = self.prefill_chunk
+        for start in range(0, ids.size, chunk):
+            piece = ids[start:start + chunk]
+            is_last = start + chunk >= ids.size
             h = self._run_layers(piece, cache)
             if last_only and not is_last:
                 continue
@@ -146,7 +159,8 @@ class Model:
         """The final-normed hidden states [T, hidden] (before the head)."""
         ids = self._check_ids(ids)
         cache = cache if cache is not None else self.make_cache()
-        outs = [self._run_layers(ids[s:s + PREFILL_CHUNK], cache) for s in range(0, ids.size, PREFILL_CHUNK)]
+        chunk = self.prefill_chunk
+        outs = [self._run_layers(ids[s:s + chunk], cache) for s in range(0, ids.size, chunk)]
         h = np.concatenate(outs, axis=0)
         return self.final_norm.forward(h, None, ForwardContext(0, h.shape[0])) if self.final_norm else h
 
@@ -193,23 +207,37 @@ class Model:
                  **options: Any) -> list[int]:
         """New token ids after ``prompt_ids`` (greedy at temperature 0; None takes the default of
         generation_config.json); when an EOS or stop token stops generation it is the last
-        element. See :mod:`modelkit.generate`."""
-        from .generate import generate
+        element. See :mod:`modelkit.generation.loop`."""
+        from .generation.loop import generate
 
         return generate(self, prompt_ids, max_new_tokens=max_new_tokens, temperature=temperature, **options)
 
     def stream(self, prompt_ids: Sequence[int], **options: Any) -> Iterator[Any]:
         """Yield text pieces (with their token ids) as they are generated; options as generate."""
-        from .generate import stream
+        from .generation.loop import stream
 
         return stream(self, prompt_ids, **options)
 
     def parameter_count(self) -> int:
         """Number of parameters as stored in the checkpoint (the tied head counted once)."""
-        from .loader import count_parameters
-
-        return count_parameters(self)
+        return self.n_params
 
     def __repr__(self) -> str:
         return (f"<modelkit.Model {self.name}: {len(self.layers)} layers, "
                 f"hidden {self.embed.shape[1]}, vocab {self.vocab_size}>")
+
+
+def _eos_ids(raw: dict[str, Any], generation_config: dict[str, Any], tokenizer: Any) -> set[int]:
+    """End-of-sequence ids from config.json, generation_config.json and the tokenizer (any may be a list)."""
+    out: set[int] = set()
+    for source in (raw, generation_config):
+        value = source.get("eos_token_id")
+        if isinstance(value, int) and not isinstance(value, bool):
+            out.add(value)
+        elif isinstance(value, list):
+            out.update(v for v in value if isinstance(v, int) and not isinstance(v, bool))
+    if tokenizer is not None and tokenizer.eos_token:
+        tid = tokenizer.token_id(tokenizer.eos_token)
+        if tid is not None:
+            out.add(tid)
+    return out

@@ -39,6 +39,23 @@ SHIPPED_FIXTURES = {
 ATOL = 1e-4
 
 
+def mapping_source(arch: str) -> Any:
+    """The mapping file a registered architecture comes from (a core or plugin resource)."""
+    from modelkit.plugins import registry
+
+    return registry().architectures[arch].mapping
+
+
+def mapping_data(arch: str) -> dict[str, Any]:
+    """A registered architecture's YAML data, merged over the mappings it extends."""
+    from modelkit.plugins import registry
+    from modelkit.schema.read import merged_data
+
+    archs = registry().architectures
+    data, _ = merged_data(mapping_source(arch), lambda name: archs[name].mapping if name in archs else None)
+    return data
+
+
 def fixture_path(name: str) -> Path:
     """The folder of a golden fixture (tests/fixtures/NAME)."""
     path = FIXTURES / name

@@ -8,12 +8,12 @@ import math
 import numpy as np
 import pytest
 
-import modelkit.blocks.attention as attention
-from modelkit.blocks.activations import erf, gelu, gelu_tanh, sigmoid, silu, softplus
-from modelkit.blocks.attention import KV_BLOCK, Attention, KVCache, alibi_slopes, softmax_inplace
-from modelkit.blocks.base import ForwardContext
-from modelkit.blocks.norms import layer_norm, rms_norm
-from modelkit.blocks.rope import apply_rotary, inverse_frequencies
+import modelkit.nn.attention as attention
+from modelkit.nn.activations import erf, gelu, gelu_tanh, sigmoid, silu, softplus
+from modelkit.nn.attention import KV_BLOCK, Attention, KVCache, alibi_slopes, softmax_inplace
+from modelkit.nn.block import ForwardContext
+from modelkit.nn.norms import layer_norm, rms_norm
+from modelkit.nn.rope import apply_rotary, inverse_frequencies
 from modelkit.errors import ConfigError
 
 GRID = np.concatenate([np.linspace(-6, 6, 2401), [-30.0, -10.0, 0.0, 1e-8, 10.0, 30.0]]).astype(np.float32)
@@ -215,29 +215,29 @@ def test_attention_block_against_naive(h: int, kv: int, window: int | None,
     x = rng.normal(size=(t, d)).astype(np.float32)
     expected = _naive_attention(x, w["q.weight"], w["k.weight"], w["v.weight"], w["o.weight"],
                                 h, kv, hd, 1e4, window)
-    opts = {**{k: v for k, v in Attention.OPTIONS.items()}, "num_heads": h, "num_kv_heads": kv, "head_dim": hd,
-            "hidden_size": d, "positions": "rope", "window": window}
+    opts = Attention.resolve_options(num_heads=h, num_kv_heads=kv, head_dim=hd, hidden_size=d,
+                                     positions="rope", window=window)
     assert set(Attention.params(opts)) >= set(w)
     block = Attention(opts, {**dict(w), "o.bias": None, "q.bias": None, "k.bias": None, "v.bias": None})
+    # query blocks smaller than the window, for the pieces below
+    small_blocks = Attention({**opts, "query_block": 2}, {**dict(w)})
 
     full = block.forward(x, block.new_state(), ForwardContext(0, t))
     assert full.dtype == np.float32
     assert np.max(np.abs(full - expected)) < 1e-4
 
-    monkeypatch.setattr(attention, "QUERY_BLOCK", 2)  # query blocks smaller than the window
-    state = block.new_state()
-    pieces = [block.forward(x[:5], state, ForwardContext(0, 5))]
+    state = small_blocks.new_state()
+    pieces = [small_blocks.forward(x[:5], state, ForwardContext(0, 5))]
     for i in range(5, t):
-        pieces.append(block.forward(x[i:i + 1], state, ForwardContext(i, 1)))
+        pieces.append(small_blocks.forward(x[i:i + 1], state, ForwardContext(i, 1)))
     assert np.max(np.abs(np.concatenate(pieces) - expected)) < 1e-4
 
 
 def test_attention_rejects_impossible_heads() -> None:
-    opts = {**Attention.OPTIONS, "num_heads": 4, "num_kv_heads": 3, "head_dim": 8, "hidden_size": 32,
-            "positions": "rope"}
+    opts = dict(num_heads=4, num_kv_heads=3, head_dim=8, hidden_size=32, positions="rope")
     with pytest.raises(ConfigError, match="3 key/value heads"):
-        Attention.params(opts)
+        Attention.resolve_options(**opts)
     with pytest.raises(ConfigError, match="head_dim"):
-        Attention.params({**opts, "num_kv_heads": 2, "head_dim": 0})
+        Attention.resolve_options(**{**opts, "num_kv_heads": 2, "head_dim": 0})
     with pytest.raises(ConfigError, match="positions"):
-        Attention.params({**opts, "num_kv_heads": 2, "positions": "sinusoidal"})
+        Attention.resolve_options(**{**opts, "num_kv_heads": 2, "positions": "sinusoidal"})

@@ -20,11 +20,11 @@ import pytest
 from conftest import ROOT, cli_env, copy_fixture, run_cli
 
 import modelkit
-from modelkit.chat import ChatSession
-from modelkit.chat_template import apply_chat_template, chat_prompt_ids, render_chat
+from modelkit.generation.chat import ChatSession
+from modelkit.text.chat_template import apply_chat_template, chat_prompt_ids, render_chat
 from modelkit.errors import TokenizerError
-from modelkit.generate import GenerationStats
-from modelkit.tokenizer import Tokenizer
+from modelkit.generation.loop import GenerationStats
+from modelkit.text.tokenizer import Tokenizer
 
 GRANITE_STYLE = (
     "{%- if messages[0]['role'] == 'system' %}"

@@ -82,9 +82,9 @@ def test_stop_strings_are_repeatable_and_not_printed(capsys):
 
 
 def test_special_tokens_are_not_printed(capsys, monkeypatch):
-    import modelkit.loader
+    import modelkit.loading
 
-    real_load = modelkit.loader.load
+    real_load = modelkit.loading.load
 
     def load_emitting_endoftext(*args, **kwargs):
         model = real_load(*args, **kwargs)
@@ -94,7 +94,7 @@ def test_special_tokens_are_not_printed(capsys, monkeypatch):
         model.config.raw = {}
         return model
 
-    monkeypatch.setattr(modelkit.loader, "load", load_emitting_endoftext)
+    monkeypatch.setattr(modelkit.loading, "load", load_emitting_endoftext)
     code, out, err = run_in_process(capsys, "--prompt", "Hi", "-n", "5")
     assert code == 0 and out == "\n"
     assert "5 tokens (length)" in err

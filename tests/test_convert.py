@@ -17,10 +17,10 @@ from safetensors import safe_open
 
 import modelkit
 from conftest import fixture_path, read_tensors, reference, run_cli
-from modelkit.convert import convert
+from modelkit_gguf.convert import convert
 from modelkit.errors import CheckpointError
-from modelkit.loader import inspect
-from modelkit.tokenizer import Tokenizer
+from modelkit.loading import inspect
+from modelkit.text.tokenizer import Tokenizer
 from modelkit_gguf.source import GGUFSource
 from test_gguf import fixture_as_gguf
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from modelkit import hookspecs
+from modelkit.plugins import hookspecs
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 
@@ -36,7 +36,7 @@ def test_hookspec_has_docstring(hook: str) -> None:
 
 
 def test_core_transforms_are_documented() -> None:
-    from modelkit.transforms import CORE_TRANSFORMS
+    from modelkit.loading.transforms import CORE_TRANSFORMS
 
     text = (DOCS / "mappings.md").read_text(encoding="utf-8")
     for name in CORE_TRANSFORMS:

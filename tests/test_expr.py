@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from modelkit.expr import ExprError, evaluate, names_in
-from modelkit.mapping import resolve_value
+from modelkit.schema.expr import ExprError, evaluate, names_in
+from modelkit.schema.resolve import resolve_value
 
 CFG = {"hidden_size": 32, "num_heads": 4, "flag": True, "kinds": ["a", "b"],
        "rope_parameters": {"rope_theta": 5e5}, "name": "x"}

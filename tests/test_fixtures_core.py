@@ -1,8 +1,5 @@
-"""Golden fixtures of the shipped architectures, and the library API around a loaded model.
-
-The contract every architecture meets: logits equal the transformers reference (1e-4), and
-cached decoding, prefill in pieces, chunked prefill and ``last_only`` all equal the full forward.
-"""
+"""The core's golden fixtures beyond the model contract (test_model_contract.py), and the
+library API around a loaded model."""
 
 from __future__ import annotations
 
@@ -14,116 +11,10 @@ from conftest import (ATOL, FIXTURES, SHIPPED_FIXTURES, copy_fixture, edit_confi
                       load_cached, max_abs, reference)
 
 import modelkit
-import modelkit.blocks.attention as attention
-import modelkit.model as model_mod
 
 NAMES = list(SHIPPED_FIXTURES)
 # same-model consistency (cache vs no cache) is far tighter than the reference tolerance
 SELF_ATOL = 2e-5
-
-
-@pytest.mark.parametrize("name", NAMES)
-def test_logits_match_reference(name: str) -> None:
-    model = load_cached(name)
-    ids, ref = reference(name)
-    logits = model.forward(ids)
-    assert model.name == SHIPPED_FIXTURES[name]
-    assert logits.dtype == np.float32 and logits.shape == ref.shape == (ids.size, model.vocab_size)
-    assert max_abs(logits, ref) < ATOL
-
-
-@pytest.mark.parametrize("name", NAMES)
-def test_cached_decoding_equals_full_forward(name: str) -> None:
-    model = load_cached(name)
-    ids, ref = reference(name)
-    full = model.forward(ids)
-    cache = model.make_cache()
-    prefill = 5
-    rows = [model.forward(ids[:prefill], cache)]
-    for token in ids[prefill:]:
-        rows.append(model.forward([int(token)], cache))
-    stepped = np.concatenate(rows)
-    assert cache.length == ids.size and cache.tokens == [int(t) for t in ids]
-    assert max_abs(stepped, full) < SELF_ATOL
-    assert max_abs(stepped, ref) < ATOL
-
-
-@pytest.mark.parametrize("name", NAMES)
-def test_prefill_in_two_pieces_equals_full_forward(name: str) -> None:
-    model = load_cached(name)
-    ids, _ = reference(name)
-    full = model.forward(ids)
-    cut = ids.size // 2 + 1
-    cache = model.make_cache()
-    first = model.forward(ids[:cut], cache)
-    second = model.forward(ids[cut:], cache)
-    assert max_abs(np.concatenate([first, second]), full) < SELF_ATOL
-
-
-@pytest.mark.parametrize("name", NAMES)
-def test_last_only_returns_the_last_row(name: str) -> None:
-    model = load_cached(name)
-    ids, _ = reference(name)
-    full = model.forward(ids)
-    last = model.forward(ids, last_only=True)
-    assert last.shape == (1, model.vocab_size) and last.dtype == np.float32
-    assert max_abs(last[0], full[-1]) < SELF_ATOL
-    # with a cache too, where the previous tokens come from the cache
-    cache = model.make_cache()
-    model.forward(ids[:-3], cache)
-    tail = model.forward(ids[-3:], cache, last_only=True)
-    assert tail.shape == (1, model.vocab_size)
-    assert max_abs(tail[0], full[-1]) < SELF_ATOL
-
-
-@pytest.mark.parametrize("name", NAMES)
-def test_chunked_prefill_and_query_blocks(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A prompt longer than PREFILL_CHUNK and QUERY_BLOCK (both made small) gives the same
-    logits as the unchunked run, for the reference ids and for a longer random prompt."""
-    model = load_cached(name)
-    ids, ref = reference(name)
-    max_len = model.pos_embed.shape[0] if model.pos_embed is not None else 64
-    rng = np.random.default_rng(0)
-    long_ids = rng.integers(1, model.vocab_size, size=max_len)
-    unchunked_long = model.forward(long_ids)
-
-    monkeypatch.setattr(model_mod, "PREFILL_CHUNK", 7)
-    monkeypatch.setattr(attention, "QUERY_BLOCK", 3)
-    calls = []
-    original = model_mod.Model._run_layers
-    monkeypatch.setattr(model_mod.Model, "_run_layers",
-                        lambda self, piece, cache: calls.append(piece.size) or original(self, piece, cache))
-
-    chunked = model.forward(ids)
-    assert calls == [7] * (ids.size // 7) + ([ids.size % 7] if ids.size % 7 else [])
-    assert max_abs(chunked, ref) < ATOL
-    assert max_abs(chunked, model.forward(ids, last_only=False)) == 0.0
-    last = model.forward(long_ids, last_only=True)
-    chunked_long = model.forward(long_ids)
-    assert max_abs(chunked_long, unchunked_long) < SELF_ATOL
-    assert max_abs(last[0], unchunked_long[-1]) < SELF_ATOL
-    # chunked prefill into a cache, then decoding, still agrees
-    cache = model.make_cache()
-    head = model.forward(long_ids[:-2], cache)
-    steps = [model.forward([int(t)], cache) for t in long_ids[-2:]]
-    assert max_abs(np.concatenate([head, *steps]), unchunked_long) < SELF_ATOL
-
-
-@pytest.mark.parametrize("name", NAMES)
-def test_weights_and_activations_are_float32(name: str) -> None:
-    """No silent float64: every loaded or fused array, the cache and the logits are float32."""
-    model = load_cached(name)
-    arrays = [model.embed, model.head] + ([model.pos_embed] if model.pos_embed is not None else [])
-    for layer in model.layers:
-        for block in layer.blocks.values():
-            arrays += [v for v in block.p.values() if isinstance(v, np.ndarray)]
-            arrays += [v for v in vars(block).values() if isinstance(v, np.ndarray)]
-    assert arrays and all(a.dtype == np.float32 for a in arrays), {a.dtype for a in arrays}
-    cache = model.make_cache()
-    model.forward([1, 2, 3], cache)
-    for states in cache.layers:
-        for state in states.values():
-            assert state.k.dtype == np.float32 and state.v.dtype == np.float32
 
 
 def test_mistral_fixture_exercises_the_window(tmp_path) -> None:
@@ -200,9 +91,9 @@ def test_generate_is_greedy(name: str) -> None:
 
 
 def test_generate_stops_at_eos_and_includes_it() -> None:
-    import modelkit.loader
+    import modelkit.loading
 
-    model = modelkit.loader.load(fixture_path("llama_gqa"))  # a private copy: we edit its settings
+    model = modelkit.loading.load(fixture_path("llama_gqa"))  # a private copy: we edit its settings
     prompt = [int(t) for t in reference("llama_gqa")[0][:6]]
     free = _greedy_by_hand(model, prompt, 6)
     stop_at = next(n for n in range(1, 6) if free[n] not in free[:n])

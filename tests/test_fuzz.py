@@ -23,14 +23,13 @@ from typing import Any, Callable
 import numpy as np
 import pytest
 import yaml
-from conftest import copy_fixture, fixture_path
+from conftest import copy_fixture, fixture_path, mapping_data
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import modelkit
-from modelkit.builtin import mapping_file
-from modelkit.loader import load_mapping, open_source
-from modelkit.mapping import resolve_value
+from modelkit.loading.choose import load_mapping, open_source
+from modelkit.schema.resolve import resolve_value
 
 FUZZ = settings(deadline=None, derandomize=True, database=None, print_blob=False,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
@@ -171,7 +170,7 @@ def mapping_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_mutated_mappings_load_or_fail_cleanly(mapping_dir: Path, arch: str, data: st.DataObject) -> None:
     """A shipped mapping with a few values replaced, deleted or added: parse it, then load the
     architecture's fixture through it and run a few tokens."""
-    original = yaml.safe_load(mapping_file(arch).read_text(encoding="utf-8"))
+    original = mapping_data(arch)
     path = mapping_dir / "mapping.yaml"
     path.write_text(yaml.safe_dump(_mutate(original, data.draw)), encoding="utf-8")
 
@@ -348,14 +347,15 @@ def test_every_value_replaced_by_a_wrong_type(arch: str) -> None:
     """A sweep rather than a sample: each value of a shipped mapping, in turn, replaced by each
     of WRONG_TYPES, then validated and planned against the architecture's fixture (the YAML
     text layer is fuzzed above)."""
-    from modelkit.loader import _known, make_plan
-    from modelkit.mapping import parse_mapping
+    from modelkit.loading.plan import make_plan
+    from modelkit.plugins import registry
+    from modelkit.schema.parse import parse_mapping
 
-    data = yaml.safe_load(mapping_file(arch).read_text(encoding="utf-8"))
+    data = mapping_data(arch)
     source = open_source(fixture_path(MAPPING_FIXTURES[arch]))
     raw, infos = source.config(), source.tensor_infos()
     source.close()
-    kinds, transforms = _known()
+    kinds, transforms = registry().block_kinds, set(registry().transforms)
     for where in [p for p in _paths(data) if p]:
         parent = data
         for key in where[:-1]:

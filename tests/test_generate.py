@@ -14,8 +14,10 @@ import pytest
 
 import modelkit
 from modelkit.errors import GenerationError, TokenizerError
-from modelkit.generate import GenerationStats, Piece, StopStrings, eos_ids
-from modelkit.tokenizer import IncrementalDecoder, Tokenizer
+from modelkit.generation.loop import GenerationStats, Piece, eos_ids
+from modelkit.generation.stop import StopStrings
+from modelkit.text.decoding import IncrementalDecoder
+from modelkit.text.tokenizer import Tokenizer
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -306,6 +308,8 @@ class FakeModel:
         self.tokenizer = tokenizer
         self.generation_config: dict = {}
         self.config = type("C", (), {"raw": {}})()
+        self.eos_token_ids: frozenset[int] = frozenset()
+        self.max_positions = None
 
     def make_cache(self):
         from modelkit.model import Cache
@@ -319,7 +323,7 @@ class FakeModel:
 
 
 def test_per_token_overhead_is_small(tok):
-    from modelkit.generate import generate, stream
+    from modelkit.generation.loop import generate, stream
 
     model = FakeModel(tok)
     n = 300

@@ -20,7 +20,7 @@ from gguf import GGMLQuantizationType as Q
 import modelkit
 from conftest import ATOL, FIXTURES, fixture_path, max_abs, read_tensors, reference, run_cli
 from modelkit.errors import CheckpointError, ConfigError, TokenizerError
-from modelkit.transforms import unpermute_rope
+from modelkit_gguf.transforms import unpermute_rope
 from modelkit_gguf.source import GGUFSource
 
 # ---- writing GGUF files ---------------------------------------------------------------------
@@ -372,7 +372,7 @@ def test_rope_scaling_metadata(tmp_path: Path) -> None:
 def test_rope_freqs_tensor_gives_llama3_scaling(tmp_path: Path) -> None:
     # llama.cpp writes Llama 3.1+ rope scaling as rope_freqs.weight: per-frequency divisors of the
     # plain frequencies. The llama3-scaled fixture written that way must match transformers.
-    from modelkit.blocks.rope import inverse_frequencies
+    from modelkit.nn.rope import inverse_frequencies
 
     cfg = json.loads((fixture_path("llama3_rope_headdim") / "config.json").read_text())
     rope = cfg["rope_parameters"]
@@ -387,7 +387,9 @@ def test_rope_freqs_tensor_gives_llama3_scaling(tmp_path: Path) -> None:
             if not f.name.startswith("GGUF.") and f.name != "general.architecture"}
     meta["llama.attention.key_length"] = meta["llama.attention.value_length"] = cfg["head_dim"]
     model = modelkit.load(write_gguf(tmp_path / "freqs.gguf", tensors, meta))
-    assert model.config["rope_scaling"]["rope_type"] == "freq_factors"
+    # the divisors reach the attention blocks as their rope_freq_factors: llama3's frequencies
+    rope = model.layers[0].blocks["attn"].rope
+    assert np.allclose(rope.inv_freq, scaled, rtol=1e-6)
     ids, ref = reference("llama3_rope_headdim")
     assert max_abs(model.forward(ids), ref) < ATOL
 
@@ -395,8 +397,9 @@ def test_rope_freqs_tensor_gives_llama3_scaling(tmp_path: Path) -> None:
 def test_rope_freqs_of_the_wrong_size_are_refused(tmp_path: Path) -> None:
     tensors, meta = _tiny_llama_meta(**{"llama.rope.dimension_count": 8})
     tensors["rope_freqs.weight"] = (np.ones(3, np.float32), None)
-    with pytest.raises(ConfigError, match="freq_factors"):
+    with pytest.raises(modelkit.WeightMismatchError) as info:
         modelkit.load(write_gguf(tmp_path / "m.gguf", tensors, meta))
+    assert [(src, want) for src, _, _, want, _ in info.value.report.misshaped] == [("rope_freqs.weight", (4,))]
 
 
 def test_missing_tensors_are_reported_by_gguf_name(tmp_path: Path) -> None:

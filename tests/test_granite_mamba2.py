@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from modelkit.blocks.base import ForwardContext
+from modelkit.nn.block import ForwardContext
 from modelkit_granite.mamba2 import (PendingSteps, causal_conv, decay_rates, fold_pending,
                                      gated_rms_norm, ssd_chunked, ssd_step, time_steps)
 from modelkit_granite.mamba2_block import Mamba2
@@ -188,7 +188,7 @@ def _block(seed: int = 0, **over) -> Mamba2:
     opts = dict(hidden_size=12, d_inner=16, num_heads=4, head_dim=4, n_groups=2, d_state=3,
                 d_conv=4, chunk_size=3, conv_bias=True, proj_bias=True, eps=1e-5,
                 time_step_limit=[0.0, float("inf")], activation="silu")
-    opts.update(over)
+    opts = Mamba2.resolve_options(**{**opts, **over})
     rng = np.random.default_rng(seed)
     params = {}
     for name, spec in Mamba2.params(opts).items():

@@ -23,7 +23,7 @@ from conftest import FIXTURES, ROOT, cli_env
 
 import modelkit
 from modelkit.errors import CheckpointError
-from modelkit.hub import ALLOW_PATTERNS, looks_like_repo_id, resolve_model_path
+from modelkit.checkpoint.hub import ALLOW_PATTERNS, looks_like_repo_id, resolve_model_path
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 MODEL_FILES = ["config.json", "generation_config.json", "model.safetensors", "tokenizer.json"]

@@ -16,9 +16,9 @@ from conftest import DELETE, copy_fixture, edit_config, load_cached
 
 import modelkit
 from modelkit.builtin import SHIPPED, mapping_file
-from modelkit.config import read_config_json
-from modelkit.loader import load_mapping
-from modelkit.mapping import pattern_regex
+from modelkit.checkpoint.config_json import read_config_json
+from modelkit.loading.choose import load_mapping
+from modelkit.schema.parse import pattern_regex
 
 
 def _llama_data() -> dict[str, Any]:
@@ -71,8 +71,8 @@ BROKEN = [
      "weights.layers.{i}.attn_norm.weight.from", "placeholder"),
     ("placeholder in target", _set("weights/layers.{layer}.x.weight", "model.layers.{i}.x"),
      "weights.layers.{layer}.x.weight", "{layer}"),
-    ("{i} on one side only", _set("weights/layers.{i}.attn_norm.weight", "model.norm.weight"),
-     "weights.layers.{i}.attn_norm.weight", "{i}"),
+    ("{i} in the checkpoint name only", _set("weights/final_norm.weight", "model.layers.{i}.norm.weight"),
+     "weights.final_norm.weight", "{i}"),
     ("undeclared field in option", _set("layers/blocks/attn/rope_theta", "$rope_thetta"),
      "layers.blocks.attn.rope_theta", "rope_thetta"),
     ("undeclared field in derive", _set("config/head_dim/derive", "hidden_size // n_heads"),

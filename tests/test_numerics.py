@@ -22,8 +22,8 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import modelkit
-from modelkit.blocks.activations import sigmoid, silu, softplus
-from modelkit.blocks.attention import softmax_inplace
+from modelkit.nn.activations import sigmoid, silu, softplus
+from modelkit.nn.attention import softmax_inplace
 
 # one fixture per family and layout: rope (default, llama3 scaling, linear), sliding window,
 # Falcon's three layouts (multi-query parallel, new decoder, ALiBi sequential), Granite 3 and

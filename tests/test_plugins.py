@@ -13,23 +13,29 @@ from conftest import write_tensors
 
 import modelkit
 from modelkit import hookimpl, plugins
-from modelkit.blocks.base import REQUIRED, Block, ForwardContext, ParamSpec
-from modelkit.errors import CheckpointError
+from modelkit import Block, CheckpointError, ForwardContext, Option, ParamSpec
 
 
 class ScaledReluMLP(Block):
     """A norm-free MLP branch: scale * relu(x W_in^T) W_out^T."""
 
-    OPTIONS = {"hidden_size": "$hidden_size", "intermediate_size": REQUIRED, "scale": 1.0}
+    OPTIONS = {"hidden_size": Option("int", "$hidden_size", min=1),
+               "intermediate_size": Option("int", min=1),
+               "scale": Option("float", 1.0)}
+    PARAMETERS = ("w_in", "w_out")
 
     @classmethod
     def params(cls, opts: dict[str, Any]) -> dict[str, ParamSpec]:
         d, i = opts["hidden_size"], opts["intermediate_size"]
         return {"w_in": ParamSpec((i, d)), "w_out": ParamSpec((d, i))}
 
+    def build(self, params: dict[str, np.ndarray | None]) -> None:
+        self.w_in, self.w_out = params["w_in"], params["w_out"]
+        self.scale = np.float32(self.options["scale"])
+
     def forward(self, x: np.ndarray, state: Any, ctx: ForwardContext) -> np.ndarray:
-        h = np.maximum(x @ self.p["w_in"].T, np.float32(0.0))
-        return np.float32(self.opts["scale"]) * (h @ self.p["w_out"].T)
+        h = np.maximum(x @ self.w_in.T, np.float32(0.0))
+        return self.scale * (h @ self.w_out.T)
 
 
 def unflatten(a: np.ndarray, rows: int) -> np.ndarray:
@@ -59,12 +65,12 @@ model:
 layers:
   count: $num_layers
   blocks:
-    ffn: {kind: scaled_relu_mlp, intermediate_size: $intermediate_size, scale: $ffn_scale}
-  flow: [[ffn]]
+    mlp: {kind: scaled_relu_mlp, intermediate_size: $intermediate_size, scale: $ffn_scale}
+  flow: [[mlp]]
 weights:
   embed.weight: tok.embed
-  layers.{i}.ffn.w_in: {from: "blk.{i}.in_flat", transform: {unflatten: {rows: $intermediate_size}}}
-  layers.{i}.ffn.w_out: blk.{i}.out
+  layers.{i}.mlp.w_in: {from: "blk.{i}.in_flat", transform: {unflatten: {rows: $intermediate_size}}}
+  layers.{i}.mlp.w_out: blk.{i}.out
 """
 
 VOCAB, D, I, LAYERS, SCALE = 11, 4, 6, 2, 0.5
@@ -224,7 +230,7 @@ def test_misspelled_hook_is_caught_by_check_pending() -> None:
 
     # pluggy's own check, as plugins.register_plugin runs it
     pm = pluggy.PluginManager("modelkit")
-    pm.add_hookspecs(modelkit.hookspecs)
+    pm.add_hookspecs(modelkit.plugins.hookspecs)
     pm.register(_Misspelled(), name="misspelled")
     with pytest.raises(pluggy.PluginValidationError, match="register_block_kind"):
         pm.check_pending()
@@ -259,7 +265,7 @@ def test_entry_points_name_the_plugins() -> None:
 
 
 def test_every_hook_is_documented() -> None:
-    from modelkit import hookspecs
+    from modelkit.plugins import hookspecs
 
     for name in ("register_architectures", "register_block_kinds", "register_transforms",
                  "register_weight_sources"):
@@ -292,8 +298,8 @@ layers:
   layout: LAYOUT
   residual_multiplier: 0.5
   blocks:
-    same: {kind: identity_for_test}
-  flow: [[same]]
+    mlp: {kind: identity_for_test}
+  flow: [[mlp]]
 weights:
   embed.weight: embed
 """

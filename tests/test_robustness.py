@@ -38,7 +38,7 @@ from conftest import (DELETE, ROOT, cli_env, copy_fixture, edit_config, fixture_
 import modelkit
 from modelkit.builtin import mapping_file
 from modelkit.cli import main as cli_main
-from modelkit.generate import GenerationStats
+from modelkit.generation.loop import GenerationStats
 
 # ---- building broken checkpoints ---------------------------------------------------------------
 
@@ -611,7 +611,7 @@ def test_generation_config_with_non_finite_values(tmp_path: Path) -> None:
 
 
 def test_tiny_temperature_is_still_the_argmax() -> None:
-    from modelkit.sampling import Sampler
+    from modelkit.generation.sampling import Sampler
 
     logits = np.random.default_rng(0).standard_normal(320).astype(np.float32) * 30
     with np.errstate(invalid="raise"), warnings.catch_warnings():  # no inf - inf = NaN on the way

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from modelkit.errors import GenerationError
-from modelkit.sampling import (Sampler, SamplingOptions, apply_repetition_penalty, cumsum_index, draw,
+from modelkit.generation.sampling import (Sampler, SamplingOptions, apply_repetition_penalty, cumsum_index, draw,
                                min_p_candidates, top_k_candidates, top_p_candidates)
 
 

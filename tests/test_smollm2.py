@@ -43,7 +43,7 @@ def model() -> Any:
 
 @pytest.fixture(scope="module")
 def converted(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from modelkit.convert import convert
+    from modelkit_gguf.convert import convert
 
     out = tmp_path_factory.mktemp("smollm2") / "hf"
     convert(GGUF, out)
@@ -51,7 +51,7 @@ def converted(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def prompt_ids(model: Any, kind: str, text: str) -> list[int]:
-    from modelkit.chat_template import chat_prompt_ids
+    from modelkit.text.chat_template import chat_prompt_ids
 
     if kind == "chat":
         return chat_prompt_ids(model.tokenizer, [{"role": "user", "content": text}])

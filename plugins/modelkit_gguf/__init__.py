@@ -1,11 +1,15 @@
 """The GGUF plugin: llama.cpp's GGUF files as a weight source, with their own mappings.
 
-It registers, through the same hooks as any third-party plugin:
+It registers, through the same hooks as any third-party plugin, using only what ``modelkit``
+exports:
 
 - the ``gguf`` weight source (:class:`modelkit_gguf.source.GGUFSource`): reads a ``.gguf``
   file's metadata as config, its tensors dequantised to float32, and its tokenizer;
-- the ``llama-gguf`` architecture (``mappings/llama_gguf.yaml``), which serves GGUF files whose
-  ``general.architecture`` is ``llama``; ``--arch llama`` picks it for a GGUF file too.
+- the ``llama-gguf`` architecture (``mappings/llama.yaml`` beside this file), which serves
+  GGUF files whose ``general.architecture`` is ``llama``; ``--arch llama`` picks it for a GGUF
+  file too;
+- the ``unpermute_rope`` transform, which undoes llama.cpp's row order of Q and K;
+- the ``convert`` command (:mod:`modelkit_gguf.convert`): a GGUF file as a Hugging Face folder.
 
 See docs/gguf.md.
 """
@@ -15,23 +19,35 @@ from __future__ import annotations
 from importlib import resources
 from typing import Callable
 
-from modelkit.hookspecs import hookimpl
+from modelkit import hookimpl
 
-from .source import GGUFSource
-
-# architecture name -> mapping file shipped in mappings/ (installed as modelkit.mappings)
-MAPPINGS = {"llama-gguf": "llama_gguf.yaml"}
+# architecture name -> mapping file in mappings/ beside this file
+MAPPINGS = {"llama-gguf": "llama.yaml"}
 
 
 @hookimpl
 def register_architectures(register: Callable[..., None]) -> None:
     for name, filename in MAPPINGS.items():
-        register(name, resources.files("modelkit.mappings") / filename)
+        register(name, resources.files(__name__) / "mappings" / filename)
 
 
 @hookimpl
 def register_weight_sources(register: Callable[..., None]) -> None:
+    from .source import GGUFSource
+
     register("gguf", GGUFSource)
 
 
-__all__ = ["GGUFSource", "MAPPINGS"]
+@hookimpl
+def register_transforms(register: Callable[..., None]) -> None:
+    from .transforms import unpermute_rope, unpermute_rope_shape
+
+    register("unpermute_rope", unpermute_rope, unpermute_rope_shape)
+
+
+@hookimpl
+def register_commands(register: Callable[..., None]) -> None:
+    from .commands import configure_convert, run_convert
+
+    register("convert", configure_convert, run_convert,
+             help="write a GGUF file as a Hugging Face folder (safetensors)")

@@ -13,7 +13,7 @@ from typing import Any
 
 from gguf import GGUFReader
 
-from modelkit.errors import CheckpointError
+from modelkit import CheckpointError
 
 from .reader import field_value
 

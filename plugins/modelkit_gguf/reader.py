@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from gguf import GGUFReader, GGUFValueType
 
-from modelkit.errors import CheckpointError
+from modelkit import CheckpointError
 
 MAGIC = b"GGUF"
 

@@ -15,8 +15,7 @@ import numpy as np
 from gguf import GGMLQuantizationType, ReaderTensor
 from gguf.quants import dequantize
 
-from modelkit.errors import CheckpointError
-from modelkit.sources.base import TensorInfo, WeightSource
+from modelkit import CheckpointError, TensorInfo, WeightSource
 
 from .config import config_from_metadata
 from .reader import field_value, is_gguf, open_reader
@@ -107,12 +106,7 @@ class GGUFSource(WeightSource):
 
     def config(self) -> dict[str, Any]:
         if self._config is None:
-            cfg = config_from_metadata(self.reader, set(self._tensors), self.path)
-            if "rope_freqs.weight" in self._tensors:
-                # Llama 3.1+ files store their rope scaling as per-frequency divisors
-                factors = dequantize_tensor(self._tensors["rope_freqs.weight"]).ravel()
-                cfg["rope_scaling"] = {"rope_type": "freq_factors", "factors": [float(f) for f in factors]}
-            self._config = cfg
+            self._config = config_from_metadata(self.reader, set(self._tensors), self.path)
         return self._config
 
     def tensor_infos(self) -> dict[str, TensorInfo]:

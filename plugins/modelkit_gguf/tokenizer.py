@@ -20,8 +20,7 @@ from typing import Any
 
 from gguf import GGUFReader
 
-from modelkit.errors import TokenizerError
-from modelkit.tokenizer import Tokenizer
+from modelkit import Tokenizer, TokenizerError
 
 from .reader import field_value, first_line
 

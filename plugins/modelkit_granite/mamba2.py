@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from modelkit.blocks.activations import silu, softplus
+from modelkit import silu, softplus
 
 # exp() of anything above this overflows float32; A_log is clamped here so A stays finite
 # (an infinite A times a zero step would give NaN instead of "no decay")
@@ -96,8 +96,9 @@ def causal_conv(x: np.ndarray, history: np.ndarray, weight_t: np.ndarray,
     return out
 
 
-# decoding steps kept aside before they are folded into the state (see PendingSteps): each
-# costs a little more readout per token, each fold one pass over the state
+# decoding steps kept aside before they are folded into the state (see PendingSteps; the
+# mamba2 block's tunable option pending_window): each costs a little more readout per token,
+# each fold one pass over the state
 PENDING_WINDOW = 32
 
 

@@ -19,10 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from modelkit.blocks.activations import ACTIVATIONS
-from modelkit.blocks.base import REQUIRED, Block, ForwardContext, ParamSpec
-from modelkit.blocks.linear import linear
-from modelkit.errors import ConfigError
+from modelkit import ACTIVATIONS, Block, ConfigError, ForwardContext, Option, ParamSpec, linear
 
 from .mamba2 import (PENDING_WINDOW, PendingSteps, causal_conv, decay_rates, fold_pending,
                      gated_rms_norm, ssd_chunked, ssd_step, state_shape, time_steps)
@@ -39,10 +36,10 @@ class Mamba2State:
     """
 
     def __init__(self, d_conv: int, conv_dim: int, heads: int, head_dim: int, groups: int,
-                 d_state: int):
+                 d_state: int, window: int = PENDING_WINDOW):
         self.conv = np.zeros((d_conv - 1, conv_dim), np.float32)
         self.base = np.zeros(state_shape(heads, head_dim, groups, d_state), np.float32)
-        self.pending = PendingSteps(PENDING_WINDOW, heads, head_dim, groups, d_state)
+        self.pending = PendingSteps(window, heads, head_dim, groups, d_state)
         self.fresh = True
 
     @property
@@ -66,24 +63,36 @@ class Mamba2(Block):
     """
 
     OPTIONS = {
-        "hidden_size": "$hidden_size",
-        "d_inner": REQUIRED,
-        "num_heads": REQUIRED,
-        "head_dim": REQUIRED,
-        "n_groups": 1,
-        "d_state": REQUIRED,
-        "d_conv": 4,
-        "chunk_size": 256,
-        "conv_bias": True,
-        "proj_bias": False,
-        "eps": 1e-6,
-        "time_step_limit": [0.0, float("inf")],
-        "activation": "silu",
+        "hidden_size": Option("int", "$hidden_size", "width of the hidden states", min=1),
+        "d_inner": Option("int", doc="inner width D (heads x head_dim)", min=1),
+        "num_heads": Option("int", doc="SSM heads H", min=1),
+        "head_dim": Option("int", doc="channels per head P", min=1),
+        "n_groups": Option("int", 1, "groups G sharing B and C", min=1),
+        "d_state": Option("int", doc="state size N", min=1),
+        "d_conv": Option("int", 4, "causal conv taps K", min=1),
+        "chunk_size": Option("int", 256, "prefill chunk length of the scan", min=1),
+        "conv_bias": Option("bool", True, "the checkpoint has conv biases"),
+        "proj_bias": Option("bool", False, "the checkpoint has in/out projection biases"),
+        "eps": Option("float", 1e-6, "epsilon of the gated RMSNorm", min=0.0),
+        "time_step_limit": Option("float_pair", (0.0, float("inf")), "dt is clamped into it", min=0.0),
+        "activation": Option("str", "silu", "activation after the conv", choices=tuple(sorted(ACTIVATIONS))),
+        "pending_window": Option("int", PENDING_WINDOW, "decoding steps kept before folding", min=1,
+                                 tunable=True),
     }
+    PARAMETERS = ("in_proj.weight", "in_proj.bias", "conv.weight", "conv.bias", "dt_bias", "A_log", "D",
+                  "norm.weight", "out_proj.weight", "out_proj.bias")
 
     @classmethod
     def params(cls, opts: dict[str, Any]) -> dict[str, ParamSpec]:
-        cls._check(opts)
+        if opts["num_heads"] * opts["head_dim"] != opts["d_inner"]:
+            raise ConfigError(f"mamba2: {opts['num_heads']} heads x {opts['head_dim']} channels "
+                              f"!= d_inner {opts['d_inner']}")
+        if opts["num_heads"] % opts["n_groups"]:
+            raise ConfigError(f"mamba2: {opts['num_heads']} heads do not divide into "
+                              f"{opts['n_groups']} groups")
+        low, high = opts["time_step_limit"]
+        if not low <= high:
+            raise ConfigError(f"mamba2: time_step_limit must be a pair 0 <= low <= high, got {[low, high]!r}")
         d, hidden, h = opts["d_inner"], opts["hidden_size"], opts["num_heads"]
         conv_dim = d + 2 * opts["n_groups"] * opts["d_state"]
         proj = d + conv_dim + h
@@ -103,54 +112,38 @@ class Mamba2(Block):
             out["out_proj.bias"] = ParamSpec((hidden,))
         return out
 
-    @staticmethod
-    def _check(opts: dict[str, Any]) -> None:
-        for name in ("hidden_size", "d_inner", "num_heads", "head_dim", "n_groups", "d_state",
-                     "d_conv", "chunk_size"):
-            v = opts[name]
-            if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
-                raise ConfigError(f"mamba2: {name} must be a positive integer, got {v!r}")
-        if opts["num_heads"] * opts["head_dim"] != opts["d_inner"]:
-            raise ConfigError(f"mamba2: {opts['num_heads']} heads x {opts['head_dim']} channels "
-                              f"!= d_inner {opts['d_inner']}")
-        if opts["num_heads"] % opts["n_groups"]:
-            raise ConfigError(f"mamba2: {opts['num_heads']} heads do not divide into "
-                              f"{opts['n_groups']} groups")
-        if opts["activation"] not in ACTIVATIONS:
-            raise ConfigError(f"mamba2: unsupported activation {opts['activation']!r}")
-        limit = opts["time_step_limit"]
-        if (not isinstance(limit, (list, tuple)) or len(limit) != 2
-                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in limit)
-                or not 0.0 <= limit[0] <= limit[1]):
-            raise ConfigError(f"mamba2: time_step_limit must be a pair 0 <= low <= high, got {limit!r}")
-
-    def setup(self) -> None:
-        o, p = self.opts, self.p
+    def build(self, params: dict[str, np.ndarray | None]) -> None:
+        o = self.options
         self.d, self.h, self.hd = o["d_inner"], o["num_heads"], o["head_dim"]
         self.g, self.n, self.k = o["n_groups"], o["d_state"], o["d_conv"]
         self.conv_dim = self.d + 2 * self.g * self.n
         self.chunk = o["chunk_size"]
-        self.eps = float(o["eps"])
-        self.limit = (float(o["time_step_limit"][0]), float(o["time_step_limit"][1]))
+        self.window = o["pending_window"]
+        self.eps = o["eps"]
+        self.limit = o["time_step_limit"]
         self.act = ACTIVATIONS[o["activation"]]
-        self.conv_w = np.ascontiguousarray(p["conv.weight"].T)  # [C, K] -> [K, C]: one row per tap
-        self.a = decay_rates(p["A_log"])  # [H]
+        self.w_in, self.b_in = params["in_proj.weight"], params.get("in_proj.bias")  # [D + C + H, hidden]
+        self.conv_w = np.ascontiguousarray(params["conv.weight"].T)  # [C, K] -> [K, C]: one row per tap
+        self.conv_b = params.get("conv.bias")  # [C]
+        self.dt_bias, self.skip = params["dt_bias"], params["D"]  # [H] each
+        self.a = decay_rates(params["A_log"])  # [H]
+        self.norm_w = params["norm.weight"]  # [D]
+        self.w_out, self.b_out = params["out_proj.weight"], params.get("out_proj.bias")  # [hidden, D]
 
     def new_state(self) -> Mamba2State:
-        return Mamba2State(self.k, self.conv_dim, self.h, self.hd, self.g, self.n)
+        return Mamba2State(self.k, self.conv_dim, self.h, self.hd, self.g, self.n, self.window)
 
     def forward(self, x: np.ndarray, state: Mamba2State | None, ctx: ForwardContext) -> np.ndarray:
         if state is None:
             state = self.new_state()
         t = x.shape[0]
         d, cd, h, hd, g, n = self.d, self.conv_dim, self.h, self.hd, self.g, self.n
-        p = self.p
-        proj = linear(x, p["in_proj.weight"])  # [T, hidden] -> [T, D + C + H]
-        if p.get("in_proj.bias") is not None:
-            proj += p["in_proj.bias"]
+        proj = linear(x, self.w_in)  # [T, hidden] -> [T, D + C + H]
+        if self.b_in is not None:
+            proj += self.b_in
         z = proj[:, :d]
-        xbc = self.act(causal_conv(proj[:, d:d + cd], state.conv, self.conv_w, p.get("conv.bias")))
-        dt = time_steps(proj[:, d + cd:], p["dt_bias"], self.limit)  # [T, H]
+        xbc = self.act(causal_conv(proj[:, d:d + cd], state.conv, self.conv_w, self.conv_b))
+        dt = time_steps(proj[:, d + cd:], self.dt_bias, self.limit)  # [T, H]
         xs = xbc[:, :d].reshape(t, h, hd)  # [T, H, P]
         b = xbc[:, d:d + g * n].reshape(t, g, n)  # [T, G, N]
         c = xbc[:, d + g * n:].reshape(t, g, n)
@@ -159,9 +152,9 @@ class Mamba2(Block):
         else:
             y = ssd_chunked(xs, dt, self.a, b, c, state.ssm, self.chunk, state.fresh)  # [T, H, P]
         state.fresh = False
-        y += xs * p["D"][:, None]  # skip connection from x (before the dt scaling)
-        out = gated_rms_norm(y.reshape(t, d), z, p["norm.weight"], g, self.eps)
-        res = linear(out, p["out_proj.weight"])  # [T, D] -> [T, hidden]
-        if p.get("out_proj.bias") is not None:
-            res += p["out_proj.bias"]
+        y += xs * self.skip[:, None]  # skip connection from x (before the dt scaling)
+        out = gated_rms_norm(y.reshape(t, d), z, self.norm_w, g, self.eps)
+        res = linear(out, self.w_out)  # [T, D] -> [T, hidden]
+        if self.b_out is not None:
+            res += self.b_out
         return res

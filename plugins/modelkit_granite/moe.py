@@ -18,9 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from modelkit.blocks.base import REQUIRED, ForwardContext, ParamSpec
-from modelkit.blocks.mlp import GatedMLP
-from modelkit.errors import ConfigError
+from modelkit import Block, ConfigError, ForwardContext, GatedMLP, Option, ParamSpec
 
 
 def route(logits: np.ndarray, top_k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -31,44 +29,48 @@ def route(logits: np.ndarray, top_k: int) -> tuple[np.ndarray, np.ndarray]:
     return idx, top / top.sum(axis=-1, keepdims=True)
 
 
-class MoE(GatedMLP):
+class MoE(Block):
     """Shared gated MLP plus ``top_k`` of ``num_experts`` routed gated MLPs.
 
-    Options: ``hidden_size``; ``intermediate_size`` (the shared MLP); ``num_experts``,
-    ``top_k``, ``expert_intermediate_size``; ``activation`` (both MLPs).
+    Options: those of the core's ``gated_mlp`` (the shared MLP), ``num_experts``, ``top_k``
+    and ``expert_intermediate_size``; ``activation`` serves both MLPs.
     """
 
-    OPTIONS = {**GatedMLP.OPTIONS, "num_experts": REQUIRED, "top_k": REQUIRED,
-               "expert_intermediate_size": REQUIRED}
+    OPTIONS = {**GatedMLP.OPTIONS,
+               "num_experts": Option("int", doc="routed experts", min=1),
+               "top_k": Option("int", doc="experts chosen per token", min=1),
+               "expert_intermediate_size": Option("int", doc="inner width of each expert", min=1)}
+    PARAMETERS = GatedMLP.PARAMETERS + ("router.weight", "experts.gate_up.weight", "experts.down.weight")
 
     @classmethod
     def params(cls, opts: dict[str, Any]) -> dict[str, ParamSpec]:
         e, k, i, d = opts["num_experts"], opts["top_k"], opts["expert_intermediate_size"], opts["hidden_size"]
-        for name, v in (("num_experts", e), ("top_k", k), ("expert_intermediate_size", i)):
-            if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
-                raise ConfigError(f"moe: {name} must be a positive integer, got {v!r}")
         if k > e:
             raise ConfigError(f"moe: top_k {k} is more than the {e} experts")
-        return {**super().params(opts),
+        return {**GatedMLP.params(opts),
                 "router.weight": ParamSpec((e, d)),
                 "experts.gate_up.weight": ParamSpec((e, 2 * i, d)),
                 "experts.down.weight": ParamSpec((e, d, i))}
 
-    def setup(self) -> None:
-        super().setup()
-        self.top_k = self.opts["top_k"]
-        self.ei = self.opts["expert_intermediate_size"]
+    def build(self, params: dict[str, np.ndarray | None]) -> None:
+        shared_options = {name: self.options[name] for name in GatedMLP.OPTIONS}
+        self.shared = GatedMLP(shared_options, {name: params.get(name) for name in GatedMLP.PARAMETERS})
+        self.act = self.shared.act
+        self.top_k = self.options["top_k"]
+        self.ei = self.options["expert_intermediate_size"]
+        self.router = params["router.weight"]  # [E, hidden]
+        self.gate_up = params["experts.gate_up.weight"]  # [E, 2I, hidden]
+        self.down = params["experts.down.weight"]  # [E, hidden, I]
 
     def forward(self, x: np.ndarray, state: Any, ctx: ForwardContext) -> np.ndarray:
-        out = super().forward(x, state, ctx)  # the shared MLP, [T, hidden]
-        p = self.p
-        idx, weights = route(x @ p["router.weight"].T, self.top_k)  # [T, k] each
+        out = self.shared.forward(x, None, ctx)  # [T, hidden]
+        idx, weights = route(x @ self.router.T, self.top_k)  # [T, k] each
         for e in np.unique(idx):
             rows, slot = np.nonzero(idx == e)  # tokens routed to expert e (each at most once)
-            h = x[rows] @ p["experts.gate_up.weight"][e].T  # [n, hidden] -> [n, 2I]
+            h = x[rows] @ self.gate_up[e].T  # [n, hidden] -> [n, 2I]
             a = self.act(h[:, :self.ei])
             a *= h[:, self.ei:]
-            y = a @ p["experts.down.weight"][e].T  # [n, I] -> [n, hidden]
+            y = a @ self.down[e].T  # [n, I] -> [n, hidden]
             y *= weights[rows, slot][:, None]
             out[rows] += y
         return out

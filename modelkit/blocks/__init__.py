@@ -1,1 +1,0 @@
-"""NumPy blocks: the pieces a mapping file assembles into layers."""

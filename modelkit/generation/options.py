@@ -1,0 +1,85 @@
+"""Sampling options: what they mean, their checks, and their defaults from generation_config.json."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+
+from ..errors import GenerationError
+
+
+@dataclass(frozen=True)
+class SamplingOptions:
+    """How to pick tokens. ``temperature`` 0 is greedy; ``top_k`` 0, ``top_p`` 1, ``min_p`` 0 and
+    ``repetition_penalty`` 1 switch those steps off; ``seed`` None draws a fresh seed."""
+
+    temperature: float = 0.0
+    top_k: int = 0
+    top_p: float = 1.0
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        checks = [
+            ("temperature", math.isfinite(self.temperature) and self.temperature >= 0, "must be >= 0"),
+            ("top_k", isinstance(self.top_k, (int, np.integer)) and self.top_k >= 0,
+             "must be an integer >= 0 (0 is off)"),
+            ("top_p", 0.0 < self.top_p <= 1.0, "must be in (0, 1] (1 is off)"),
+            ("min_p", 0.0 <= self.min_p <= 1.0, "must be in [0, 1] (0 is off)"),
+            ("repetition_penalty", math.isfinite(self.repetition_penalty) and self.repetition_penalty > 0,
+             "must be > 0 (1 is off)"),
+            ("seed", self.seed is None or (isinstance(self.seed, (int, np.integer)) and self.seed >= 0),
+             "must be an integer >= 0"),
+        ]
+        for name, ok, rule in checks:
+            if not ok:
+                raise GenerationError(f"{name} {rule}, got {getattr(self, name)!r}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+    @classmethod
+    def resolve(cls, generation_config: dict[str, Any] | None = None, **overrides: Any) -> "SamplingOptions":
+        """Options from generation_config.json, each overridden by a non-None keyword.
+
+        As in transformers, the file's temperature / top_k / top_p / min_p only apply when it sets
+        ``do_sample: true`` (otherwise decoding is greedy); its repetition_penalty always applies.
+        A user-given temperature > 0 turns sampling on with the file's other sampling values.
+        """
+        gc = generation_config or {}
+        values: dict[str, Any] = {}
+        sampling = gc.get("do_sample") is True
+        user_temperature = overrides.get("temperature")
+        if sampling or (user_temperature is not None and user_temperature > 0):
+            for key in ("top_k", "top_p", "min_p"):
+                if _is_number(gc.get(key)):
+                    values[key] = gc[key]
+            if sampling:
+                values["temperature"] = gc["temperature"] if _is_number(gc.get("temperature")) else 1.0
+        if _is_number(gc.get("repetition_penalty")):
+            values["repetition_penalty"] = gc["repetition_penalty"]
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        unknown = set(values) - {f for f in cls.__dataclass_fields__}
+        if unknown:
+            raise GenerationError(f"unknown sampling option(s): {', '.join(sorted(unknown))}")
+        return cls(**{k: (_integer(k, v) if k in ("top_k", "seed") else float(v)) for k, v in values.items()})
+
+    def with_(self, **changes: Any) -> "SamplingOptions":
+        """A copy with some fields changed."""
+        return replace(self, **changes)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _integer(name: str, value: Any) -> int:
+    # 50.0 is 50; 2.5, inf and NaN (generation_config.json may hold them) are errors, not crashes
+    if isinstance(value, float) and not value.is_integer():
+        raise GenerationError(f"{name} must be an integer, got {value!r}")
+    return int(value)

@@ -1,0 +1,108 @@
+"""Building a model from its plan: read each planned tensor, transform it, assemble the blocks.
+
+Tensors are read layer by layer, so fused copies (q/k/v, gate/up) replace the originals as
+they are made and peak memory stays near the model's own size.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import numpy as np
+
+from ..checkpoint.source import WeightSource
+from ..errors import CheckpointError, MappingError
+from ..model import Layer, Model
+from ..nn.block import Block
+from .plan import Plan, PlannedBlock, PlannedTensor
+
+
+class TensorReader:
+    """Reads planned tensors as float32, C-contiguous, transformed, of the planned shape.
+
+    Keeps the latest checkpoint tensor, so one fused tensor that feeds several parameters
+    (Falcon's query_key_value) is read once."""
+
+    def __init__(self, source: WeightSource):
+        self.source = source
+        self._memo: dict[str, np.ndarray] = {}
+
+    def read(self, planned: PlannedTensor) -> np.ndarray:
+        """The canonical tensor ``planned`` describes."""
+        assert planned.source is not None
+        array = self._memo.get(planned.source)
+        if array is None:
+            array = self.source.read(planned.source)
+            self._memo.clear()
+            self._memo[planned.source] = array
+        for t in planned.transforms:
+            try:
+                array = t.transform.apply(array, **t.args)
+            except CheckpointError:
+                raise
+            except (TypeError, ValueError, KeyError, IndexError, ArithmeticError) as exc:
+                raise MappingError(f"{planned.canonical}: transform '{t.transform.name}' failed: {exc}") from None
+        if array.dtype != np.float32 or not array.flags.c_contiguous:
+            array = np.ascontiguousarray(array, dtype=np.float32)
+        if tuple(array.shape) != tuple(planned.shape):
+            raise CheckpointError(f"{planned.source}: transforms produced shape {list(array.shape)}, "
+                                  f"expected {list(planned.shape)}")
+        return array
+
+    def close(self) -> None:
+        self._memo.clear()
+
+
+def progress_bar(total: int, enabled: bool) -> Any:
+    """A tqdm bar on stderr when enabled and stderr is a terminal, else None."""
+    if not enabled or not sys.stderr.isatty():
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc="loading", unit="tensor", leave=False, file=sys.stderr)
+
+
+def build_model(source: WeightSource, plan: Plan, *, file: str = "", progress: bool = False,
+                prefill_chunk: int = 512) -> Model:
+    """Read every planned tensor and assemble the model, layer by layer."""
+    reader = TensorReader(source)
+    bar = progress_bar(len(plan.tensors), progress)
+    n_params = 0
+
+    def get(canonical: str) -> np.ndarray | None:
+        nonlocal n_params
+        planned = plan.tensors.get(canonical)
+        if planned is None:
+            return None
+        array = reader.read(planned)
+        n_params += array.size
+        if bar is not None:
+            bar.update(1)
+        return array
+
+    def block(planned: PlannedBlock, prefix: str) -> Block:
+        params = {pname: get(f"{prefix}{pname}") for pname in planned.params}
+        return planned.cls(planned.options, params)
+
+    try:
+        embed = get("embed.weight")
+        assert embed is not None
+        pos_embed = get("pos_embed.weight")
+        layers = [Layer(pl.spec, {name: block(pb, f"layers.{i}.{name}.") for name, pb in pl.blocks.items()},
+                        pl.residual_multiplier, pl.variant)
+                  for i, pl in enumerate(plan.layers)]
+        final_norm = block(plan.final_norm, "final_norm.") if plan.final_norm is not None else None
+        head = embed if plan.tied else get("head.weight")
+        head_bias = get("head.bias")
+    finally:
+        reader.close()
+        if bar is not None:
+            bar.close()
+    assert head is not None
+    return Model(name=plan.mapping.name, config=plan.config, mapping=plan.mapping, layers=layers,
+                 embed=embed, pos_embed=pos_embed, final_norm=final_norm, head=head, head_bias=head_bias,
+                 embedding_multiplier=plan.embedding_multiplier, logits_divisor=plan.logits_divisor,
+                 tokenizer=source.tokenizer(), generation_config=source.generation_config(),
+                 source=str(source.path), tied=plan.tied, n_params=n_params, mapping_file=file,
+                 prefill_chunk=prefill_chunk)

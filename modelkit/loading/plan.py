@@ -1,0 +1,269 @@
+"""The plan: every canonical parameter, block option and scalar of a model, resolved and checked
+against the checkpoint's headers before any tensor data is read.
+
+``make_plan`` resolves config.json through the mapping, gives every block its options (each
+checked by its :class:`~modelkit.nn.options.Option`), checks that every block reads and
+writes the model's hidden width, resolves every transform's arguments, predicts every tensor's
+shape after its transforms, and reports what does not fit (:class:`~.report.Report`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..checkpoint.source import TensorInfo
+from ..errors import CheckpointError, ConfigError, MappingError
+from ..nn.block import ParamSpec
+from ..nn.options import REQUIRED
+from ..plugins.registry import Registry, Transform
+from ..schema.resolve import Config, layer_variants, resolve_config, resolve_value
+from ..schema.spec import PLACEHOLDER, BlockSpec, LayerSpec, Mapping, WeightSpec
+from .report import Report
+
+# stored dtypes modelkit cannot read as weights: integers (safetensors and GGUF spell them alike)
+# and safetensors' 8-, 6- and 4-bit floats; found from the headers, before any data is read
+UNREADABLE_DTYPES = {"BOOL", "U8", "I8", "U16", "I16", "U32", "I32", "U64", "I64", "F8_E4M3", "F8_E5M2",
+                     "F8_E8M0", "F8_E4M3FNUZ", "F8_E5M2FNUZ", "F6_E2M3", "F6_E3M2", "F4"}
+
+
+@dataclass(frozen=True)
+class PlannedTransform:
+    """A transform with its arguments resolved over the config."""
+
+    transform: Transform
+    args: dict[str, Any]
+
+
+@dataclass
+class PlannedTensor:
+    """One canonical parameter: where it comes from and what it must look like."""
+
+    canonical: str
+    source: str | None  # checkpoint name
+    transforms: list[PlannedTransform]
+    shape: tuple[int, ...]
+    required: bool
+
+
+@dataclass
+class PlannedBlock:
+    """One block of one layer: its kind's class, its checked options, its parameters."""
+
+    name: str
+    kind: str
+    cls: type
+    options: dict[str, Any]
+    params: dict[str, ParamSpec]  # local name -> spec
+
+
+@dataclass
+class PlannedLayer:
+    """One layer: its variant, its blocks in YAML order, its residual multiplier."""
+
+    variant: str
+    spec: LayerSpec
+    blocks: dict[str, PlannedBlock]
+    residual_multiplier: float
+
+
+@dataclass
+class Plan:
+    """Everything needed to build the model, resolved: config, layers, tensors, scalars, report."""
+
+    mapping: Mapping
+    config: Config
+    layers: list[PlannedLayer]
+    final_norm: PlannedBlock | None
+    tensors: dict[str, PlannedTensor]
+    report: Report
+    tied: bool
+    embedding_multiplier: float
+    logits_divisor: float
+    max_positions: int | None  # learned positions; None without
+    where: str = "config.json"
+    tuning: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def variants(self) -> list[str]:
+        """Each layer's variant name."""
+        return [layer.variant for layer in self.layers]
+
+
+def _number(value: Any, label: str, where: str) -> float:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or value != value:
+        raise ConfigError(f"{where}: {label} must be a number, got {value!r}")
+    return float(value)
+
+
+def _check_tuning(tuning: dict[str, Any], registry: Registry) -> dict[str, dict[str, Any]]:
+    """``{"kind.option": value}`` -> kind -> option -> value, every key a tunable option."""
+    out: dict[str, dict[str, Any]] = {}
+    for key, value in tuning.items():
+        kind, _, name = str(key).partition(".")
+        cls = registry.block_kinds.get(kind)
+        option = cls.OPTIONS.get(name) if cls is not None else None
+        if option is None or not option.tunable:
+            tunables = sorted(f"{k}.{n}" for k, c in registry.block_kinds.items()
+                              for n, o in c.OPTIONS.items() if o.tunable)
+            raise ConfigError(f"tuning: {key!r} is not a tunable block option; tunable: {', '.join(tunables)}")
+        out.setdefault(kind, {})[name] = value
+    return out
+
+
+def plan_block(spec: BlockSpec, cls: type, cfg: Config, key: str, path: str, where: str,
+               tuning: dict[str, dict[str, Any]]) -> PlannedBlock:
+    """A block's options (the YAML's over the kind's defaults, ``$expr`` resolved, tuning
+    applied, each checked by its Option) and the parameters they imply."""
+    opts: dict[str, Any] = {}
+    overrides = tuning.get(spec.kind, {})
+    for name, option in cls.OPTIONS.items():
+        value = overrides[name] if name in overrides else spec.options.get(name, option.default)
+        if value is REQUIRED:
+            raise MappingError(f"{path}: {key}: block kind '{spec.kind}' needs option '{name}'")
+        resolved = resolve_value(value, cfg, f"{path}: {key}.{name}")
+        opts[name] = option.check(resolved, f"{where}: {key}.{name}")
+    try:
+        params = cls.params(opts)
+    except ConfigError as exc:  # options that do not work together (heads that do not divide)
+        raise ConfigError(f"{where}: {key}: {exc}") from None
+    return PlannedBlock(spec.name, spec.kind, cls, opts, params)
+
+
+def _check_width(block: PlannedBlock, hidden: int, layer: str, where: str) -> None:
+    width = block.cls.width(block.options)
+    if width is not None and width != hidden:
+        raise ConfigError(f"{where}: {layer}, block {block.name} ({block.kind}) has width {width}, "
+                          f"but the model's hidden_size is {hidden}")
+
+
+def _plan_transforms(w: WeightSpec, cfg: Config, registry: Registry, key: str) -> list[PlannedTransform]:
+    return [PlannedTransform(registry.transforms[name], resolve_value(args, cfg, f"{key}.{name}"))
+            for name, args in w.transforms]
+
+
+def _shape_after(shape: tuple, transforms: list[PlannedTransform], key: str) -> tuple:
+    for t in transforms:
+        if t.transform.shape is not None:
+            try:
+                shape = tuple(t.transform.shape(shape, **t.args))
+            except CheckpointError:
+                raise
+            except (TypeError, ValueError, KeyError, IndexError, ArithmeticError) as exc:
+                raise MappingError(f"{key}: bad arguments for transform '{t.transform.name}': {exc}") from None
+    return shape
+
+
+def make_plan(mapping: Mapping, raw: dict[str, Any], infos: dict[str, TensorInfo],
+              where: str = "config.json", *, registry: Registry | None = None,
+              tuning: dict[str, Any] | None = None) -> Plan:
+    """Resolve the config and check every tensor, option and scalar against the mapping,
+    reading no tensor data (``registry``: the plugins' registrations, the current ones by
+    default)."""
+    if registry is None:
+        from ..plugins.manager import registry as current_registry
+
+        registry = current_registry()
+    cfg = resolve_config(mapping, raw, where)
+    for required in ("vocab_size", "hidden_size"):
+        if required not in cfg:
+            raise MappingError(f"{mapping.path}: config must declare '{required}'")
+    d, vocab = cfg["hidden_size"], cfg["vocab_size"]
+    if not isinstance(d, int) or d <= 0 or not isinstance(vocab, int) or vocab <= 0:
+        raise ConfigError(f"{where}: hidden_size and vocab_size must be positive integers")
+    tunes = _check_tuning(tuning or {}, registry)
+    kinds = registry.block_kinds
+    path = mapping.path
+    model = mapping.model
+
+    tied = bool(resolve_value(model.tie_head, cfg, f"{path}: model.tie_head"))
+    emb_mult = _number(resolve_value(model.embedding_multiplier, cfg, f"{path}: model.embedding_multiplier"),
+                       "embedding_multiplier", where)
+    divisor = _number(resolve_value(model.logits_divisor, cfg, f"{path}: model.logits_divisor"),
+                      "logits_divisor", where)
+    if divisor == 0:
+        raise ConfigError(f"{where}: logits_divisor must not be zero")
+
+    needed: dict[str, tuple[ParamSpec, str]] = {}  # canonical -> (spec, weights template)
+    needed["embed.weight"] = (ParamSpec((vocab, d)), "embed.weight")
+    max_pos = None
+    if model.positions == "learned":
+        max_pos = resolve_value(model.max_positions, cfg, f"{path}: model.max_positions")
+        if not isinstance(max_pos, int) or isinstance(max_pos, bool) or max_pos <= 0:
+            raise ConfigError(f"{where}: learned positions need a positive max_positions, got {max_pos!r}")
+        needed["pos_embed.weight"] = (ParamSpec((max_pos, d)), "pos_embed.weight")
+    final = None
+    if model.final_norm is not None:
+        spec = model.final_norm
+        final = plan_block(spec, kinds[spec.kind], cfg, "model.final_norm", path, where, tunes)
+        _check_width(final, d, "the final norm", where)
+        for pname, ps in final.params.items():
+            needed[f"final_norm.{pname}"] = (ps, f"final_norm.{pname}")
+    if not tied:
+        needed["head.weight"] = (ParamSpec((vocab, d)), "head.weight")
+    needed["head.bias"] = (ParamSpec((vocab,), required=False), "head.bias")
+
+    layers: list[PlannedLayer] = []
+    for i, variant in enumerate(layer_variants(mapping, cfg)):
+        spec = mapping.variants[variant]
+        layer_cfg = cfg.with_layer(i)
+        blocks = {}
+        for bname, bspec in spec.blocks.items():
+            key = f"{mapping.layer_key(variant)}.blocks.{bname}"
+            block = plan_block(bspec, kinds[bspec.kind], layer_cfg, key, path, where, tunes)
+            _check_width(block, d, f"layer {i}", where)
+            blocks[bname] = block
+            for pname, ps in block.params.items():
+                needed[f"layers.{i}.{bname}.{pname}"] = (ps, f"layers.{PLACEHOLDER}.{bname}.{pname}")
+        res = resolve_value(spec.residual_multiplier, layer_cfg, f"{path}: residual_multiplier")
+        layers.append(PlannedLayer(variant, spec, blocks, _number(res, "residual_multiplier", where)))
+
+    by_target: dict[str, WeightSpec] = {w.target: w for w in mapping.weights}
+    report = Report()
+    tensors: dict[str, PlannedTensor] = {}
+    used: set[str] = set()
+    for canonical, (ps, template) in needed.items():
+        w = by_target.get(template)
+        if w is None:
+            if ps.required:
+                raise MappingError(f"{path}: weights: no entry for '{template}', which the "
+                                   f"blocks need (add '{template}: <checkpoint tensor name>')")
+            continue
+        layer_index = canonical.split(".")[1] if template.startswith("layers.") else ""
+        key = f"{path}: weights.{template}"
+        transforms = _plan_transforms(w, cfg if not layer_index else cfg.with_layer(int(layer_index)),
+                                      registry, key)
+        candidates = mapping.checkpoint_names(w.sources, layer_index)
+        source = next((c for c in candidates if c in infos), candidates[0])
+        required = ps.required or not w.optional
+        info = infos.get(source)
+        if info is None:
+            if required:
+                report.missing.append((source, canonical, ps.shape))
+            continue
+        used.add(source)
+        if info.dtype in UNREADABLE_DTYPES:
+            report.mistyped.append((source, canonical, info.dtype))
+            continue
+        try:
+            got = _shape_after(info.shape, transforms, key)
+        except CheckpointError as exc:
+            report.misshaped.append((source, canonical, info.shape, ps.shape, str(exc)))
+            continue
+        if tuple(got) != tuple(ps.shape):
+            note = f"after {', '.join(t.transform.name for t in transforms)}: {list(got)}" if transforms else ""
+            report.misshaped.append((source, canonical, info.shape, ps.shape, note))
+            continue
+        tensors[canonical] = PlannedTensor(canonical, source, transforms, ps.shape, required)
+
+    # a tied head may still be stored (transformers writes it sometimes): accept and ignore it
+    tied_head_sources = (set(mapping.checkpoint_names(by_target["head.weight"].sources))
+                         if tied and "head.weight" in by_target else set())
+    for name, info in infos.items():
+        if name in used or name in tied_head_sources:
+            continue
+        if any(p.match(name) for p in mapping.ignore):
+            continue
+        report.unexpected.append((name, info.shape))
+    return Plan(mapping, cfg, layers, final, tensors, report, tied, emb_mult, divisor, max_pos,
+                where, dict(tuning or {}))

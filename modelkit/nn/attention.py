@@ -1,0 +1,245 @@
+"""Causal self-attention: MHA/GQA/MQA, RoPE or ALiBi or no positions, sliding window, biases.
+
+One block serves GPT-2, Llama, Mistral, Falcon and Granite: the differences are options
+(score scale, positions, window) and which optional biases the checkpoint supplies.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from ..errors import ConfigError
+from .block import Block, ForwardContext, ParamSpec
+from .kv_cache import KV_BLOCK, KVCache
+from .linear import linear
+from .options import Option
+from .rope import inverse_frequencies, rotary_table, rotate
+
+# queries per block when attending over long prompts (the tunable option query_block): bounds
+# the score matrix to [kv_heads, group * query_block, keys] instead of [heads, T, T]
+QUERY_BLOCK = 256
+# ... and at most about this many scores (floats) per block, so that a block's scores stay in
+# cache through the softmax; blocks never shrink below SCORE_MIN_QUERIES queries
+SCORE_BLOCK = 1 << 18
+SCORE_MIN_QUERIES = 16
+
+
+def alibi_slopes(num_heads: int) -> np.ndarray:
+    """ALiBi head slopes as in the BLOOM/Falcon reference (geometric, with extras for non powers of 2)."""
+    closest = 2 ** math.floor(math.log2(num_heads))
+    base = 2.0 ** (-(2.0 ** -(math.log2(closest) - 3)))
+    slopes = [base ** p for p in range(1, closest + 1)]
+    if closest != num_heads:
+        extra_base = 2.0 ** (-(2.0 ** -(math.log2(2 * closest) - 3)))
+        remaining = min(closest, num_heads - closest)
+        slopes += [extra_base ** p for p in range(1, 1 + 2 * remaining, 2)]
+    return np.asarray(slopes, dtype=np.float32)
+
+
+# exp() of a score this far below the row's maximum is < 1e-26: negligible as a weight, but
+# below about -87 it is a subnormal float32, and subnormals make exp and the matrix product
+# with the values many times slower (tens of times, on rows where most keys are far below the
+# maximum, which peaked attention and masked keys give). Scores are floored here first.
+EXP_FLOOR = np.float32(-60.0)
+
+
+def softmax_inplace(scores: np.ndarray) -> np.ndarray:
+    """Softmax over the last axis, stable (max subtracted), written into ``scores``.
+
+    Weights below exp(-60) relative to the largest come out as exp(-60) (masked keys
+    included): a change of < 1e-26 per key that keeps every value a normal float."""
+    scores -= scores.max(axis=-1, keepdims=True)
+    np.maximum(scores, EXP_FLOOR, out=scores)
+    np.exp(scores, out=scores)
+    scores /= scores.sum(axis=-1, keepdims=True)
+    return scores
+
+
+class Attention(Block):
+    """Multi-head causal self-attention with grouped KV heads.
+
+    The score scale defaults to 1/sqrt(head_dim); positions are rotary (optionally on the first
+    ``rope_dim`` channels only, with ``rope_scaling`` and, when the checkpoint has it, the
+    per-frequency divisors ``rope_freq_factors``), ALiBi or none; ``window`` limits each query to
+    itself and the window-1 keys before it.
+    """
+
+    OPTIONS = {
+        "num_heads": Option("int", "$num_heads", "query heads", min=1),
+        "num_kv_heads": Option("int", "$num_kv_heads", "key/value heads (grouped-query attention)", min=1),
+        "head_dim": Option("int", "$head_dim", "channels per head", min=1),
+        "hidden_size": Option("int", "$hidden_size", "width of the hidden states", min=1),
+        "scale": Option("float", None, "score multiplier (null: 1/sqrt(head_dim))", nullable=True),
+        "positions": Option("str", doc="position encoding", choices=("rope", "alibi", "none")),
+        "rope_theta": Option("float", 10000.0, "rotary base", min=0.0),
+        "rope_scaling": Option("dict", None, "rotary scaling (default, linear, llama3)", nullable=True),
+        "rope_dim": Option("int", None, "rotated channels per head (null: all)", min=2, nullable=True),
+        "alibi_scaled": Option("bool", False, "add ALiBi before the score scale (Falcon)"),
+        "alibi_dtype": Option("str", "float32", "round ALiBi through bfloat16 (Falcon)",
+                              choices=("float32", "bfloat16")),
+        "window": Option("int", None, "sliding window in tokens (null: none)", min=1, nullable=True),
+        "query_block": Option("int", QUERY_BLOCK, "queries per block over long prompts", min=1,
+                              tunable=True),
+    }
+    PARAMETERS = ("q.weight", "k.weight", "v.weight", "o.weight", "q.bias", "k.bias", "v.bias",
+                  "o.bias", "rope_freq_factors")
+
+    @classmethod
+    def params(cls, opts: dict[str, Any]) -> dict[str, ParamSpec]:
+        h, kv, hd, d = opts["num_heads"], opts["num_kv_heads"], opts["head_dim"], opts["hidden_size"]
+        if h % kv:
+            raise ConfigError(f"attention: {h} heads do not divide into {kv} key/value heads")
+        if opts["scale"] is not None and not math.isfinite(opts["scale"]):
+            raise ConfigError(f"attention: scale must be a finite number or null, got {opts['scale']!r}")
+        rot = opts["rope_dim"] or hd
+        specs = {
+            "q.weight": ParamSpec((h * hd, d)), "k.weight": ParamSpec((kv * hd, d)),
+            "v.weight": ParamSpec((kv * hd, d)), "o.weight": ParamSpec((d, h * hd)),
+            "q.bias": ParamSpec((h * hd,), False), "k.bias": ParamSpec((kv * hd,), False),
+            "v.bias": ParamSpec((kv * hd,), False), "o.bias": ParamSpec((d,), False),
+        }
+        if opts["positions"] == "rope":  # bad rope settings fail at planning, before any tensor is read
+            if rot > hd or rot % 2:
+                raise ConfigError(f"attention: rope_dim {rot} must be even and at most head_dim {hd}")
+            inverse_frequencies(rot, opts["rope_theta"], opts["rope_scaling"])
+            specs["rope_freq_factors"] = ParamSpec((rot // 2,), False)
+        return specs
+
+    def build(self, params: dict[str, np.ndarray | None]) -> None:
+        o = self.options
+        self.h, self.kv, self.hd = o["num_heads"], o["num_kv_heads"], o["head_dim"]
+        self.group = self.h // self.kv
+        self.query_block = o["query_block"]
+        # one fused projection for q, k and v, made once at load
+        self.w_qkv = np.ascontiguousarray(
+            np.concatenate([params["q.weight"], params["k.weight"], params["v.weight"]], 0))
+        biases = [params.get("q.bias"), params.get("k.bias"), params.get("v.bias")]
+        if any(b is not None for b in biases):
+            sizes = (self.h * self.hd, self.kv * self.hd, self.kv * self.hd)
+            self.b_qkv = np.concatenate([b if b is not None else np.zeros(n, np.float32)
+                                         for b, n in zip(biases, sizes)])
+        else:
+            self.b_qkv = None
+        self.w_o = params["o.weight"]  # [D, H * hd]
+        self.b_o = params.get("o.bias")
+        self.scale = np.float32(o["scale"] if o["scale"] is not None else 1.0 / math.sqrt(self.hd))
+        self.window = o["window"]
+        self.rope = None
+        if o["positions"] == "rope":
+            self.rot_dim = o["rope_dim"] or self.hd
+            self.rope = rotary_table(self.rot_dim, o["rope_theta"], o["rope_scaling"],
+                                     params.get("rope_freq_factors"))
+        self.slopes = alibi_slopes(self.h).reshape(self.kv, self.group, 1, 1) if o["positions"] == "alibi" else None
+        self.alibi_bf16 = o["alibi_dtype"] == "bfloat16"
+        self.alibi_scaled = o["alibi_scaled"]
+
+    def new_state(self) -> KVCache:
+        return KVCache(self.kv, self.hd)
+
+    def forward(self, x: np.ndarray, state: KVCache | None, ctx: ForwardContext) -> np.ndarray:
+        t = x.shape[0]
+        qkv = linear(x, self.w_qkv)  # [T, D] -> [T, (H + 2KV) * hd]
+        if self.b_qkv is not None:
+            qkv += self.b_qkv
+        nq, nk = self.h * self.hd, self.kv * self.hd
+        if self.rope is not None:
+            # q and k heads side by side, rotated in place inside qkv in one pass
+            cos, sin_signed = self.rope.get_signed(ctx.pos, ctx.pos + t)
+            rotate(qkv[:, :nq + nk].reshape(t, self.h + self.kv, self.hd), cos, sin_signed, self.rot_dim)
+        q = qkv[:, :nq].reshape(t, self.h, self.hd)
+        k = qkv[:, nq:nq + nk].reshape(t, self.kv, self.hd)
+        v = qkv[:, nq + nk:].reshape(t, self.kv, self.hd)
+        if state is None:
+            state = KVCache(self.kv, self.hd)
+        start = state.length
+        state.append(k, v)
+        out = self.attend(q, state, start)  # [T, H * hd]
+        y = linear(out, self.w_o)  # [T, H * hd] -> [T, D]
+        if self.b_o is not None:
+            y += self.b_o
+        return y
+
+    def alibi(self, kpos: np.ndarray) -> np.ndarray:
+        """ALiBi biases slope * key position, [KV, group, 1, S]."""
+        if self.alibi_bf16:
+            from ml_dtypes import bfloat16
+
+            # bf16(bf16(slope) * position), positions exact
+            slopes = self.slopes.astype(bfloat16).astype(np.float32)
+            return (slopes * kpos.astype(np.float32)).astype(bfloat16).astype(np.float32)
+        return self.slopes * kpos.astype(np.float32)
+
+    def attend(self, q: np.ndarray, cache: KVCache, start: int) -> np.ndarray:
+        """Attention of queries q [T, H, hd] at positions start.. over the cached keys."""
+        t = q.shape[0]
+        if self.slopes is None:
+            # without ALiBi the score scale can go on the queries: T*H*hd products instead of H*T*S
+            q = q * self.scale
+        if t == 1 and self.window is None and self.slopes is None:
+            return self._attend_one(q, cache)
+        out = np.empty((t, self.h * self.hd), np.float32)
+        # [T, H, hd] -> [KV, group, T, hd]: query head h reads kv head h // group
+        qh = q.reshape(t, self.kv, self.group, self.hd).transpose(1, 2, 0, 3)
+        # query blocks small enough that a block's scores stay in cache through the softmax's
+        # passes (NumPy's elementwise work is single-threaded and memory-bound)
+        qb_max = self.query_block
+        keys_seen = start + t if self.window is None else min(start + t, self.window + qb_max)
+        step = min(qb_max, max(SCORE_MIN_QUERIES, SCORE_BLOCK // (self.h * keys_seen)))
+        for b0 in range(0, t, step):
+            b1 = min(t, b0 + step)
+            n_keys = start + b1  # keys a query in this block can see at most
+            k0 = 0 if self.window is None else max(0, start + b0 - self.window + 1)
+            keys_t = cache.kt[:, :, k0:n_keys]  # [KV, hd, S]
+            vals = cache.v[:, k0:n_keys]  # [KV, S, hd]
+            tb = b1 - b0
+            qb = np.ascontiguousarray(qh[:, :, b0:b1]).reshape(self.kv, self.group * tb, self.hd)
+            scores = (qb @ keys_t).reshape(self.kv, self.group, tb, n_keys - k0)
+            if self.slopes is not None:
+                alibi = self.alibi(np.arange(k0, n_keys))  # [KV, group, 1, S]
+                if self.alibi_scaled:
+                    scores += alibi
+                    scores *= self.scale
+                else:
+                    scores *= self.scale
+                    scores += alibi
+            if self.window is not None:
+                kpos = np.arange(k0, n_keys)
+                qpos = np.arange(start + b0, start + b1)[:, None]
+                hidden = (kpos[None, :] > qpos) | (kpos[None, :] <= qpos - self.window)
+                scores[:, :, hidden] = -np.inf
+            elif tb > 1:
+                # only the last tb keys (this block's own positions) can lie in a query's future
+                scores[..., n_keys - k0 - tb:] += _causal_bias(tb)
+            # softmax, normalised after the product with the values ([.., hd] divisions, not [.., S])
+            scores -= scores.max(axis=-1, keepdims=True)
+            np.maximum(scores, EXP_FLOOR, out=scores)  # no subnormals (see EXP_FLOOR)
+            np.exp(scores, out=scores)
+            total = scores.sum(axis=-1).reshape(self.kv, self.group * tb, 1)
+            ctx = scores.reshape(self.kv, self.group * tb, -1) @ vals  # [KV, group*Tb, hd]
+            ctx /= total
+            # [KV, group, Tb, hd] -> [Tb, H * hd]
+            out[b0:b1] = ctx.reshape(self.kv, self.group, tb, self.hd).transpose(2, 0, 1, 3).reshape(tb, -1)
+        return out
+
+    def _attend_one(self, q: np.ndarray, cache: KVCache) -> np.ndarray:
+        """One (already scaled) query [1, H, hd] over every cached key: the decoding step."""
+        n = cache.length
+        qh = q.reshape(self.kv, self.group, self.hd)  # head h reads kv head h // group
+        scores = qh @ cache.kt[:, :, :n]  # [KV, group, hd] @ [KV, hd, S] -> [KV, group, S]
+        softmax_inplace(scores)
+        return (scores @ cache.v[:, :n]).reshape(1, self.h * self.hd)  # [KV, group, hd] -> [1, H * hd]
+
+
+# 0 on and below the diagonal, -inf above; its top-left [n, n] corner serves any n <= QUERY_BLOCK
+_CAUSAL_BIAS = np.triu(np.full((QUERY_BLOCK, QUERY_BLOCK), -np.inf, np.float32), 1)
+
+
+def _causal_bias(n: int) -> np.ndarray:
+    """[n, n] float32 additive mask hiding each query's future keys."""
+    global _CAUSAL_BIAS
+    if n > _CAUSAL_BIAS.shape[0]:  # a query_block above the default
+        _CAUSAL_BIAS = np.triu(np.full((n, n), -np.inf, np.float32), 1)
+    return _CAUSAL_BIAS[:n, :n]

@@ -1,0 +1,108 @@
+"""The block contract: what a block kind declares and implements.
+
+A block kind is a class. A mapping names it in ``layers.blocks.<name>.kind`` and gives its
+options; the planner resolves and checks them against the kind's declared :class:`Option`
+specs, asks the class which parameters it needs (with shapes) and, once every tensor is read,
+builds one instance per layer. At run time the model calls ``forward(x, state, ctx)`` with the
+hidden states ``x [T, hidden]`` (float32) and the block's own cache state (``None`` for
+stateless blocks).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Mapping
+
+import numpy as np
+
+from .options import REQUIRED, Option
+
+__all__ = ["Block", "ParamSpec", "ForwardContext", "Option", "REQUIRED"]
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """A parameter a block needs: its expected shape and whether the checkpoint must supply it."""
+
+    shape: tuple[int, ...]
+    required: bool = True
+
+
+@dataclass
+class ForwardContext:
+    """What one ``Model.forward`` call shares with every block.
+
+    ``pos`` is the position of the first of the ``length`` tokens in this call (the cache length
+    before it). ``shared`` lets blocks memoise per-call work (rotary tables) across layers.
+    """
+
+    pos: int
+    length: int
+    shared: dict[str, Any] = field(default_factory=dict)
+
+
+class Block:
+    """Base class of every block kind.
+
+    Subclasses declare ``OPTIONS`` (option name -> :class:`Option`: type, bounds, default; a
+    default may be a ``$expression`` over the resolved config) and ``PARAMETERS`` (every local
+    parameter name the kind can ask for), and implement :meth:`params`, :meth:`build` and
+    :meth:`forward`. Options arrive resolved and checked (``self.options``); :meth:`build`
+    turns the loaded parameters (float32 arrays, ``None`` for an optional one the checkpoint
+    lacks) into the block's own named fields.
+    """
+
+    OPTIONS: ClassVar[dict[str, Option]] = {}
+    PARAMETERS: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, options: Mapping[str, Any], params: Mapping[str, np.ndarray | None]):
+        self.options = dict(options)
+        self.build(dict(params))
+
+    @classmethod
+    def resolve_options(cls, **given: Any) -> dict[str, Any]:
+        """Options for building a block by hand (tests, notebooks): the given values over the
+        kind's literal defaults, each checked as the planner checks a mapping's. Options whose
+        default is a ``$expression`` (or REQUIRED) must be given."""
+        from ..errors import ConfigError
+
+        unknown = sorted(set(given) - set(cls.OPTIONS))
+        if unknown:
+            raise ConfigError(f"{cls.__name__} has no option(s) {', '.join(unknown)}")
+        out = {}
+        for name, option in cls.OPTIONS.items():
+            if name in given:
+                value = given[name]
+            elif option.default is REQUIRED or (isinstance(option.default, str) and option.default.startswith("$")):
+                raise ConfigError(f"{cls.__name__}: option '{name}' needs a value")
+            else:
+                value = option.default
+            out[name] = option.check(value, f"{cls.__name__}.{name}")
+        cls.params(out)  # options that do not work together
+        return out
+
+    @classmethod
+    def params(cls, options: Mapping[str, Any]) -> dict[str, ParamSpec]:
+        """The parameters this block needs with these options, by local name (``q.weight``).
+
+        Raise :class:`modelkit.ConfigError` for options that cannot work together (heads that
+        do not divide); single options are already checked against their :class:`Option`."""
+        return {}
+
+    @classmethod
+    def width(cls, options: Mapping[str, Any]) -> int | None:
+        """The width of the hidden states the block reads and writes (checked against the
+        model's hidden_size at planning), or None when the kind does not say."""
+        value = options.get("hidden_size", options.get("dim"))
+        return value if isinstance(value, int) else None
+
+    def build(self, params: dict[str, np.ndarray | None]) -> None:
+        """Keep the loaded parameters as fields (fused or re-laid-out as the kind needs)."""
+
+    def new_state(self) -> Any:
+        """A fresh per-sequence cache state, or ``None`` for a stateless block."""
+        return None
+
+    def forward(self, x: np.ndarray, state: Any, ctx: ForwardContext) -> np.ndarray:
+        """Map ``x [T, hidden]`` to ``[T, hidden]``, reading and extending ``state``."""
+        raise NotImplementedError

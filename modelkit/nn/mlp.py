@@ -1,0 +1,99 @@
+"""Feed-forward blocks: a plain two-layer MLP and the gated (SwiGLU-style) MLP."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .activations import ACTIVATIONS
+from .block import Block, ForwardContext, ParamSpec
+from .options import Option
+from .linear import linear
+
+
+HIDDEN = Option("int", "$hidden_size", "width of the hidden states", min=1)
+INTERMEDIATE = Option("int", doc="width of the inner layer", min=1)
+ACTIVATION = Option("str", "silu", "activation function", choices=tuple(sorted(ACTIVATIONS)))
+
+
+def _adjacent_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray | None:
+    """``concatenate([a, b])`` without a copy when b's rows follow a's in one buffer (a
+    checkpoint that stores gate and up fused, split at load), else None."""
+    if (a.ndim != 2 or b.shape[1:] != a.shape[1:] or a.dtype != b.dtype or a.base is None
+            or b.base is not a.base or not (a.flags.c_contiguous and b.flags.c_contiguous)):
+        return None
+    start = a.__array_interface__["data"][0]
+    if b.__array_interface__["data"][0] != start + a.nbytes:
+        return None
+    base = np.asarray(a.base)
+    if base.nbytes != a.nbytes + b.nbytes:  # the view must not keep a larger buffer alive
+        return None
+    offset = start - base.__array_interface__["data"][0]
+    return np.ndarray((a.shape[0] + b.shape[0], a.shape[1]), a.dtype, buffer=base, offset=offset)
+
+
+class MLP(Block):
+    """down(act(up(x))) with optional biases (GPT-2, Falcon)."""
+
+    OPTIONS = {"hidden_size": HIDDEN, "intermediate_size": INTERMEDIATE,
+               "activation": Option("str", doc="activation function", choices=tuple(sorted(ACTIVATIONS)))}
+    PARAMETERS = ("up.weight", "up.bias", "down.weight", "down.bias")
+
+    @classmethod
+    def params(cls, opts: dict[str, Any]) -> dict[str, ParamSpec]:
+        d, i = opts["hidden_size"], opts["intermediate_size"]
+        return {"up.weight": ParamSpec((i, d)), "up.bias": ParamSpec((i,), False),
+                "down.weight": ParamSpec((d, i)), "down.bias": ParamSpec((d,), False)}
+
+    def build(self, params: dict[str, np.ndarray | None]) -> None:
+        self.act = ACTIVATIONS[self.options["activation"]]
+        self.w_up, self.b_up = params["up.weight"], params.get("up.bias")  # [I, D], [I]
+        self.w_down, self.b_down = params["down.weight"], params.get("down.bias")  # [D, I], [D]
+
+    def forward(self, x: np.ndarray, state: Any, ctx: ForwardContext) -> np.ndarray:
+        h = linear(x, self.w_up)  # [T, D] -> [T, I]
+        if self.b_up is not None:
+            h += self.b_up
+        y = linear(self.act(h), self.w_down)  # [T, I] -> [T, D]
+        if self.b_down is not None:
+            y += self.b_down
+        return y
+
+
+class GatedMLP(Block):
+    """down(act(gate(x)) * up(x)) (Llama, Mistral, Granite); gate and up fused at load."""
+
+    OPTIONS = {"hidden_size": HIDDEN, "intermediate_size": INTERMEDIATE, "activation": ACTIVATION}
+    PARAMETERS = ("gate.weight", "up.weight", "down.weight", "gate.bias", "up.bias", "down.bias")
+
+    @classmethod
+    def params(cls, opts: dict[str, Any]) -> dict[str, ParamSpec]:
+        d, i = opts["hidden_size"], opts["intermediate_size"]
+        return {"gate.weight": ParamSpec((i, d)), "up.weight": ParamSpec((i, d)),
+                "down.weight": ParamSpec((d, i)), "gate.bias": ParamSpec((i,), False),
+                "up.bias": ParamSpec((i,), False), "down.bias": ParamSpec((d,), False)}
+
+    def build(self, params: dict[str, np.ndarray | None]) -> None:
+        self.act = ACTIVATIONS[self.options["activation"]]
+        self.i = self.options["intermediate_size"]
+        gate, up = params["gate.weight"], params["up.weight"]
+        fused = _adjacent_rows(gate, up)
+        self.w_gate_up = fused if fused is not None else np.concatenate([gate, up], 0)  # [2I, D]
+        gb, ub = params.get("gate.bias"), params.get("up.bias")
+        self.b_gate_up = None
+        if gb is not None or ub is not None:
+            zeros = np.zeros(self.i, np.float32)
+            self.b_gate_up = np.concatenate([gb if gb is not None else zeros, ub if ub is not None else zeros])
+        self.w_down, self.b_down = params["down.weight"], params.get("down.bias")  # [D, I], [D]
+
+    def forward(self, x: np.ndarray, state: Any, ctx: ForwardContext) -> np.ndarray:
+        gu = linear(x, self.w_gate_up)  # [T, D] -> [T, 2I]
+        if self.b_gate_up is not None:
+            gu += self.b_gate_up
+        h = self.act(gu[:, : self.i])
+        h *= gu[:, self.i:]
+        y = linear(h, self.w_down)  # [T, I] -> [T, D]
+        if self.b_down is not None:
+            y += self.b_down
+        return y

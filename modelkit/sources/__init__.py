@@ -1,1 +1,0 @@
-"""Weight sources: readers for checkpoint formats, registered through the weight-source hook."""

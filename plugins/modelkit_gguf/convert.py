@@ -1,0 +1,214 @@
+"""`modelkit convert SRC OUT`: write a checkpoint (a GGUF file) as a Hugging Face folder.
+
+The folder has config.json, model.safetensors, tokenizer.json, tokenizer_config.json and
+generation_config.json, as transformers' ``from_pretrained`` expects. Tensors go through the
+same plan as :func:`modelkit.load` (dequantised to float32, transforms such as
+``unpermute_rope`` applied), then get the names of the architecture's safetensors mapping
+(``llama`` for ``llama-gguf``): the canonical parameter ``layers.3.attn.q.weight`` becomes
+``model.layers.3.self_attn.q_proj.weight``. One tensor is in memory at a time; the safetensors
+file is written as it goes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import sys
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
+
+from modelkit import (PLACEHOLDER, CheckpointError, MappingError, Plan, TensorReader, UnknownArchitectureError,
+                      WeightMismatchError, WeightSource, find_mapping, inspect, resolve_path)
+
+# --dtype value -> (NumPy dtype, safetensors dtype name, config.json torch_dtype)
+DTYPES: dict[str, tuple[Any, str, str]] = {
+    "float32": (np.float32, "F32", "float32"),
+    "bfloat16": (None, "BF16", "bfloat16"),  # ml_dtypes.bfloat16, imported on use
+    "float16": (np.float16, "F16", "float16"),
+}
+DTYPE_ALIASES = {"f32": "float32", "fp32": "float32", "bf16": "bfloat16", "f16": "float16",
+                 "fp16": "float16"}
+# config keys a weight source adds for its own mappings, not for config.json
+PRIVATE_CONFIG_KEYS = ("gguf",)
+
+
+def _numpy_dtype(name: str) -> Any:
+    if name == "bfloat16":
+        import ml_dtypes
+
+        return ml_dtypes.bfloat16
+    return DTYPES[name][0]
+
+
+def hf_names(plan: Plan, target: Any) -> dict[str, str]:
+    """Canonical parameter -> the tensor name ``target`` (a safetensors mapping) reads it from.
+
+    Refuses a target that transforms the tensor (its inverse is not known) or lacks an entry.
+    """
+    by_target = {w.target: w for w in target.weights}
+    out = {}
+    for canonical in plan.tensors:
+        parts = canonical.split(".")
+        is_layer = parts[0] == "layers"
+        template = ".".join(["layers", PLACEHOLDER, *parts[2:]]) if is_layer else canonical
+        spec = by_target.get(template)
+        if spec is None:
+            raise MappingError(f"{target.path}: no weights entry for '{template}', so the converted "
+                               f"folder could not store it")
+        if spec.transforms:
+            raise MappingError(f"cannot write '{template}' for {target.name}: its Hugging Face layout "
+                               f"stores it in another form ({', '.join(n for n, _ in spec.transforms)} "
+                               f"on loading), and converting back to that form is not supported")
+        out[canonical] = target.checkpoint_names(spec.sources, parts[1] if is_layer else "")[0]
+    return out
+
+
+def _hf_config(raw: dict[str, Any], torch_dtype: str) -> dict[str, Any]:
+    if (raw.get("gguf") or {}).get("rope_freqs"):
+        # llama.cpp keeps only the resulting divisors; config.json needs llama3's parameters
+        raise CheckpointError("this GGUF stores its rope scaling as rope_freqs.weight divisors, which "
+                              "config.json cannot express; run the GGUF file directly instead")
+    cfg = {k: v for k, v in raw.items() if k not in PRIVATE_CONFIG_KEYS}
+    cfg["torch_dtype"] = torch_dtype
+    return cfg
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def _safetensors_header(entries: list[tuple[str, tuple[int, ...]]], dtype_name: str,
+                        itemsize: int) -> tuple[bytes, int]:
+    """The safetensors header for tensors written in this order, and the data size."""
+    header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
+    offset = 0
+    for name, shape in entries:
+        size = int(np.prod(shape, dtype=np.int64)) * itemsize
+        header[name] = {"dtype": dtype_name, "shape": list(shape), "data_offsets": [offset, offset + size]}
+        offset += size
+    text = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    text += b" " * (-len(text) % 8)  # the data starts 8-byte aligned
+    return struct.pack("<Q", len(text)) + text, offset
+
+
+def write_weights(source: WeightSource, plan: Plan, names: dict[str, str], path: Path, dtype: str,
+                  progress: bool = False) -> int:
+    """Stream every planned tensor into one safetensors file; returns the parameter count."""
+    np_dtype = _numpy_dtype(dtype)
+    entries = [(names[c], tuple(p.shape)) for c, p in plan.tensors.items()]
+    header, _ = _safetensors_header(entries, DTYPES[dtype][1], np.dtype(np_dtype).itemsize)
+    reader = TensorReader(source)
+    bar = _progress_bar(len(entries), progress)
+    count = 0
+    try:
+        with open(path, "wb") as f:
+            f.write(header)
+            for canonical, planned in plan.tensors.items():
+                array = reader.read(planned)  # float32, transformed
+                _write_array(f, array.astype(np_dtype) if np_dtype is not np.float32 else array)
+                count += array.size
+                if bar is not None:
+                    bar.update(1)
+    finally:
+        reader.close()
+        if bar is not None:
+            bar.close()
+    return count
+
+
+def _write_array(f: BinaryIO, array: np.ndarray) -> None:
+    # safetensors is little-endian, C order; write the buffer itself, no bytes copy
+    array = np.ascontiguousarray(array)
+    if sys.byteorder != "little":
+        array = array.byteswap()
+    f.write(array.view(np.uint8).data)
+
+
+def _progress_bar(total: int, enabled: bool) -> Any:
+    if not enabled or not sys.stderr.isatty():
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc="converting", unit="tensor", leave=False, file=sys.stderr)
+
+
+def _tokenizer_files(source: WeightSource, out: Path, max_length: Any) -> bool:
+    tok = source.tokenizer()
+    if tok is None:
+        return False
+    tok.backend.save(str(out / "tokenizer.json"), pretty=True)
+    config: dict[str, Any] = {"tokenizer_class": "PreTrainedTokenizerFast",
+                              "clean_up_tokenization_spaces": False}
+    for key in ("bos_token", "eos_token", "unk_token", "pad_token"):
+        value = getattr(tok, key, None) or tok.extra.get(key)
+        if isinstance(value, str):
+            config[key] = value
+    for key in ("add_bos_token", "add_eos_token"):
+        if isinstance(tok.extra.get(key), bool):
+            config[key] = tok.extra[key]
+    if isinstance(max_length, int):
+        config["model_max_length"] = max_length
+    if tok.chat_template:
+        config["chat_template"] = tok.chat_template
+    _write_json(out / "tokenizer_config.json", config)
+    return True
+
+
+def _prepare_output(out: Path, force: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise CheckpointError(f"{out}: exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise CheckpointError(f"{out}: folder is not empty (use --force to overwrite its files)")
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def convert(src: str | os.PathLike, out: str | os.PathLike, *, dtype: str = "float32",
+            arch: str | None = None, mapping: str | os.PathLike | None = None, force: bool = False,
+            progress: bool = False) -> dict[str, Any]:
+    """Write checkpoint ``src`` (a GGUF file, or anything modelkit loads) to folder ``out`` in
+    the Hugging Face layout, tensors as ``dtype`` (float32, bfloat16 or float16).
+
+    Returns a summary: the folder, the architecture of each side, the parameter count and the
+    files written.
+    """
+    dtype = DTYPE_ALIASES.get(dtype, dtype)
+    if dtype not in DTYPES:
+        raise CheckpointError(f"--dtype {dtype!r}: expected one of float32 (f32), bfloat16 (bf16), float16 (f16)")
+    out = Path(out).expanduser()
+    source, choice, plan = inspect(resolve_path(src), arch, mapping)
+    try:
+        if not plan.report.ok:
+            raise WeightMismatchError(plan.report, plan.report.summary(str(source.path)))
+        raw = source.config()
+        hf_raw = _hf_config(raw, DTYPES[dtype][2])
+        try:
+            target = find_mapping(hf_raw, "safetensors")
+        except UnknownArchitectureError:
+            raise UnknownArchitectureError(
+                f"{source.path}: no safetensors mapping matches model_type {raw.get('model_type')!r}, "
+                f"so there is no Hugging Face layout to write") from None
+        names = hf_names(plan, target.mapping)
+        _prepare_output(out, force)
+        weights = out / "model.safetensors"
+        partial = out / "model.safetensors.partial"
+        try:
+            n_params = write_weights(source, plan, names, partial, dtype, progress)
+            partial.replace(weights)
+        finally:
+            if partial.exists():
+                partial.unlink()
+        _write_json(out / "config.json", hf_raw)
+        files = ["config.json", "model.safetensors"]
+        if _tokenizer_files(source, out, raw.get("max_position_embeddings")):
+            files += ["tokenizer.json", "tokenizer_config.json"]
+        gen = source.generation_config()
+        if gen:
+            _write_json(out / "generation_config.json", gen)
+            files.append("generation_config.json")
+    finally:
+        source.close()
+    return {"folder": out, "source_arch": choice.mapping.name, "target_arch": target.mapping.name,
+            "parameters": n_params, "dtype": dtype, "files": files}

@@ -1,0 +1,198 @@
+"""The contract every architecture meets, over one table of golden fixtures.
+
+Logits equal the transformers reference (1e-4); cached token-by-token decoding, prefill in
+pieces, chunked prefill with small query blocks and ``last_only`` all equal the full forward;
+every array is float32; greedy generation picks the argmax of the full forward. A new family
+is one row of ``CONTRACT``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import ATOL, SHIPPED_FIXTURES, fixture_path, load_cached, max_abs, reference
+
+import modelkit
+
+GH_HYBRID = ["mamba", "attention", "mamba", "mamba"]
+# fixture -> (architecture, each layer's variant or None when the mapping has one kind of layer)
+CONTRACT: dict[str, tuple[str, list[str] | None]] = {
+    **{name: (arch, None) for name, arch in SHIPPED_FIXTURES.items()},
+    "gh_hybrid": ("granite", GH_HYBRID),
+    "gh_hybrid_bf16": ("granite", GH_HYBRID),
+    "gh_rope_untied": ("granite", GH_HYBRID),
+    "gh_attention_only": ("granite", ["attention"] * 4),
+    "gh_all_mamba": ("granite", ["mamba"] * 4),
+    "gh_hub_config": ("granite", GH_HYBRID),
+    "gh_moe": ("granite", ["mamba_moe", "attention_moe", "mamba_moe", "attention_moe"]),
+}
+NAMES = list(CONTRACT)
+WITH_SSM = [name for name, (_, variants) in CONTRACT.items() if variants and any("mamba" in v for v in variants)]
+# same-model consistency (cache vs no cache) is far tighter than the reference tolerance
+SELF_ATOL = 2e-5
+
+
+def _reference_step_logits(name: str) -> np.ndarray | None:
+    """transformers' own cached decoding, where the fixture script recorded it."""
+    with np.load(fixture_path(name) / "ref.npz") as ref:
+        return ref["logits_step"].copy() if "logits_step" in ref.files else None
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_logits_match_reference(name: str) -> None:
+    model = load_cached(name)
+    ids, ref = reference(name)
+    logits = model.forward(ids)
+    arch, variants = CONTRACT[name]
+    assert model.name == arch
+    if variants is not None:
+        assert [layer.variant for layer in model.layers] == variants
+    assert logits.dtype == np.float32 and logits.shape == ref.shape == (ids.size, model.vocab_size)
+    assert max_abs(logits, ref) < ATOL
+    step = _reference_step_logits(name)
+    if step is not None:
+        assert max_abs(logits, step) < ATOL
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("prefill", [1, 2, 5, 8])
+def test_cached_decoding_equals_full_forward(name: str, prefill: int) -> None:
+    model = load_cached(name)
+    ids, ref = reference(name)
+    full = model.forward(ids)
+    cache = model.make_cache()
+    rows = [model.forward(ids[:prefill], cache)]
+    rows += [model.forward([int(t)], cache) for t in ids[prefill:]]
+    stepped = np.concatenate(rows)
+    assert cache.length == ids.size and cache.tokens == [int(t) for t in ids]
+    assert max_abs(stepped, full) < SELF_ATOL
+    assert max_abs(stepped, ref) < ATOL
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("cut", [1, 3, 4, 10, "half"])
+def test_prefill_in_two_pieces_equals_full_forward(name: str, cut: int | str) -> None:
+    """Cuts shorter than a conv kernel, on a scan-chunk boundary (4), inside one, and mid-way."""
+    model = load_cached(name)
+    ids, _ = reference(name)
+    cut = ids.size // 2 + 1 if cut == "half" else cut
+    full = model.forward(ids)
+    cache = model.make_cache()
+    pieces = [model.forward(ids[:cut], cache), model.forward(ids[cut:], cache)]
+    assert max_abs(np.concatenate(pieces), full) < SELF_ATOL
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_last_only_returns_the_last_row(name: str) -> None:
+    model = load_cached(name)
+    ids, _ = reference(name)
+    full = model.forward(ids)
+    last = model.forward(ids, last_only=True)
+    assert last.shape == (1, model.vocab_size) and last.dtype == np.float32
+    assert max_abs(last[0], full[-1]) < SELF_ATOL
+    # with a cache too, where the previous tokens come from the cache
+    cache = model.make_cache()
+    model.forward(ids[:-3], cache)
+    tail = model.forward(ids[-3:], cache, last_only=True)
+    assert tail.shape == (1, model.vocab_size)
+    assert max_abs(tail[0], full[-1]) < SELF_ATOL
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_chunked_prefill_and_query_blocks(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A prompt longer than the prefill chunk and the query block (both made small through
+    load options) gives the same logits as the default run, for the reference ids and for a
+    longer random prompt."""
+    model = load_cached(name)
+    ids, ref = reference(name)
+    max_len = model.max_positions or 64
+    long_ids = np.random.default_rng(0).integers(1, model.vocab_size, size=max_len)
+    unchunked_long = model.forward(long_ids)
+
+    small = modelkit.load(fixture_path(name), prefill_chunk=7, tuning={"attention.query_block": 3})
+    calls: list[int] = []
+    original = small._run_layers
+    monkeypatch.setattr(small, "_run_layers", lambda piece, cache: calls.append(piece.size) or original(piece, cache))
+    chunked = small.forward(ids)
+    assert calls == [7] * (ids.size // 7) + ([ids.size % 7] if ids.size % 7 else [])
+    assert max_abs(chunked, ref) < ATOL
+    last = small.forward(long_ids, last_only=True)
+    assert max_abs(small.forward(long_ids), unchunked_long) < SELF_ATOL
+    assert max_abs(last[0], unchunked_long[-1]) < SELF_ATOL
+    # chunked prefill into a cache, then decoding, still agrees
+    cache = small.make_cache()
+    head = small.forward(long_ids[:-2], cache)
+    steps = [small.forward([int(t)], cache) for t in long_ids[-2:]]
+    assert max_abs(np.concatenate([head, *steps]), unchunked_long) < SELF_ATOL
+
+
+@pytest.mark.parametrize("name", WITH_SSM)
+@pytest.mark.parametrize("window", [1, 3])
+def test_decoding_folds_pending_steps_exactly(name: str, window: int) -> None:
+    """With a pending window of 1 or 3 Mamba2 steps, decoding folds many times, and a prompt
+    piece between decoded tokens folds whatever is pending first: still the full forward."""
+    model = modelkit.load(fixture_path(name), tuning={"mamba2.pending_window": window})
+    ids, ref = reference(name)
+    full = model.forward(ids)
+    cache = model.make_cache()
+    rows = [model.forward(ids[:2], cache)]
+    rows += [model.forward([int(t)], cache) for t in ids[2:7]]
+    rows.append(model.forward(ids[7:10], cache))
+    rows += [model.forward([int(t)], cache) for t in ids[10:]]
+    stepped = np.concatenate(rows)
+    assert max_abs(stepped, full) < SELF_ATOL
+    assert max_abs(stepped, ref) < ATOL
+
+
+def _arrays(obj: object, seen: set[int]) -> list[np.ndarray]:
+    """Every array held by a block, its fields' fields included."""
+    if id(obj) in seen:
+        return []
+    seen.add(id(obj))
+    out: list[np.ndarray] = []
+    for value in vars(obj).values():
+        if isinstance(value, np.ndarray):
+            out.append(value)
+        elif isinstance(value, modelkit.Block):
+            out += _arrays(value, seen)
+    return out
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_weights_and_activations_are_float32(name: str) -> None:
+    """No silent float64: every loaded or fused array, the cache and the logits are float32."""
+    model = load_cached(name)
+    arrays = [model.embed, model.head] + ([model.pos_embed] if model.pos_embed is not None else [])
+    seen: set[int] = set()
+    for layer in model.layers:
+        for block in layer.blocks.values():
+            arrays += _arrays(block, seen)
+    assert arrays and all(a.dtype == np.float32 for a in arrays), {a.dtype for a in arrays}
+    cache = model.make_cache()
+    assert model.forward([1, 2, 3], cache).dtype == np.float32
+    for states in cache.layers:
+        for state in states.values():
+            held = [v for v in vars(state).values() if isinstance(v, np.ndarray)]
+            assert held and all(a.dtype == np.float32 for a in held)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_greedy_tokens_follow_the_full_forward(name: str) -> None:
+    model = load_cached(name)
+    prompt = [int(t) for t in reference(name)[0][:6]]
+    ids = list(prompt)
+    for _ in range(8):
+        ids.append(int(np.argmax(model.forward(ids)[-1])))
+    expected = ids[len(prompt):]
+    stops = model.eos_token_ids
+    for i, token in enumerate(expected):  # generation stops at the first EOS, which it includes
+        if token in stops:
+            expected = expected[:i + 1]
+            break
+    assert model.generate(prompt, max_new_tokens=8, temperature=0.0) == expected
+
+
+def test_every_registered_architecture_has_a_fixture() -> None:
+    covered = {arch for arch, _ in CONTRACT.values()}
+    gguf_only = {"llama-gguf"}  # tested through the real SmolLM2 file (test_smollm2.py)
+    assert set(modelkit.architectures()) - gguf_only == covered
