@@ -8,14 +8,11 @@ Values with no config.json equivalent go under ``"gguf"`` (``gguf.rope_dimension
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from gguf import GGUFReader
-
 from modelkit import CheckpointError
-
-from .reader import field_value
 
 # general.architecture -> the transformers class a converted folder declares
 HF_CLASSES = {"llama": "LlamaForCausalLM"}
@@ -53,37 +50,38 @@ def _same_for_every_layer(value: Any, name: str, path: Path) -> Any:
     return value
 
 
-def _rope_scaling(reader: GGUFReader, arch: str) -> dict[str, Any] | None:
-    kind = field_value(reader, f"{arch}.rope.scaling.type")
-    factor = field_value(reader, f"{arch}.rope.scaling.factor")
-    if kind is None and field_value(reader, f"{arch}.rope.scale_linear") is not None:
-        kind, factor = "linear", field_value(reader, f"{arch}.rope.scale_linear")
+def _rope_scaling(meta: Mapping[str, Any], arch: str) -> dict[str, Any] | None:
+    kind = meta.get(f"{arch}.rope.scaling.type")
+    factor = meta.get(f"{arch}.rope.scaling.factor")
+    if kind is None and meta.get(f"{arch}.rope.scale_linear") is not None:
+        kind, factor = "linear", meta.get(f"{arch}.rope.scale_linear")
     if kind in (None, "none") or factor in (None, 1.0):
         return None
     scaling: dict[str, Any] = {"rope_type": kind, "factor": factor}
-    original = field_value(reader, f"{arch}.rope.scaling.original_context_length")
+    original = meta.get(f"{arch}.rope.scaling.original_context_length")
     if original is not None:
         scaling["original_max_position_embeddings"] = original
     return scaling  # types other than linear are refused by the rotary block, by name
 
 
-def config_from_metadata(reader: GGUFReader, tensor_names: set[str], path: Path) -> dict[str, Any]:
-    """The model's config as config.json would spell it, read from GGUF metadata."""
-    arch = field_value(reader, "general.architecture")
+def config_from_metadata(meta: Mapping[str, Any], tensor_names: set[str], path: Path) -> dict[str, Any]:
+    """The model's config as config.json would spell it, read from GGUF metadata
+    (:attr:`GGUFFile.metadata <modelkit_gguf.reader.GGUFFile.metadata>`)."""
+    arch = meta.get("general.architecture")
     if not isinstance(arch, str) or not arch:
         raise CheckpointError(f"{path}: no 'general.architecture' metadata; not a model GGUF")
     cfg: dict[str, Any] = {"model_type": arch}
     if arch in HF_CLASSES:
         cfg["architectures"] = [HF_CLASSES[arch]]
     for name, key in HPARAMS.items():
-        value = field_value(reader, f"{arch}.{key}")
+        value = meta.get(f"{arch}.{key}")
         if value is not None:
             cfg[name] = _same_for_every_layer(value, f"{arch}.{key}", path)
     if "vocab_size" not in cfg:
-        tokens = reader.fields.get("tokenizer.ggml.tokens")
-        if tokens is not None:
-            cfg["vocab_size"] = len(tokens.data)
-    scaling = _rope_scaling(reader, arch)
+        tokens = meta.get("tokenizer.ggml.tokens")
+        if isinstance(tokens, list):
+            cfg["vocab_size"] = len(tokens)
+    scaling = _rope_scaling(meta, arch)
     if scaling is not None:
         cfg["rope_scaling"] = scaling
     cfg["hidden_act"] = "silu"  # every architecture with a GGUF mapping here uses SwiGLU
@@ -91,14 +89,14 @@ def config_from_metadata(reader: GGUFReader, tensor_names: set[str], path: Path)
     cfg["attention_bias"] = "blk.0.attn_q.bias" in tensor_names
     cfg["mlp_bias"] = "blk.0.ffn_up.bias" in tensor_names
     for name, key in TOKEN_IDS.items():
-        value = field_value(reader, key)
+        value = meta.get(key)
         if isinstance(value, int):
             cfg[name] = value
     cfg["gguf"] = {
         "architecture": arch,
-        "rope_dimension_count": field_value(reader, f"{arch}.rope.dimension_count"),
+        "rope_dimension_count": meta.get(f"{arch}.rope.dimension_count"),
         # llama.cpp's Llama 3.1+ rope scaling: per-dimension frequency factors as a tensor
         "rope_freqs": "rope_freqs.weight" in tensor_names,
-        "name": field_value(reader, "general.name"),
+        "name": meta.get("general.name"),
     }
     return cfg

@@ -1,9 +1,10 @@
-"""The GGUF weight source: llama.cpp's single-file format, read through the ``gguf`` package.
+"""The GGUF weight source: llama.cpp's single-file format.
 
 A GGUF file holds metadata (hyperparameters, the tokenizer, the chat template) and tensors,
-many of them block-quantised. This source memory-maps the file, translates the metadata into a
-config.json-style dict (:mod:`.config`), and dequantises one tensor at a time to float32 with
-the package's NumPy dequantisers, so loading never holds more than the model plus one tensor.
+many of them block-quantised. This source memory-maps the file with modelkit's own header
+parser (:mod:`.reader`), translates the metadata into a config.json-style dict (:mod:`.config`),
+and dequantises one tensor at a time to float32 with the ``gguf`` package's NumPy dequantisers,
+so loading never holds more than the model plus one tensor.
 """
 
 from __future__ import annotations
@@ -12,13 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from gguf import GGMLQuantizationType, ReaderTensor
+from gguf import GGMLQuantizationType
 from gguf.quants import dequantize
 
 from modelkit import CheckpointError, TensorInfo, WeightSource
 
 from .config import config_from_metadata
-from .reader import field_value, is_gguf, open_reader
+from .reader import GGUFFile, GGUFTensor, is_gguf, open_gguf
 
 # types stored as plain arrays: converted, not dequantised
 _PLAIN = {GGMLQuantizationType.F32, GGMLQuantizationType.F16, GGMLQuantizationType.F64}
@@ -26,31 +27,22 @@ _INTEGER = {GGMLQuantizationType.I8, GGMLQuantizationType.I16, GGMLQuantizationT
             GGMLQuantizationType.I64}
 
 
-def numpy_shape(tensor: ReaderTensor) -> tuple[int, ...]:
-    """The tensor's shape in NumPy (row-major) order.
-
-    GGUF lists dimensions as ggml's ``ne``: fastest-varying first, so a [out, in] weight
-    matrix is stored as ne = [in, out]. Reversing gives the usual [out, in].
-    """
-    return tuple(int(d) for d in reversed(tensor.shape.tolist()))
-
-
-def dequantize_tensor(tensor: ReaderTensor) -> np.ndarray:
-    """One GGUF tensor as a new float32 array in NumPy order (the file's bytes are not kept)."""
-    shape = numpy_shape(tensor)
-    qtype = tensor.tensor_type
+def dequantize_tensor(tensor: GGUFTensor, data: np.ndarray) -> np.ndarray:
+    """One GGUF tensor (``data`` as :meth:`GGUFFile.tensor_data` returns it) as a new float32
+    array in NumPy order; the file's bytes are not kept."""
+    qtype = tensor.ggml_type
     if qtype in _INTEGER:
         raise CheckpointError(f"tensor '{tensor.name}' holds integers ({qtype.name}), not weights")
     if qtype in _PLAIN:
         # data is already a typed [*shape] view of the memory map: copy it out as float32
-        return np.array(tensor.data, dtype=np.float32).reshape(shape)
+        return np.array(data, dtype=np.float32).reshape(tensor.shape)
     try:
-        # data is [rows, bytes per row] uint8 blocks; the result is [rows, elements per row]
-        values = dequantize(tensor.data, qtype)
+        # data is [..., bytes per row] uint8 blocks; the result is [..., elements per row]
+        values = dequantize(data, qtype)
     except NotImplementedError:
         raise CheckpointError(f"tensor '{tensor.name}' uses {qtype.name}, which the gguf package "
                               f"cannot dequantise") from None
-    return np.ascontiguousarray(values, dtype=np.float32).reshape(shape)
+    return np.ascontiguousarray(values, dtype=np.float32).reshape(tensor.shape)
 
 
 def gguf_in_folder(folder: Path) -> Path | None:
@@ -83,57 +75,58 @@ class GGUFSource(WeightSource):
 
     def __init__(self, path: Path):
         super().__init__(path)
-        self._reader: Any = open_reader(path)
-        self._tensors = {t.name: t for t in self._reader.tensors}
+        self._reader: GGUFFile | None = open_gguf(path)
+        self._tensors = dict(self._reader.tensors)
         self._config: dict[str, Any] | None = None
         self._infos: dict[str, TensorInfo] | None = None
         self._tokenizer: Any = None
-        count = field_value(self._reader, "split.count", 1)
+        count = self._reader.metadata.get("split.count", 1)
         if isinstance(count, int) and count > 1:
+            self.close()
             raise CheckpointError(f"{path}: one part of a GGUF split into {count} files; merge the "
                                   f"parts into one file first (llama.cpp's gguf-split --merge)")
 
     @property
-    def reader(self) -> Any:
-        """The underlying ``gguf.GGUFReader`` (for metadata this class does not translate)."""
+    def reader(self) -> GGUFFile:
+        """The parsed file (:class:`GGUFFile`), for metadata this class does not translate."""
         if self._reader is None:
             raise CheckpointError(f"{self.path}: the GGUF file was closed")
         return self._reader
 
     def metadata(self, key: str, default: Any = None) -> Any:
         """One metadata value (``general.name``, ``tokenizer.ggml.pre``, ...) or ``default``."""
-        return field_value(self.reader, key, default)
+        return self.reader.metadata.get(key, default)
 
     def config(self) -> dict[str, Any]:
         if self._config is None:
-            self._config = config_from_metadata(self.reader, set(self._tensors), self.path)
+            self._config = config_from_metadata(self.reader.metadata, set(self._tensors), self.path)
         return self._config
 
     def tensor_infos(self) -> dict[str, TensorInfo]:
         if self._infos is None:
-            self._infos = {name: TensorInfo(numpy_shape(t), t.tensor_type.name, str(self.path))
+            self._infos = {name: TensorInfo(t.shape, t.ggml_type.name, str(self.path))
                            for name, t in self._tensors.items()}
         return self._infos
 
     def read(self, name: str) -> np.ndarray:
-        if self._reader is None:
-            raise CheckpointError(f"{self.path}: the GGUF file was closed")
+        reader = self.reader  # raises once closed
         tensor = self._tensors.get(name)
         if tensor is None:
             raise CheckpointError(f"{self.path}: no tensor '{name}'")
+        data = reader.tensor_data(name)
         try:
-            return dequantize_tensor(tensor)
+            return dequantize_tensor(tensor, data)
         except CheckpointError as exc:
             raise CheckpointError(f"{self.path}: {exc}") from None
         except (ValueError, TypeError, IndexError) as exc:  # malformed blocks inside the package
             raise CheckpointError(f"{self.path}: cannot dequantise tensor '{name}' "
-                                  f"({tensor.tensor_type.name}): {exc}") from None
+                                  f"({tensor.ggml_type.name}): {exc}") from None
 
     def tokenizer(self) -> Any:
         if self._tokenizer is None:
             from .tokenizer import tokenizer_from_metadata
 
-            self._tokenizer = tokenizer_from_metadata(self.reader, self.path)
+            self._tokenizer = tokenizer_from_metadata(self.reader.metadata, self.path)
         return self._tokenizer
 
     def generation_config(self) -> dict[str, Any]:
@@ -142,6 +135,8 @@ class GGUFSource(WeightSource):
         return {k: cfg[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if k in cfg}
 
     def close(self) -> None:
-        # drop the memory map; arrays already returned by read() are independent copies
+        # unmap the file; arrays already returned by read() are independent copies
+        if self._reader is not None:
+            self._reader.close()
         self._reader = None
         self._tensors = {}

@@ -15,14 +15,13 @@ Two vocabularies are supported:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from gguf import GGUFReader
-
 from modelkit import Tokenizer, TokenizerError
 
-from .reader import field_value, first_line
+from .reader import first_line
 
 CONTROL, USER_DEFINED, UNKNOWN = 3, 4, 2
 
@@ -57,10 +56,10 @@ PRE_TOKENIZERS: dict[str, dict[str, Any]] = {
 }
 
 
-def _token_ids(reader: GGUFReader) -> dict[str, int | None]:
+def _token_ids(meta: Mapping[str, Any]) -> dict[str, int | None]:
     out = {}
     for name in ("bos", "eos", "unknown", "padding"):
-        value = field_value(reader, f"tokenizer.ggml.{name}_token_id")
+        value = meta.get(f"tokenizer.ggml.{name}_token_id")
         out[name] = value if isinstance(value, int) else None
     return out
 
@@ -86,17 +85,17 @@ def _split_merge(merge: str) -> tuple[str, str]:
     return merge[:pos], merge[pos + 1:]
 
 
-def _byte_level(reader: GGUFReader, tokens: list[str], where: str) -> tuple[Any, bool]:
+def _byte_level(meta: Mapping[str, Any], tokens: list[str], where: str) -> tuple[Any, bool]:
     from tokenizers import Regex, decoders, models, pre_tokenizers
     from tokenizers import Tokenizer as Backend
 
-    pre = field_value(reader, "tokenizer.ggml.pre", "default") or "default"
+    pre = meta.get("tokenizer.ggml.pre", "default") or "default"
     spec = PRE_TOKENIZERS.get(pre)
     if spec is None:
         known = ", ".join(sorted(PRE_TOKENIZERS))
         raise TokenizerError(f"{where}: unknown pre-tokenizer tokenizer.ggml.pre = {pre!r}; "
                              f"modelkit knows {known}")
-    merges_raw = field_value(reader, "tokenizer.ggml.merges", [])  # none: characters only
+    merges_raw = meta.get("tokenizer.ggml.merges", [])  # none: characters only
     if not isinstance(merges_raw, list):
         raise TokenizerError(f"{where}: tokenizer.ggml.merges must be an array of strings")
     vocab = {token: i for i, token in enumerate(tokens)}
@@ -124,12 +123,12 @@ def _sentencepiece_merges(tokens: list[str], scores: list[float]) -> list[tuple[
     return [(left, right) for _, _, _, left, right in found]
 
 
-def _sentencepiece(reader: GGUFReader, tokens: list[str], ids: dict[str, int | None],
+def _sentencepiece(meta: Mapping[str, Any], tokens: list[str], ids: dict[str, int | None],
                    where: str) -> tuple[Any, bool]:
     from tokenizers import decoders, models, normalizers
     from tokenizers import Tokenizer as Backend
 
-    scores = field_value(reader, "tokenizer.ggml.scores")
+    scores = meta.get("tokenizer.ggml.scores")
     if not isinstance(scores, list) or len(scores) != len(tokens):
         raise TokenizerError(f"{where}: a SentencePiece vocabulary needs one tokenizer.ggml.scores "
                              f"entry per token")
@@ -137,7 +136,7 @@ def _sentencepiece(reader: GGUFReader, tokens: list[str], ids: dict[str, int | N
     bpe = models.BPE(vocab={t: i for i, t in enumerate(tokens)}, merges=_sentencepiece_merges(tokens, scores),
                      unk_token=unk, fuse_unk=True, byte_fallback=True)
     backend = Backend(bpe)
-    prefix = field_value(reader, "tokenizer.ggml.add_space_prefix", True)
+    prefix = meta.get("tokenizer.ggml.add_space_prefix", True)
     steps = [normalizers.Prepend("\u2581")] if prefix else []
     backend.normalizer = normalizers.Sequence(steps + [normalizers.Replace(" ", "\u2581")])
     dec = [decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse()]
@@ -174,31 +173,32 @@ def _post_processor(tokens: list[str], ids: dict[str, int | None], add_bos: bool
                                          special_tokens=special)
 
 
-def tokenizer_from_metadata(reader: GGUFReader, path: Path) -> Tokenizer | None:
-    """A :class:`modelkit.tokenizer.Tokenizer` from a GGUF file's tokenizer metadata, or None
-    when the file has no vocabulary."""
+def tokenizer_from_metadata(meta: Mapping[str, Any], path: Path) -> Tokenizer | None:
+    """A :class:`modelkit.tokenizer.Tokenizer` from a GGUF file's tokenizer metadata
+    (:attr:`GGUFFile.metadata <modelkit_gguf.reader.GGUFFile.metadata>`), or None when the file
+    has no vocabulary."""
     where = str(path)
-    model = field_value(reader, "tokenizer.ggml.model")
-    tokens = field_value(reader, "tokenizer.ggml.tokens")
+    model = meta.get("tokenizer.ggml.model")
+    tokens = meta.get("tokenizer.ggml.tokens")
     if model is None or not isinstance(tokens, list):
         return None
-    types = field_value(reader, "tokenizer.ggml.token_type") or [1] * len(tokens)
+    types = meta.get("tokenizer.ggml.token_type") or [1] * len(tokens)
     if not isinstance(types, list):
         raise TokenizerError(f"{where}: tokenizer.ggml.token_type must be an array, got {types!r}")
     if len(types) != len(tokens):
         raise TokenizerError(f"{where}: tokenizer.ggml.token_type has {len(types)} entries for "
                              f"{len(tokens)} tokens")
-    ids = _token_ids(reader)
+    ids = _token_ids(meta)
     try:
         if model == "gpt2":
-            backend, add_bos = _byte_level(reader, tokens, where)
+            backend, add_bos = _byte_level(meta, tokens, where)
         elif model == "llama":
-            backend, add_bos = _sentencepiece(reader, tokens, ids, where)
+            backend, add_bos = _sentencepiece(meta, tokens, ids, where)
         else:
             raise TokenizerError(f"{where}: tokenizer.ggml.model {model!r} is not supported "
                                  f"(modelkit reads 'gpt2' byte-level BPE and 'llama' SentencePiece)")
-        add_bos = bool(field_value(reader, "tokenizer.ggml.add_bos_token", add_bos))
-        add_eos = bool(field_value(reader, "tokenizer.ggml.add_eos_token", False))
+        add_bos = bool(meta.get("tokenizer.ggml.add_bos_token", add_bos))
+        add_eos = bool(meta.get("tokenizer.ggml.add_eos_token", False))
         _add_tokens(backend, tokens, types)
         backend.post_processor = _post_processor(tokens, ids, add_bos, add_eos, where)
     except TokenizerError:
@@ -211,9 +211,9 @@ def tokenizer_from_metadata(reader: GGUFReader, path: Path) -> Tokenizer | None:
         token_id = ids[name]
         return tokens[token_id] if token_id is not None and 0 <= token_id < len(tokens) else None
 
-    template = field_value(reader, "tokenizer.chat_template")
+    template = meta.get("tokenizer.chat_template")
     extra = {"add_bos_token": add_bos, "add_eos_token": add_eos, "tokenizer_model": model,
-             "tokenizer_pre": field_value(reader, "tokenizer.ggml.pre"),
+             "tokenizer_pre": meta.get("tokenizer.ggml.pre"),
              "pad_token": text("padding"), "unk_token": text("unknown")}
     return Tokenizer(backend, chat_template=template if isinstance(template, str) else None,
                      bos_token=text("bos"), eos_token=text("eos"), extra=extra)
