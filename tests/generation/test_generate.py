@@ -19,7 +19,7 @@ from modelkit.generation.stop import StopStrings
 from modelkit.text.decoding import IncrementalDecoder
 from modelkit.text.tokenizer import Tokenizer
 
-FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 
 
 @pytest.fixture(scope="module")
