@@ -260,3 +260,11 @@ def test_allow_patterns_never_include_pickles_or_code():
     assert not any(p.endswith((".bin", ".pt", ".pth", ".py", ".pkl")) for p in ALLOW_PATTERNS)
     assert {"config.json", "generation_config.json", "*.safetensors", "model.safetensors.index.json",
             "tokenizer.json", "tokenizer_config.json", "chat_template.jinja"} <= set(ALLOW_PATTERNS)
+
+
+def test_load_takes_a_repo_id_as_model_does(hf_cache):
+    """modelkit.load("org/name") resolves a hub id exactly as --model does (the README's promise)."""
+    make_cache(hf_cache)
+    model = modelkit.load("org/tiny")
+    assert model.generate([1, 2, 3], 4) == modelkit.load(FIXTURES / "llama_gqa").generate([1, 2, 3], 4)
+    assert modelkit.load("org/tiny", revision=COMMIT).name == "llama"

@@ -152,3 +152,20 @@ def test_bad_arguments_exit_2(capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(SystemExit) as info:
         cli_main(["nonesuch-command"])
     assert info.value.code == 2
+
+
+def test_validate_into_a_closed_pipe_keeps_its_failure(tmp_path) -> None:
+    """`modelkit validate ... | head` exits non-zero when validation fails, even though the
+    report's writer finds the pipe closed."""
+    import numpy as np
+    from conftest import copy_fixture, read_tensors, write_tensors
+
+    folder = copy_fixture("llama_gqa", tmp_path / "m")
+    tensors = read_tensors(folder)
+    tensors.update({f"extra.{n}.weight": np.zeros(1, np.float32) for n in range(4000)})  # > a pipe's buffer
+    write_tensors(folder, tensors)
+    cmd = f"set -o pipefail; {sys.executable} -m modelkit validate --model {folder} | head -n 2"
+    proc = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, env=cli_env(), cwd=ROOT, timeout=120)
+    assert proc.returncode == 1, (proc.returncode, proc.stderr[-500:])
+    assert proc.stdout.splitlines()[0].startswith("architecture llama")
+    assert "Traceback" not in proc.stderr
