@@ -243,7 +243,7 @@ class ValidGGUF:
 @pytest.fixture(scope="module")
 def valid_gguf(tmp_path_factory: pytest.TempPathFactory) -> ValidGGUF:
     from gguf import GGUFReader
-    from test_gguf import fixture_as_gguf
+    from gguf_files import fixture_as_gguf
 
     folder = tmp_path_factory.mktemp("fuzz_gguf")
     path = fixture_as_gguf("llama_gqa", folder / "valid.gguf")

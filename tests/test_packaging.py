@@ -1,15 +1,19 @@
 """Packaging: a real wheel, installed (not editable) in a fresh venv, runs `modelkit`.
 
-Slow: builds a wheel and a venv. The venv sees the system site-packages so that numpy and
-friends are not downloaded; modelkit itself comes from the wheel only.
+Slow: builds a wheel and a venv. The venv sees the running interpreter's site-packages (through
+a .pth file, after its own) so that numpy and friends are not downloaded; modelkit itself
+comes from the wheel only. (``--system-site-packages`` would not do: from inside a venv it
+means the base interpreter's packages, without the venv's dependencies.)
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import site
 import subprocess
 import sys
+import sysconfig
 import zipfile
 from importlib.metadata import version
 from pathlib import Path
@@ -66,9 +70,15 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     (wheel,) = dist.glob("modelkit-*.whl")
 
     venv = work / "venv"
-    _run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], cwd=work)
+    _run([sys.executable, "-m", "venv", str(venv)], cwd=work)
     bindir = venv / ("Scripts" if os.name == "nt" else "bin")
     python = bindir / "python"
+    venv_site = _run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                     cwd=work).stdout.strip()
+    parent_sites = [p for p in dict.fromkeys(site.getsitepackages() + [sysconfig.get_paths()["purelib"],
+                                                                       sysconfig.get_paths()["platlib"]])
+                    if Path(p).is_dir()]
+    (Path(venv_site) / "_parent_site_packages.pth").write_text("\n".join(parent_sites) + "\n")
     # --ignore-installed: the system has modelkit installed editable; this copy goes into the venv
     _run([str(python), "-m", "pip", "install", "--quiet", "--no-deps", "--no-index", "--ignore-installed",
           str(wheel)], cwd=work)
@@ -83,7 +93,9 @@ def test_wheel_contents(built: dict[str, Path]) -> None:
         assert f"modelkit/mappings/{arch}.yaml" in names
     assert "modelkit/mappings/__init__.py" in names
     assert "modelkit_granite/__init__.py" in names and "modelkit_gguf/__init__.py" in names
-    assert "modelkit/blocks/attention.py" in names and "modelkit/sources/safetensors_source.py" in names
+    assert "modelkit/nn/attention.py" in names and "modelkit/checkpoint/safetensors.py" in names
+    # each plugin's mappings ship beside its code
+    assert "modelkit_granite/mappings/granite.yaml" in names and "modelkit_gguf/mappings/llama.yaml" in names
     tops = {n.split("/")[0] for n in names}
     assert "plugins" not in tops and "mappings" not in tops and "tests" not in tops
     assert tops - {n for n in tops if n.endswith(".dist-info")} == {"modelkit", "modelkit_granite", "modelkit_gguf"}
@@ -96,7 +108,8 @@ def test_wheel_contents(built: dict[str, Path]) -> None:
 
 def test_installed_copy_is_the_wheel(built: dict[str, Path]) -> None:
     code = ("import modelkit, modelkit_granite, modelkit.builtin as b; print(modelkit.__file__); "
-            "print(modelkit_granite.__file__); print(b.mapping_file('llama'))")
+            "print(modelkit_granite.__file__); print(b.mapping_file('llama')); "
+            "print(modelkit.plugins.registry().architectures['granite'].mapping)")
     out = _run([str(built["python"]), "-c", code], cwd=built["work"]).stdout.splitlines()
     venv = str(built["venv"].resolve())
     for line in out:
@@ -137,7 +150,7 @@ def test_plugins_run_from_the_venv(built: dict[str, Path], tmp_path: Path) -> No
     """The plugins ship in the wheel: a Granite 4.0-H hybrid (modelkit_granite) and a GGUF file
     (modelkit_gguf) run from the venv with the same text as from the source tree."""
     import modelkit
-    from test_gguf import fixture_as_gguf
+    from gguf_files import fixture_as_gguf
 
     for model_path in (fixture_path("gh_hybrid"), fixture_as_gguf("llama_gqa", tmp_path / "tiny.gguf")):
         model = modelkit.load(model_path)

@@ -521,7 +521,7 @@ def test_sharded_checkpoint_in_the_hub_cache_layout_loads(tmp_path: Path) -> Non
 # ---- GGUF through load and run -------------------------------------------------------------------
 
 def _tiny_gguf(path: Path) -> Path:
-    from test_gguf import fixture_as_gguf
+    from gguf_files import fixture_as_gguf
 
     return fixture_as_gguf("llama_gqa", path)
 
@@ -552,7 +552,7 @@ def test_intact_gguf_runs(tmp_path: Path) -> None:
 def test_chat_command_refuses_an_escaping_template_before_reading_input(tmp_path: Path) -> None:
     """`modelkit chat` renders a first turn before reading anything, so a template stopped by the
     sandbox ends the command (exit 1); `run --chat` is tested in tests/test_chat.py."""
-    from test_chat import chat_model_folder
+    from chat_models import chat_model_folder
 
     folder = chat_model_folder(tmp_path, "{{ messages.__class__.__mro__[1].__subclasses__() }}")
     proc = subprocess.run([sys.executable, "-m", "modelkit", "chat", "--model", str(folder)], input="hi\n",
@@ -680,7 +680,7 @@ def test_rotary_model_runs_past_max_position_embeddings() -> None:
 def test_undecodable_prompt_bytes(tmp_path: Path) -> None:
     """Bytes that are not UTF-8: a prompt file (see also tests/test_cli_generation.py), the
     --prompt and --system arguments, and lines typed into `modelkit chat`."""
-    from test_chat import chat_model_folder
+    from chat_models import chat_model_folder
 
     bad = tmp_path / "latin1.txt"
     bad.write_bytes("caf\xe9".encode("latin-1"))

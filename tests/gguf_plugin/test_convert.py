@@ -22,7 +22,7 @@ from modelkit.errors import CheckpointError
 from modelkit.loading import inspect
 from modelkit.text.tokenizer import Tokenizer
 from modelkit_gguf.source import GGUFSource
-from test_gguf import fixture_as_gguf
+from gguf_files import fixture_as_gguf
 
 
 @pytest.fixture

@@ -1,0 +1,131 @@
+"""Writing GGUF files for tests: single tensors, and golden fixtures in llama.cpp's layout."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import gguf
+import numpy as np
+from conftest import FIXTURES, fixture_path, read_tensors
+
+
+def write_gguf(path: Path, tensors: dict[str, tuple[np.ndarray, Any]], meta: dict[str, Any] | None = None,
+               arch: str = "llama") -> Path:
+    """A GGUF file with ``tensors`` (name -> (array, raw ggml type or None)) and metadata.
+
+    ``meta`` values: str, bool, float (FLOAT32), int (UINT32), lists of str / int (INT32) /
+    float (FLOAT32), or ``(value, GGUFValueType)`` to choose the type.
+    """
+    w = gguf.GGUFWriter(str(path), arch)
+    for key, value in (meta or {}).items():
+        if isinstance(value, tuple):
+            w.add_key_value(key, value[0], value[1],
+                            sub_type=gguf.GGUFValueType.INT32 if value[1] == gguf.GGUFValueType.ARRAY else None)
+        elif isinstance(value, bool):
+            w.add_bool(key, value)
+        elif isinstance(value, str):
+            w.add_string(key, value)
+        elif isinstance(value, float):
+            w.add_float32(key, value)
+        elif isinstance(value, int):
+            w.add_uint32(key, value)
+        elif isinstance(value, list):
+            w.add_array(key, value)
+        else:
+            raise TypeError(key)
+    for name, (array, raw) in tensors.items():
+        w.add_tensor(name, array, raw_dtype=raw)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+def llama_cpp_permute(w: np.ndarray, n_head: int) -> np.ndarray:
+    """llama.cpp's convert_hf_to_gguf.py LlamaModel.permute (K passes its KV head count)."""
+    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+HF_TO_GGUF = {
+    "model.embed_tokens.weight": "token_embd.weight",
+    "model.norm.weight": "output_norm.weight",
+    "lm_head.weight": "output.weight",
+    "input_layernorm.weight": "attn_norm.weight",
+    "self_attn.q_proj.weight": "attn_q.weight",
+    "self_attn.k_proj.weight": "attn_k.weight",
+    "self_attn.v_proj.weight": "attn_v.weight",
+    "self_attn.o_proj.weight": "attn_output.weight",
+    "post_attention_layernorm.weight": "ffn_norm.weight",
+    "mlp.gate_proj.weight": "ffn_gate.weight",
+    "mlp.up_proj.weight": "ffn_up.weight",
+    "mlp.down_proj.weight": "ffn_down.weight",
+}
+
+
+def tokenizer_meta(tokenizer_json: Path, *, pre: str = "gpt-2", add_bos: bool = False,
+                   bos: int = 0, eos: int = 0, chat_template: str | None = None) -> dict[str, Any]:
+    """tokenizer.ggml.* metadata for a byte-level BPE tokenizer.json, as llama.cpp writes it."""
+    data = json.loads(tokenizer_json.read_text(encoding="utf-8"))
+    vocab = dict(data["model"]["vocab"])
+    specials = {t["content"]: t["id"] for t in data["added_tokens"] if t["special"]}
+    vocab.update(specials)
+    tokens = [tok for tok, _ in sorted(vocab.items(), key=lambda kv: kv[1])]
+    merges = [m if isinstance(m, str) else " ".join(m) for m in data["model"]["merges"]]
+    meta = {} if chat_template is None else {"tokenizer.chat_template": chat_template}
+    return {
+        **meta,
+        "tokenizer.ggml.model": "gpt2",
+        "tokenizer.ggml.pre": pre,
+        "tokenizer.ggml.tokens": tokens,
+        "tokenizer.ggml.token_type": ([3 if t in specials else 1 for t in tokens], gguf.GGUFValueType.ARRAY),
+        "tokenizer.ggml.merges": merges,
+        "tokenizer.ggml.bos_token_id": bos,
+        "tokenizer.ggml.eos_token_id": eos,
+        "tokenizer.ggml.add_bos_token": add_bos,
+    }
+
+
+def fixture_as_gguf(name: str, path: Path, qtype: Any = None, **tok: Any) -> Path:
+    """A Llama golden fixture written as llama.cpp would write its GGUF (F32 unless ``qtype``)."""
+    cfg = json.loads((fixture_path(name) / "config.json").read_text())
+    heads, kv = cfg["num_attention_heads"], cfg["num_key_value_heads"]
+    tensors = {}
+    for hf, array in read_tensors(fixture_path(name)).items():
+        array = array.astype(np.float32)
+        if hf.startswith("model.layers."):
+            _, _, i, rest = hf.split(".", 3)
+            gname = f"blk.{i}.{HF_TO_GGUF[rest]}"
+            if rest == "self_attn.q_proj.weight":
+                array = llama_cpp_permute(array, heads)
+            elif rest == "self_attn.k_proj.weight":
+                array = llama_cpp_permute(array, kv)
+        else:
+            gname = HF_TO_GGUF[hf]
+        if qtype is not None and array.ndim == 2:
+            tensors[gname] = (gguf.quants.quantize(array, qtype), qtype)
+        else:
+            tensors[gname] = (array, None)
+    rope = cfg.get("rope_parameters") or {}
+    meta = {
+        "general.name": name,
+        "llama.context_length": cfg["max_position_embeddings"],
+        "llama.embedding_length": cfg["hidden_size"],
+        "llama.block_count": cfg["num_hidden_layers"],
+        "llama.feed_forward_length": cfg["intermediate_size"],
+        "llama.attention.head_count": heads,
+        "llama.attention.head_count_kv": kv,
+        "llama.rope.freq_base": float(rope.get("rope_theta", cfg.get("rope_theta", 10000.0))),
+        "llama.attention.layer_norm_rms_epsilon": float(cfg["rms_norm_eps"]),
+        "llama.rope.dimension_count": cfg["head_dim"],
+        "llama.vocab_size": cfg["vocab_size"],
+        **tokenizer_meta(FIXTURES / "tokenizer.json", **tok),
+    }
+    return write_gguf(path, tensors, meta)
+
+
+# ---- dequantisation -------------------------------------------------------------------------
+
+# per-type bound on |dequantised - original| / max|original| for round-to-nearest quantisers
