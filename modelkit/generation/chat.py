@@ -12,10 +12,13 @@ that follows the cached text, whenever the rendered conversation starts with tha
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from ..errors import GenerationError
 from ..text.chat_template import apply_chat_template
+
+if TYPE_CHECKING:
+    from ..model import Model
 
 class ChatSession:
     """A conversation with ``model``: ``send(text)`` yields the reply's pieces and records it.
@@ -24,7 +27,7 @@ class ChatSession:
     (max_new_tokens, temperature, ..., stop_strings).
     """
 
-    def __init__(self, model: Any, system: str | None = None, **options: Any):
+    def __init__(self, model: Model, system: str | None = None, **options: Any):
         if model.tokenizer is None:
             raise GenerationError("the model has no tokenizer.json, so it cannot chat")
         self.model = model

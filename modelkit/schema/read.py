@@ -20,6 +20,7 @@ from typing import Any, Callable
 
 import yaml
 
+from ..checkpoint.files import read_text_file
 from ..errors import MappingError
 from .parse import parse_mapping
 from .spec import Mapping
@@ -57,22 +58,13 @@ def _identity(source: Any) -> tuple:
 
 def read_text(source: Any) -> str:
     """A mapping file's text; only regular files are read, and only up to MAX_MAPPING_BYTES."""
-    where = str(source)
+    if isinstance(source, (str, Path)):
+        return read_text_file(Path(source), MAX_MAPPING_BYTES, MappingError, "mapping file")
+    where = str(source)  # a package resource
     try:
-        if isinstance(source, (str, Path)):
-            path = Path(source)
-            if path.exists() and not path.is_file():
-                raise MappingError(f"{where}: not a regular file")
-            with open(path, "rb") as fh:
-                data = fh.read(MAX_MAPPING_BYTES + 1)
-        else:
-            data = source.read_bytes()
-    except FileNotFoundError:
-        raise MappingError(f"{where}: mapping file not found") from None
+        data = source.read_bytes()
     except OSError as exc:
         raise MappingError(f"{where}: cannot read the mapping file ({exc.strerror or exc})") from None
-    if len(data) > MAX_MAPPING_BYTES:
-        raise MappingError(f"{where}: larger than {MAX_MAPPING_BYTES} bytes; not a mapping file")
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError:

@@ -1,0 +1,1 @@
+"""Checkpoints: the weight-source contract, Hugging Face folders, config.json, side files, the hub."""

@@ -1,0 +1,1 @@
+"""Generation: sampling options, the sampler, stop strings, the token loop and chat sessions."""

@@ -1,0 +1,1 @@
+"""Text: tokenizers, incremental decoding, and chat templates in a sandbox."""
