@@ -74,9 +74,10 @@ class SafetensorsSource(WeightSource):
 
     @classmethod
     def can_open(cls, path: Path) -> bool:
-        # a Hugging Face folder: safetensors weights, or at least the config.json (whose weights
-        # may be missing or pickles: open() says which)
-        return path.is_dir() and ((path / "config.json").is_file() or any(path.glob("*.safetensors")))
+        # a Hugging Face folder: safetensors weights (or an index naming them), or only pickles,
+        # which open() refuses with advice; a folder of another format is left to its source
+        return path.is_dir() and (any(path.glob("*.safetensors")) or (path / INDEX).is_file()
+                                  or any(p for pattern in PICKLE_PATTERNS for p in path.glob(pattern)))
 
     def __init__(self, path: Path):
         super().__init__(path)
@@ -179,9 +180,6 @@ class SafetensorsSource(WeightSource):
 
     def config_location(self) -> str:
         return str(self.path / "config.json")
-
-    def folder(self) -> Path | None:
-        return self.path
 
     def tokenizer(self) -> Any:
         from ..text.tokenizer import Tokenizer

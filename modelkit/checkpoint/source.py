@@ -58,10 +58,6 @@ class WeightSource:
         """One tensor as a float32 array (converted from bf16/f16, dequantised, ...)."""
         raise NotImplementedError
 
-    def folder(self) -> Path | None:
-        """The folder holding the checkpoint's side files, if any."""
-        return None
-
     def tokenizer(self) -> Any:
         """The checkpoint's :class:`modelkit.Tokenizer`, or ``None`` when it has none."""
         return None

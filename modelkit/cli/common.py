@@ -55,7 +55,7 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
 
 
 def generation_options(args: argparse.Namespace) -> dict[str, Any]:
-    """Keyword options for :func:`modelkit.generate.stream` from parsed flags."""
+    """Keyword options for :func:`modelkit.generation.loop.stream` from parsed flags."""
     if args.max_tokens < 1:
         raise GenerationError(f"--max-tokens must be at least 1, got {args.max_tokens}")
     return dict(max_new_tokens=args.max_tokens, temperature=args.temperature, top_k=args.top_k,

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 class ChatSession:
     """A conversation with ``model``: ``send(text)`` yields the reply's pieces and records it.
 
-    ``options`` are the generation options of :func:`modelkit.generate.stream`
+    ``options`` are the generation options of :func:`modelkit.generation.loop.stream`
     (max_new_tokens, temperature, ..., stop_strings).
     """
 
@@ -60,7 +60,7 @@ class ChatSession:
 
     def send(self, text: str, *, stats: Any = None,
              should_stop: Callable[[], bool] | None = None) -> Iterator[Any]:
-        """Add a user message and stream the reply (:class:`modelkit.generate.Piece` objects).
+        """Add a user message and stream the reply (:class:`modelkit.generation.loop.Piece` objects).
         The reply, even a partial one, joins the conversation when the stream ends."""
         self.messages.append({"role": "user", "content": text})
         try:

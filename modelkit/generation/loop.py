@@ -2,7 +2,7 @@
 
 :func:`generate` returns the new ids; :func:`stream` yields :class:`Piece` objects (text and the
 ids that produced it) as they come. Both take the same options: the sampling options of
-:class:`modelkit.sampling.SamplingOptions` (defaults from generation_config.json), stop ids,
+:class:`modelkit.generation.options.SamplingOptions` (defaults from generation_config.json), stop ids,
 stop strings and an optional cache to continue.
 """
 

@@ -37,8 +37,8 @@ def open_source(path: str | os.PathLike, registry: Registry | None = None) -> We
         raise pickle_advice(p.parent, [p])
     kinds = ", ".join(registry.weight_sources)
     if p.is_dir():
-        raise CheckpointError(f"{p}: no config.json or weights that a weight source reads "
-                              f"(known sources: {kinds})")
+        raise CheckpointError(f"{p}: no *.safetensors weight files, nor weights of another format a "
+                              f"weight source reads (known sources: {kinds})")
     hint = "; give the folder holding it and its config.json" if p.suffix == ".safetensors" else ""
     raise CheckpointError(f"{p}: no weight source can read this (known sources: {kinds}){hint}")
 

@@ -73,7 +73,7 @@ def register_weight_sources(register: Callable[..., None]) -> None:
 def register_commands(register: Callable[..., None]) -> None:
     """Register subcommands of the ``modelkit`` command line.
 
-    Called once when the command line is built. Call ``register(name, configure, run,
+    Called each time the command line is built. Call ``register(name, configure, run,
     help="...")``: ``configure(parser)`` adds the command's arguments to its
     ``argparse.ArgumentParser``; ``run(args) -> int`` carries it out and returns the exit code.
     A :class:`modelkit.ModelkitError` raised by ``run`` is printed as one line, as for the

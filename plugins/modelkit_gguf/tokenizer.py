@@ -174,7 +174,7 @@ def _post_processor(tokens: list[str], ids: dict[str, int | None], add_bos: bool
 
 
 def tokenizer_from_metadata(meta: Mapping[str, Any], path: Path) -> Tokenizer | None:
-    """A :class:`modelkit.tokenizer.Tokenizer` from a GGUF file's tokenizer metadata
+    """A :class:`modelkit.Tokenizer` from a GGUF file's tokenizer metadata
     (:attr:`GGUFFile.metadata <modelkit_gguf.reader.GGUFFile.metadata>`), or None when the file
     has no vocabulary."""
     where = str(path)
