@@ -12,7 +12,7 @@ from typing import Callable
 
 from .plugins.hookspecs import hookimpl
 
-SHIPPED = ("gpt2", "llama", "mistral", "falcon", "granite3")
+SHIPPED = ("gpt2", "llama", "mistral", "falcon", "granite3", "qwen2", "qwen3", "gemma", "gemma2", "gemma3")
 
 
 def mapping_file(name: str):  # -> importlib.resources Traversable

@@ -94,7 +94,7 @@ class Model:
                  head: np.ndarray, head_bias: np.ndarray | None, embedding_multiplier: float,
                  logits_divisor: float, tokenizer: Any = None, generation_config: dict | None = None,
                  source: str = "", tied: bool = False, n_params: int = 0, mapping_file: str = "",
-                 prefill_chunk: int = 512):
+                 prefill_chunk: int = 512, logits_softcap: float | None = None):
         self.name = name
         self.config = config
         self.mapping = mapping
@@ -106,6 +106,7 @@ class Model:
         self.head_bias = head_bias
         self.embedding_multiplier = np.float32(embedding_multiplier)
         self.logits_divisor = np.float32(logits_divisor)
+        self.logits_softcap = None if logits_softcap is None else np.float32(logits_softcap)
         self.tokenizer = tokenizer
         self.generation_config = generation_config or {}
         self.source = source
@@ -200,6 +201,10 @@ class Model:
             logits += self.head_bias
         if self.logits_divisor != 1.0:
             logits /= self.logits_divisor
+        if self.logits_softcap is not None:  # cap * tanh(logits / cap)
+            logits /= self.logits_softcap
+            np.tanh(logits, out=logits)
+            logits *= self.logits_softcap
         return logits
 
     # ---- generation ---------------------------------------------------------------------

@@ -33,6 +33,11 @@ SHIPPED_FIXTURES = {
     "falcon_40b": "falcon",
     "falcon_rw": "falcon",
     "granite3": "granite3",
+    "qwen2": "qwen2",
+    "qwen3": "qwen3",
+    "gemma": "gemma",
+    "gemma2": "gemma2",
+    "gemma3_text": "gemma3",
 }
 
 # logits tolerance against the transformers reference

@@ -28,8 +28,15 @@ CONTRACT: dict[str, tuple[str, list[str] | None]] = {
 }
 NAMES = list(CONTRACT)
 WITH_SSM = [name for name, (_, variants) in CONTRACT.items() if variants and any("mamba" in v for v in variants)]
-# same-model consistency (cache vs no cache) is far tighter than the reference tolerance
+# same-model consistency (cache vs no cache) is far tighter than the reference tolerance ...
 SELF_ATOL = 2e-5
+# ... except where logits are large: gemma3_text's reach 10, and the float32 rounding of six
+# layers of windowed attention over a different key range (a cache, pieces) reaches 6e-5
+SELF_ATOL_BY_FIXTURE = {"gemma3_text": 1e-4}
+
+
+def _self_atol(name: str) -> float:
+    return SELF_ATOL_BY_FIXTURE.get(name, SELF_ATOL)
 
 
 def _reference_step_logits(name: str) -> np.ndarray | None:
@@ -65,7 +72,7 @@ def test_cached_decoding_equals_full_forward(name: str, prefill: int) -> None:
     rows += [model.forward([int(t)], cache) for t in ids[prefill:]]
     stepped = np.concatenate(rows)
     assert cache.length == ids.size and cache.tokens == [int(t) for t in ids]
-    assert max_abs(stepped, full) < SELF_ATOL
+    assert max_abs(stepped, full) < _self_atol(name)
     assert max_abs(stepped, ref) < ATOL
 
 
@@ -79,7 +86,7 @@ def test_prefill_in_two_pieces_equals_full_forward(name: str, cut: int | str) ->
     full = model.forward(ids)
     cache = model.make_cache()
     pieces = [model.forward(ids[:cut], cache), model.forward(ids[cut:], cache)]
-    assert max_abs(np.concatenate(pieces), full) < SELF_ATOL
+    assert max_abs(np.concatenate(pieces), full) < _self_atol(name)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -117,13 +124,13 @@ def test_chunked_prefill_and_query_blocks(name: str, monkeypatch: pytest.MonkeyP
     assert calls == [7] * (ids.size // 7) + ([ids.size % 7] if ids.size % 7 else [])
     assert max_abs(chunked, ref) < ATOL
     last = small.forward(long_ids, last_only=True)
-    assert max_abs(small.forward(long_ids), unchunked_long) < SELF_ATOL
-    assert max_abs(last[0], unchunked_long[-1]) < SELF_ATOL
+    assert max_abs(small.forward(long_ids), unchunked_long) < _self_atol(name)
+    assert max_abs(last[0], unchunked_long[-1]) < _self_atol(name)
     # chunked prefill into a cache, then decoding, still agrees
     cache = small.make_cache()
     head = small.forward(long_ids[:-2], cache)
     steps = [small.forward([int(t)], cache) for t in long_ids[-2:]]
-    assert max_abs(np.concatenate([head, *steps]), unchunked_long) < SELF_ATOL
+    assert max_abs(np.concatenate([head, *steps]), unchunked_long) < _self_atol(name)
 
 
 @pytest.mark.parametrize("name", WITH_SSM)

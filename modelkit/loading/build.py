@@ -103,6 +103,7 @@ def build_model(source: WeightSource, plan: Plan, *, file: str = "", progress: b
     return Model(name=plan.mapping.name, config=plan.config, mapping=plan.mapping, layers=layers,
                  embed=embed, pos_embed=pos_embed, final_norm=final_norm, head=head, head_bias=head_bias,
                  embedding_multiplier=plan.embedding_multiplier, logits_divisor=plan.logits_divisor,
+                 logits_softcap=plan.logits_softcap,
                  tokenizer=source.tokenizer(), generation_config=source.generation_config(),
                  source=str(source.path), tied=plan.tied, n_params=n_params, mapping_file=file,
                  prefill_chunk=prefill_chunk)

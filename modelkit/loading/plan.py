@@ -80,6 +80,7 @@ class Plan:
     tied: bool
     embedding_multiplier: float
     logits_divisor: float
+    logits_softcap: float | None  # None: off
     max_positions: int | None  # learned positions; None without
     where: str = "config.json"
     tuning: dict[str, Any] = field(default_factory=dict)
@@ -183,6 +184,11 @@ def make_plan(mapping: Mapping, raw: dict[str, Any], infos: dict[str, TensorInfo
                       "logits_divisor", where)
     if divisor == 0:
         raise ConfigError(f"{where}: logits_divisor must not be zero")
+    softcap = resolve_value(model.logits_softcap, cfg, f"{path}: model.logits_softcap")
+    if softcap is not None:
+        softcap = _number(softcap, "logits_softcap", where)
+        if not softcap > 0:
+            raise ConfigError(f"{where}: logits_softcap must be positive (or null: off), got {softcap!r}")
 
     needed: dict[str, tuple[ParamSpec, str]] = {}  # canonical -> (spec, weights template)
     needed["embed.weight"] = (ParamSpec((vocab, d)), "embed.weight")
@@ -265,5 +271,5 @@ def make_plan(mapping: Mapping, raw: dict[str, Any], infos: dict[str, TensorInfo
         if any(p.match(name) for p in mapping.ignore):
             continue
         report.unexpected.append((name, info.shape))
-    return Plan(mapping, cfg, layers, final, tensors, report, tied, emb_mult, divisor, max_pos,
+    return Plan(mapping, cfg, layers, final, tensors, report, tied, emb_mult, divisor, softcap, max_pos,
                 where, dict(tuning or {}))

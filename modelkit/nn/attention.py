@@ -15,6 +15,7 @@ from ..errors import ConfigError
 from .block import Block, ForwardContext, ParamSpec
 from .kv_cache import KV_BLOCK, KVCache
 from .linear import linear
+from .norms import rms_norm
 from .options import Option
 from .rope import inverse_frequencies, rotary_table, rotate
 
@@ -81,11 +82,17 @@ class Attention(Block):
         "alibi_dtype": Option("str", "float32", "round ALiBi through bfloat16 (Falcon)",
                               choices=("float32", "bfloat16")),
         "window": Option("int", None, "sliding window in tokens (null: none)", min=1, nullable=True),
+        "qk_norm": Option("str", None, "RMSNorm of queries and keys before rotary: per_head (each "
+                          "head's channels: Qwen3, Gemma 3) or full (the whole projection: OLMo 2)",
+                          choices=("per_head", "full"), nullable=True),
+        "qk_norm_eps": Option("float", 1e-6, "epsilon of the query/key norms", min=0.0),
+        "softcap": Option("float", None, "scores become softcap * tanh(scores / softcap) (Gemma 2)",
+                          min=1e-6, nullable=True),
         "query_block": Option("int", QUERY_BLOCK, "queries per block over long prompts", min=1,
                               tunable=True),
     }
     PARAMETERS = ("q.weight", "k.weight", "v.weight", "o.weight", "q.bias", "k.bias", "v.bias",
-                  "o.bias", "rope_freq_factors")
+                  "o.bias", "q_norm.weight", "k_norm.weight", "rope_freq_factors")
 
     @classmethod
     def params(cls, opts: dict[str, Any]) -> dict[str, ParamSpec]:
@@ -101,6 +108,10 @@ class Attention(Block):
             "q.bias": ParamSpec((h * hd,), False), "k.bias": ParamSpec((kv * hd,), False),
             "v.bias": ParamSpec((kv * hd,), False), "o.bias": ParamSpec((d,), False),
         }
+        if opts["qk_norm"] == "per_head":
+            specs["q_norm.weight"], specs["k_norm.weight"] = ParamSpec((hd,)), ParamSpec((hd,))
+        elif opts["qk_norm"] == "full":
+            specs["q_norm.weight"], specs["k_norm.weight"] = ParamSpec((h * hd,)), ParamSpec((kv * hd,))
         if opts["positions"] == "rope":  # bad rope settings fail at planning, before any tensor is read
             if rot > hd or rot % 2:
                 raise ConfigError(f"attention: rope_dim {rot} must be even and at most head_dim {hd}")
@@ -135,6 +146,10 @@ class Attention(Block):
         self.slopes = alibi_slopes(self.h).reshape(self.kv, self.group, 1, 1) if o["positions"] == "alibi" else None
         self.alibi_bf16 = o["alibi_dtype"] == "bfloat16"
         self.alibi_scaled = o["alibi_scaled"]
+        self.qk_norm = o["qk_norm"]
+        self.qk_norm_eps = o["qk_norm_eps"]
+        self.q_norm, self.k_norm = params.get("q_norm.weight"), params.get("k_norm.weight")
+        self.softcap = None if o["softcap"] is None else np.float32(o["softcap"])
 
     def new_state(self) -> KVCache:
         return KVCache(self.kv, self.hd)
@@ -145,6 +160,8 @@ class Attention(Block):
         if self.b_qkv is not None:
             qkv += self.b_qkv
         nq, nk = self.h * self.hd, self.kv * self.hd
+        if self.qk_norm is not None:
+            self._norm_qk(qkv, t, nq, nk)
         if self.rope is not None:
             # q and k heads side by side, rotated in place inside qkv in one pass
             cos, sin_signed = self.rope.get_signed(ctx.pos, ctx.pos + t)
@@ -161,6 +178,23 @@ class Attention(Block):
         if self.b_o is not None:
             y += self.b_o
         return y
+
+    def _norm_qk(self, qkv: np.ndarray, t: int, nq: int, nk: int) -> None:
+        """RMSNorm of the queries and keys inside ``qkv`` [T, (H + 2KV) * hd], in place."""
+        q, k = qkv[:, :nq], qkv[:, nq:nq + nk]
+        if self.qk_norm == "per_head":  # [T, heads, hd]: each head's channels on their own
+            qkv[:, :nq] = rms_norm(q.reshape(t, self.h, self.hd), self.q_norm, self.qk_norm_eps).reshape(t, nq)
+            qkv[:, nq:nq + nk] = rms_norm(k.reshape(t, self.kv, self.hd), self.k_norm,
+                                          self.qk_norm_eps).reshape(t, nk)
+        else:  # the whole projection of each token
+            qkv[:, :nq] = rms_norm(np.ascontiguousarray(q), self.q_norm, self.qk_norm_eps)
+            qkv[:, nq:nq + nk] = rms_norm(np.ascontiguousarray(k), self.k_norm, self.qk_norm_eps)
+
+    def _cap(self, scores: np.ndarray) -> None:
+        """Soft-cap scores in place: cap * tanh(scores / cap)."""
+        scores /= self.softcap
+        np.tanh(scores, out=scores)
+        scores *= self.softcap
 
     def alibi(self, kpos: np.ndarray) -> np.ndarray:
         """ALiBi biases slope * key position, [KV, group, 1, S]."""
@@ -205,6 +239,8 @@ class Attention(Block):
                 else:
                     scores *= self.scale
                     scores += alibi
+            if self.softcap is not None:
+                self._cap(scores)
             if self.window is not None:
                 kpos = np.arange(k0, n_keys)
                 qpos = np.arange(start + b0, start + b1)[:, None]
@@ -229,6 +265,8 @@ class Attention(Block):
         n = cache.length
         qh = q.reshape(self.kv, self.group, self.hd)  # head h reads kv head h // group
         scores = qh @ cache.kt[:, :, :n]  # [KV, group, hd] @ [KV, hd, S] -> [KV, group, S]
+        if self.softcap is not None:
+            self._cap(scores)
         softmax_inplace(scores)
         return (scores @ cache.v[:, :n]).reshape(1, self.h * self.hd)  # [KV, group, hd] -> [1, H * hd]
 

@@ -25,8 +25,8 @@ TOP_KEYS = {"modelkit_mapping", "extends", "name", "description", "match", "conf
             "model", "layers", "tensor_prefixes", "weights", "ignore"}
 MATCH_KEYS = {"model_type", "architectures", "source"}
 FIELD_KEYS = {"from", "type", "default", "derive", "min", "values", "doc"}
-MODEL_KEYS = {"embedding_multiplier", "positions", "final_norm", "logits_divisor", "tie_head",
-              "max_positions"}
+MODEL_KEYS = {"embedding_multiplier", "positions", "final_norm", "logits_divisor", "logits_softcap",
+              "tie_head", "max_positions"}
 LAYER_KEYS = {"layout", "residual_multiplier", "blocks", "flow"}
 WEIGHT_KEYS = {"from", "transform", "optional"}
 # the functions and constants expressions may name besides config fields
@@ -191,7 +191,7 @@ class _Parser:
             raise self.fail("model.positions", f"expected 'none' or 'learned', got {spec.positions!r}")
         if data.get("final_norm") is not None:
             spec.final_norm = self.parse_block("final_norm", data["final_norm"], "model.final_norm", names)
-        for key in ("embedding_multiplier", "logits_divisor", "tie_head", "max_positions"):
+        for key in ("embedding_multiplier", "logits_divisor", "logits_softcap", "tie_head", "max_positions"):
             self.check_value(getattr(spec, key), f"model.{key}", names)
         return spec
 

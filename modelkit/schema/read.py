@@ -5,7 +5,9 @@ A mapping may build on another with ``extends: NAME`` (a registered architecture
 the extension's: objects merge key by key, recursively; any other value (a list, a string, a
 number) replaces the base's; ``match`` and each ``weights`` entry are replaced whole, and
 ``checks`` are added to the base's. In the named tables ``config``, ``blocks`` and ``weights``
-a key set to null removes the base's entry. The merged data is then validated as one file.
+a key set to null removes the base's entry. An entry the extension overrides keeps the base's
+place (config fields are read in order, so a derivation sees the fields above it); new entries
+follow the base's. The merged data is then validated as one file.
 
 Parsed mappings are kept per process, keyed by the file and its content, so every mapping is
 parsed once however many models are loaded.

@@ -65,6 +65,7 @@ class ModelSpec:
     max_positions: Any = None
     final_norm: BlockSpec | None = None
     logits_divisor: Any = 1.0
+    logits_softcap: Any = None  # logits become cap * tanh(logits / cap) (Gemma 2); null: off
     tie_head: Any = False
 
 

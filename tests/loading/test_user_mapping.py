@@ -1,5 +1,6 @@
-"""A new architecture without Python: Qwen2 (Llama plus q/k/v biases) as a user YAML, used
-through ``mapping=``, ``--mapping FILE`` and the MODELKIT_MAPPINGS folder."""
+"""A new architecture without Python: Qwen2 (Llama plus q/k/v biases) written out in full as a
+user YAML, used through ``mapping=``, ``--mapping FILE`` and the MODELKIT_MAPPINGS folder, where
+it wins over the shipped qwen2 mapping."""
 
 from __future__ import annotations
 
@@ -101,10 +102,10 @@ def _my_llama(folder: Path) -> Path:
     return path
 
 
-def test_qwen2_is_not_shipped() -> None:
-    assert "qwen2" not in modelkit.architectures()
-    with pytest.raises(modelkit.UnknownArchitectureError, match="qwen2"):
-        modelkit.load(QWEN2)
+def test_qwen2_ships_and_the_user_mapping_is_another_file() -> None:
+    assert "qwen2" in modelkit.architectures()
+    model = modelkit.load(QWEN2)
+    assert model.name == "qwen2" and model.mapping_file.endswith("mappings/qwen2.yaml")
 
 
 def test_mapping_argument(qwen2_yaml: Path) -> None:
@@ -138,8 +139,9 @@ def test_mappings_folder(qwen2_yaml: Path, monkeypatch: pytest.MonkeyPatch, caps
     assert cli_main(["archs"]) == 0
     rows = capsys.readouterr().out.splitlines()
     qwen_rows = [r for r in rows if r.split()[0] == "qwen2"]
-    assert len(qwen_rows) == 1 and str(qwen2_yaml) in qwen_rows[0] and "MODELKIT_MAPPINGS" in qwen_rows[0]
+    assert str(qwen2_yaml) in qwen_rows[0] and "MODELKIT_MAPPINGS" in qwen_rows[0]
     assert rows.index(qwen_rows[0]) == 0  # user mappings come first: they take precedence
+    assert len(qwen_rows) == 2 and "plugin core" in qwen_rows[1]  # the shipped one, shadowed
 
 
 def test_mappings_folder_with_several_folders(qwen2_yaml: Path, tmp_path: Path,
@@ -200,7 +202,7 @@ def test_broken_user_mapping_is_reported(tmp_path: Path, monkeypatch: pytest.Mon
 
 # ---- the same through the command line -------------------------------------------------------
 
-def test_cli_mapping_flag(qwen2_yaml: Path) -> None:
+def test_cli_mapping_flag(qwen2_yaml: Path, tmp_path: Path) -> None:
     run = run_cli("run", "--model", QWEN2, "--mapping", qwen2_yaml, "--prompt", "Hello world",
                   "--max-tokens", "4", "--temperature", "0")
     assert run.returncode == 0, run.stderr
@@ -211,9 +213,13 @@ def test_cli_mapping_flag(qwen2_yaml: Path) -> None:
     assert val.returncode == 0, val.stderr
     assert str(qwen2_yaml) in val.stdout and "ok" in val.stdout
 
-    missing = run_cli("validate", "--model", QWEN2)
+    from conftest import copy_fixture, edit_config
+
+    unknown = copy_fixture("qwen2", tmp_path / "unknown")
+    edit_config(unknown, model_type="qwen2_custom", architectures=["Qwen2CustomForCausalLM"])
+    missing = run_cli("validate", "--model", unknown)
     assert missing.returncode != 0
-    assert missing.stderr.startswith("modelkit: error:") and "qwen2" in missing.stderr
+    assert missing.stderr.startswith("modelkit: error:") and "qwen2_custom" in missing.stderr
 
 
 def test_cli_mappings_folder(qwen2_yaml: Path) -> None:

@@ -127,11 +127,11 @@ def test_a_block_no_branch_uses_is_an_error(tmp_path: Path) -> None:
 
 def test_a_weights_entry_for_an_undeclared_parameter_names_the_real_ones(tmp_path: Path) -> None:
     data = _llama_data()
-    data["weights"]["layers.{i}.attn.q_norm.weight"] = "model.layers.{i}.self_attn.q_norm.weight"
+    data["weights"]["layers.{i}.attn.qnorm.weight"] = "model.layers.{i}.self_attn.q_norm.weight"
     with pytest.raises(modelkit.MappingError) as info:
         load_mapping(_write(tmp_path, data))
     message = str(info.value)
-    assert "weights.layers.{i}.attn.q_norm.weight" in message and "has no parameter 'q_norm.weight'" in message
+    assert "weights.layers.{i}.attn.qnorm.weight" in message and "has no parameter 'qnorm.weight'" in message
     assert "q.weight, q.bias" in message or "q.weight" in message.split("its parameters are")[1]
 
 
