@@ -121,3 +121,11 @@ def test_every_block_option_and_parameter_is_documented() -> None:
         section = match.group(1)
         for name in [*cls.OPTIONS, *cls.PARAMETERS]:
             assert f"`{name}`" in section, f"block kind {kind}: `{name}` is not documented in its section"
+
+
+def test_every_architecture_is_in_the_families_table() -> None:
+    import modelkit
+
+    text = (DOCS / "families.md").read_text(encoding="utf-8")
+    for arch in modelkit.architectures():
+        assert f"| `{arch}` |" in text, f"docs/families.md has no row for {arch}"
