@@ -152,7 +152,7 @@ class Attention(Block):
         self.softcap = None if o["softcap"] is None else np.float32(o["softcap"])
 
     def new_state(self) -> KVCache:
-        return KVCache(self.kv, self.hd)
+        return KVCache(self.kv, self.hd, self.window)
 
     def forward(self, x: np.ndarray, state: KVCache | None, ctx: ForwardContext) -> np.ndarray:
         t = x.shape[0]
@@ -170,7 +170,7 @@ class Attention(Block):
         k = qkv[:, nq:nq + nk].reshape(t, self.kv, self.hd)
         v = qkv[:, nq + nk:].reshape(t, self.kv, self.hd)
         if state is None:
-            state = KVCache(self.kv, self.hd)
+            state = self.new_state()
         start = state.length
         state.append(k, v)
         out = self.attend(q, state, start)  # [T, H * hd]
@@ -212,7 +212,7 @@ class Attention(Block):
         if self.slopes is None:
             # without ALiBi the score scale can go on the queries: T*H*hd products instead of H*T*S
             q = q * self.scale
-        if t == 1 and self.window is None and self.slopes is None:
+        if t == 1 and self.slopes is None:
             return self._attend_one(q, cache)
         out = np.empty((t, self.h * self.hd), np.float32)
         # [T, H, hd] -> [KV, group, T, hd]: query head h reads kv head h // group
@@ -226,8 +226,9 @@ class Attention(Block):
             b1 = min(t, b0 + step)
             n_keys = start + b1  # keys a query in this block can see at most
             k0 = 0 if self.window is None else max(0, start + b0 - self.window + 1)
-            keys_t = cache.kt[:, :, k0:n_keys]  # [KV, hd, S]
-            vals = cache.v[:, k0:n_keys]  # [KV, S, hd]
+            off = cache.offset  # positions before it are no longer stored (a window's cache)
+            keys_t = cache.kt[:, :, k0 - off:n_keys - off]  # [KV, hd, S]
+            vals = cache.v[:, k0 - off:n_keys - off]  # [KV, S, hd]
             tb = b1 - b0
             qb = np.ascontiguousarray(qh[:, :, b0:b1]).reshape(self.kv, self.group * tb, self.hd)
             scores = (qb @ keys_t).reshape(self.kv, self.group, tb, n_keys - k0)
@@ -261,14 +262,16 @@ class Attention(Block):
         return out
 
     def _attend_one(self, q: np.ndarray, cache: KVCache) -> np.ndarray:
-        """One (already scaled) query [1, H, hd] over every cached key: the decoding step."""
-        n = cache.length
+        """One (already scaled) query [1, H, hd] over the keys it sees (every cached one, or the
+        last ``window``): the decoding step."""
+        n = cache.length - cache.offset
+        lo = 0 if self.window is None else max(0, n - self.window)
         qh = q.reshape(self.kv, self.group, self.hd)  # head h reads kv head h // group
-        scores = qh @ cache.kt[:, :, :n]  # [KV, group, hd] @ [KV, hd, S] -> [KV, group, S]
+        scores = qh @ cache.kt[:, :, lo:n]  # [KV, group, hd] @ [KV, hd, S] -> [KV, group, S]
         if self.softcap is not None:
             self._cap(scores)
         softmax_inplace(scores)
-        return (scores @ cache.v[:, :n]).reshape(1, self.h * self.hd)  # [KV, group, hd] -> [1, H * hd]
+        return (scores @ cache.v[:, lo:n]).reshape(1, self.h * self.hd)  # [KV, group, hd] -> [1, H * hd]
 
 
 # 0 on and below the diagonal, -inf above; its top-left [n, n] corner serves any n <= QUERY_BLOCK

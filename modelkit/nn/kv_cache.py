@@ -1,4 +1,9 @@
-"""The key/value cache of one attention layer, grown in blocks and updated in place."""
+"""The key/value cache of one attention layer, grown in blocks and updated in place.
+
+A layer with a sliding window keeps only the keys its queries can still see: the last
+``window - 1`` positions before a new piece, plus the piece. Its buffers are bounded by the
+window and the longest piece, not by the sequence.
+"""
 
 from __future__ import annotations
 
@@ -10,37 +15,58 @@ KV_BLOCK = 256
 
 class KVCache:
     """Keys and values of one attention layer: ``k`` and ``v`` read as [kv_heads, capacity,
-    head_dim] each.
+    head_dim] each, position ``p`` of the sequence at index ``p - offset``.
 
     The keys are stored transposed, ``kt`` [kv_heads, head_dim, capacity] (``k`` is a view of
     it), so that query-key scores are a plain matrix product: BLAS is several times slower on
     the transposed operand for a few query rows, which is every decoding step.
     Capacity grows in blocks as the sequence grows: never the whole context up front, and a
     token's append writes only its own positions (the arrays are re-allocated only on growth).
+    With a ``window``, positions no later query can see are dropped when room runs out: the
+    kept ``window - 1`` move to the front (one copy per ``window`` decoded tokens or so), so
+    ``offset`` is the position of index 0 and the buffers never exceed about two windows and
+    a prefill piece.
     """
 
-    def __init__(self, kv_heads: int, head_dim: int):
+    def __init__(self, kv_heads: int, head_dim: int, window: int | None = None):
         self.kt = np.empty((kv_heads, head_dim, 0), np.float32)
         self.k = self.kt.transpose(0, 2, 1)
         self.v = np.empty((kv_heads, 0, head_dim), np.float32)
-        self.length = 0
+        self.length = 0  # positions seen
+        self.offset = 0  # the position stored at index 0
+        self.window = window
 
     def append(self, k: np.ndarray, v: np.ndarray) -> None:
         """Add ``k``, ``v`` given as [T, kv_heads, head_dim] at the end."""
         t = k.shape[0]
-        need = self.length + t
+        if self.window is not None and self.length - self.offset + t > self.v.shape[1]:
+            self._drop_unseen()
+        held = self.length - self.offset
+        need = held + t
         if need > self.v.shape[1]:
             cap = max(need, self.v.shape[1] + self.v.shape[1] // 2)
+            if self.window is not None:  # room for a window of decoding before the next drop
+                cap = max(cap, need + self.window)
             cap = -(-cap // KV_BLOCK) * KV_BLOCK
             kv, hd = self.v.shape[0], self.v.shape[2]
             kt = np.empty((kv, hd, cap), np.float32)
-            kt[:, :, : self.length] = self.kt[:, :, : self.length]
+            kt[:, :, :held] = self.kt[:, :, :held]
             v_new = np.empty((kv, cap, hd), np.float32)
-            v_new[:, : self.length] = self.v[:, : self.length]
+            v_new[:, :held] = self.v[:, :held]
             self.kt, self.k, self.v = kt, kt.transpose(0, 2, 1), v_new
-        self.kt[:, :, self.length:need] = k.transpose(1, 2, 0)
-        self.v[:, self.length:need] = v.transpose(1, 0, 2)
-        self.length = need
+        self.kt[:, :, held:need] = k.transpose(1, 2, 0)
+        self.v[:, held:need] = v.transpose(1, 0, 2)
+        self.length += t
+
+    def _drop_unseen(self) -> None:
+        """Move the last ``window - 1`` positions to the front: the next query sees no earlier one."""
+        keep_from = max(self.offset, self.length - self.window + 1)
+        if keep_from == self.offset:
+            return
+        a, b = keep_from - self.offset, self.length - self.offset
+        self.kt[:, :, : b - a] = self.kt[:, :, a:b].copy()
+        self.v[:, : b - a] = self.v[:, a:b].copy()
+        self.offset = keep_from
 
     def nbytes(self) -> int:
         """Bytes allocated (capacity, not length)."""

@@ -241,3 +241,25 @@ def test_attention_rejects_impossible_heads() -> None:
         Attention.resolve_options(**{**opts, "num_kv_heads": 2, "head_dim": 0})
     with pytest.raises(ConfigError, match="positions"):
         Attention.resolve_options(**{**opts, "num_kv_heads": 2, "positions": "sinusoidal"})
+
+
+def test_windowed_kv_cache_is_bounded_and_exact() -> None:
+    """A sliding-window layer's cache keeps only what later queries see: decoding 700 tokens
+    holds about two windows' worth, and every logit equals the full forward's."""
+    import modelkit
+    from conftest import fixture_path, max_abs
+
+    model = modelkit.load(fixture_path("mistral_window"))  # window 5
+    ids = np.random.default_rng(1).integers(1, model.vocab_size, 700)
+    full = model.forward(ids)
+    cache = model.make_cache()
+    rows = [model.forward(ids[:40], cache)]
+    sizes = []
+    for t in ids[40:]:
+        rows.append(model.forward([int(t)], cache))
+        sizes.append(cache.layers[0]["attn"].nbytes())
+    assert max_abs(np.concatenate(rows), full) < 2e-5
+    state = cache.layers[0]["attn"]
+    assert state.length == 700 and state.offset > 400  # old positions were dropped
+    assert max(sizes) == sizes[0]  # never grew while decoding
+    assert state.v.shape[1] <= 256  # one growth block, for a window of 5 and a 40-token piece
