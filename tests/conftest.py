@@ -38,6 +38,10 @@ SHIPPED_FIXTURES = {
     "gemma": "gemma",
     "gemma2": "gemma2",
     "gemma3_text": "gemma3",
+    "phi3": "phi3",
+    "olmo": "olmo",
+    "olmo2": "olmo2",
+    "starcoder2": "starcoder2",
 }
 
 # logits tolerance against the transformers reference

@@ -23,7 +23,7 @@ from conftest import ROOT, fixture_path, load_cached
 
 pytestmark = pytest.mark.slow
 
-SHIPPED_YAML = ("gpt2", "llama", "mistral", "falcon", "granite3", "qwen2", "qwen3", "gemma", "gemma2", "gemma3")
+from modelkit.builtin import SHIPPED as SHIPPED_YAML  # noqa: E402
 SKIP_TOP = {".git", "tests", "bench", "build", "dist", ".pytest_cache", ".venv", "venv"}
 
 

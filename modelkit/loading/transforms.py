@@ -40,6 +40,21 @@ def split_shape(shape: Shape, parts: int, index: int, axis: int = 0) -> Shape:
     return tuple(out)
 
 
+def slice_(a: np.ndarray, start: int, stop: int, axis: int = 0) -> np.ndarray:
+    """Take ``[start, stop)`` along ``axis``: one part of a fused tensor whose parts differ in
+    size (Phi-3's qkv_proj holds H query heads, then KV key heads, then KV value heads)."""
+    return np.ascontiguousarray(np.take(a, np.arange(start, stop), axis=axis))
+
+
+def slice_shape(shape: Shape, start: int, stop: int, axis: int = 0) -> Shape:
+    if not (isinstance(start, int) and isinstance(stop, int) and isinstance(axis, int)) \
+            or not 0 <= axis < len(shape) or not 0 <= start < stop <= shape[axis]:
+        raise CheckpointError(f"cannot take [{start}, {stop}) along axis {axis} of shape {list(shape)}")
+    out = list(shape)
+    out[axis] = stop - start
+    return tuple(out)
+
+
 def reshape(a: np.ndarray, to: list[int]) -> np.ndarray:
     """Reshape (one entry may be -1): e.g. a depthwise conv weight [C, 1, K] -> [C, K]."""
     return np.ascontiguousarray(a.reshape(to))
@@ -114,6 +129,7 @@ CORE_TRANSFORMS: dict[str, tuple[Callable, Callable | None]] = {
     "transpose": (transpose, transpose_shape),
     "split": (split, split_shape),
     "reshape": (reshape, reshape_shape),
+    "slice": (slice_, slice_shape),
     "falcon_qkv": (falcon_qkv, falcon_qkv_shape),
     "scale": (scale, None),
     "add": (add, None),

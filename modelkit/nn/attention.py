@@ -82,6 +82,8 @@ class Attention(Block):
         "alibi_dtype": Option("str", "float32", "round ALiBi through bfloat16 (Falcon)",
                               choices=("float32", "bfloat16")),
         "window": Option("int", None, "sliding window in tokens (null: none)", min=1, nullable=True),
+        "clip_qkv": Option("float", None, "q, k and v are clamped into [-clip_qkv, clip_qkv] after their "
+                           "projection (OLMo)", min=0.0, nullable=True),
         "qk_norm": Option("str", None, "RMSNorm of queries and keys before rotary: per_head (each "
                           "head's channels: Qwen3, Gemma 3) or full (the whole projection: OLMo 2)",
                           choices=("per_head", "full"), nullable=True),
@@ -150,6 +152,7 @@ class Attention(Block):
         self.qk_norm_eps = o["qk_norm_eps"]
         self.q_norm, self.k_norm = params.get("q_norm.weight"), params.get("k_norm.weight")
         self.softcap = None if o["softcap"] is None else np.float32(o["softcap"])
+        self.clip = None if o["clip_qkv"] is None else np.float32(o["clip_qkv"])
 
     def new_state(self) -> KVCache:
         return KVCache(self.kv, self.hd, self.window)
@@ -160,6 +163,8 @@ class Attention(Block):
         if self.b_qkv is not None:
             qkv += self.b_qkv
         nq, nk = self.h * self.hd, self.kv * self.hd
+        if self.clip is not None:
+            np.clip(qkv, -self.clip, self.clip, out=qkv)
         if self.qk_norm is not None:
             self._norm_qk(qkv, t, nq, nk)
         if self.rope is not None:

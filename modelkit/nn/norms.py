@@ -63,18 +63,22 @@ class RMSNorm(Block):
 
 
 class LayerNorm(Block):
-    """LayerNorm (GPT-2, Falcon): learned scale and (optional) bias."""
+    """LayerNorm (GPT-2, Falcon): learned scale and (optional) bias; with ``affine: false``
+    neither (OLMo)."""
 
-    OPTIONS = {"eps": EPS, "dim": DIM}
+    OPTIONS = {"eps": EPS, "dim": DIM,
+               "affine": Option("bool", True, "a learned scale and bias (false: none, as OLMo)")}
     PARAMETERS = ("weight", "bias")
 
     @classmethod
     def params(cls, opts: dict[str, Any]) -> dict[str, ParamSpec]:
         d = opts["dim"]
+        if not opts["affine"]:
+            return {}
         return {"weight": ParamSpec((d,)), "bias": ParamSpec((d,), required=False)}
 
     def build(self, params: dict[str, np.ndarray | None]) -> None:
-        self.weight, self.bias = params["weight"], params.get("bias")  # [dim] each
+        self.weight, self.bias = params.get("weight"), params.get("bias")  # [dim] each
         self.eps = self.options["eps"]
 
     def forward(self, x: np.ndarray, state: Any, ctx: ForwardContext) -> np.ndarray:

@@ -14,7 +14,7 @@ from conftest import ROOT, cli_env, copy_fixture, edit_config, fixture_path, loa
 
 from modelkit.cli import main as cli_main
 
-SHIPPED = ("gpt2", "llama", "mistral", "falcon", "granite3", "qwen2", "qwen3", "gemma", "gemma2", "gemma3")
+from modelkit.builtin import SHIPPED  # noqa: E402
 
 
 def _one_line_error(proc: subprocess.CompletedProcess) -> str:
