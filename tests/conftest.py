@@ -42,6 +42,9 @@ SHIPPED_FIXTURES = {
     "olmo": "olmo",
     "olmo2": "olmo2",
     "starcoder2": "starcoder2",
+    "gpt_neox": "gpt_neox",
+    "phi": "phi",
+    "stablelm": "stablelm",
 }
 
 # logits tolerance against the transformers reference
