@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import ml_dtypes  # noqa: F401  (registers bfloat16 with NumPy, so BF16 tensors can be read)
 import numpy as np
 from safetensors import SafetensorError, safe_open
 
@@ -171,6 +170,9 @@ class SafetensorsSource(WeightSource):
         direct = self._read_direct(info.file, name)
         if direct is not None:
             return direct
+        import ml_dtypes  # noqa: F401  (registers bfloat16 with NumPy for this slower path only; its
+        # import takes about a second, which every command would pay if it were at the top)
+
         try:
             array = self._handle(info.file).get_tensor(name)
         except (SafetensorError, OSError, ValueError) as exc:
