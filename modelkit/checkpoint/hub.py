@@ -80,9 +80,16 @@ def download(repo_id: str, *, revision: str | None = None, local_dir: str | Path
 
 
 def _check_downloaded(folder: Path, where: str) -> None:
-    if not (folder / "config.json").is_file() and not any(folder.glob("*.gguf")):
+    """A downloaded folder must be one a weight source reads (safetensors, or a format a plugin
+    adds, such as a single GGUF file fetched with --include)."""
+    from ..plugins import registry
+
+    others = [cls for name, cls in registry().weight_sources.items() if name != "safetensors"]
+    if any(cls.can_open(folder) for cls in others):
+        return
+    if not (folder / "config.json").is_file():
         raise CheckpointError(f"{where}: the repository has no config.json; is it a transformers model?")
-    if not any(folder.glob("*.safetensors")) and not any(folder.glob("*.gguf")):
+    if not any(folder.glob("*.safetensors")):
         raise CheckpointError(f"{where}: the repository has no *.safetensors weights "
                               "(modelkit never loads pickle checkpoints such as pytorch_model.bin)")
 
