@@ -13,7 +13,8 @@ from typing import Callable
 from .plugins.hookspecs import hookimpl
 
 SHIPPED = ("gpt2", "llama", "mistral", "falcon", "granite3", "qwen2", "qwen3", "gemma", "gemma2", "gemma3",
-           "phi3", "olmo", "olmo2", "starcoder2", "gpt_neox", "phi", "stablelm")
+           "phi3", "olmo", "olmo2", "starcoder2", "gpt_neox", "phi", "stablelm",
+           "smollm3", "opt")
 
 
 def mapping_file(name: str):  # -> importlib.resources Traversable

@@ -45,6 +45,8 @@ SHIPPED_FIXTURES = {
     "gpt_neox": "gpt_neox",
     "phi": "phi",
     "stablelm": "stablelm",
+    "smollm3": "smollm3",
+    "opt": "opt",
 }
 
 # logits tolerance against the transformers reference
