@@ -60,24 +60,13 @@ def load_mapping(source: Any, registry: Registry | None = None) -> Mapping:
         arch = registry.architectures.get(name)
         return arch.mapping if arch is not None else None
 
-    return read.read_mapping(source, registry.block_kinds, _transform_names(registry), resolve)
-
-
-_transform_sets: dict[int, set[str]] = {}
-
-
-def _transform_names(registry: Registry) -> set[str]:
-    # one set object per registry, so the parse cache (keyed by it) hits
-    names = _transform_sets.get(id(registry))
-    if names is None:
-        names = _transform_sets[id(registry)] = set(registry.transforms)
-    return names
+    # the registry's own tables (one object each per registry), so the parse cache keyed by them hits
+    return read.read_mapping(source, registry.block_kinds, registry.transforms, resolve)
 
 
 def forget_mappings() -> None:
     """Drop every parsed mapping (the plugins changed)."""
     read.forget()
-    _transform_sets.clear()
 
 
 def user_mapping_files() -> list[Path]:

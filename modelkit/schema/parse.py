@@ -10,7 +10,7 @@ names a parameter its block declares.
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, Collection
 
 from ..errors import MappingError
 from .expr import ExprError, names_in
@@ -36,7 +36,7 @@ EXPR_BUILTINS = {"true", "false", "null", "True", "False", "None", "inf", "infin
 
 class _Parser:
     def __init__(self, path: str, known_kinds: dict[str, type] | None,
-                 known_transforms: set[str] | None):
+                 known_transforms: Collection[str] | None):
         self.path = path
         self.kinds = known_kinds
         self.transforms = known_transforms
@@ -360,6 +360,6 @@ def pattern_regex(pattern: str) -> re.Pattern:
 
 
 def parse_mapping(data: Any, path: str, known_kinds: dict[str, type] | None = None,
-                  known_transforms: set[str] | None = None) -> Mapping:
+                  known_transforms: Collection[str] | None = None) -> Mapping:
     """Validate parsed YAML ``data`` and build a :class:`Mapping`; errors name ``path``."""
     return _Parser(path, known_kinds, known_transforms).parse(data)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import threading
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Collection
 
 import yaml
 
@@ -153,7 +153,7 @@ def merged_data(source: Any, resolve: Resolver | None = None, chain: list[str] |
 
 
 def read_mapping(source: Any, known_kinds: dict[str, type] | None = None,
-                 known_transforms: set[str] | None = None, resolve: Resolver | None = None) -> Mapping:
+                 known_transforms: Collection[str] | None = None, resolve: Resolver | None = None) -> Mapping:
     """Read, merge over its ``extends`` chain, and validate a mapping file (a path or a package
     resource). ``resolve`` finds a registered architecture's mapping file by name. Parsed once
     per process for the same file content and registry."""
