@@ -350,3 +350,26 @@ def test_parameter_count() -> None:
     assert model.parameter_count() == sum(v.size for v in tensors.values())
     tied = load_cached("llama_mqa_tied")
     assert tied.parameter_count() == sum(v.size for v in read_tensors(fixture_path("llama_mqa_tied")).values())
+
+
+def test_load_options_are_checked(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """tuning= takes only tunable block options; prefill_chunk a positive integer."""
+    import os
+
+    from conftest import fixture_path
+
+    with pytest.raises(modelkit.ConfigError, match="'attention.num_heads' is not a tunable block option; "
+                                                   "tunable: attention.query_block"):
+        modelkit.load(fixture_path("llama_gqa"), tuning={"attention.num_heads": 3})
+    with pytest.raises(modelkit.ConfigError, match=r"layers\.blocks\.attn\.query_block must be at least 1, got 0"):
+        modelkit.load(fixture_path("llama_gqa"), tuning={"attention.query_block": 0})
+    with pytest.raises(modelkit.GenerationError, match="prefill_chunk must be a positive integer"):
+        modelkit.load(fixture_path("llama_gqa"), prefill_chunk=0)
+    # a FIFO named like a mapping is never opened (reading it would wait forever)
+    fifo = tmp_path / "maps" / "waits.yaml"
+    fifo.parent.mkdir()
+    os.mkfifo(fifo)
+    with pytest.raises(modelkit.MappingError, match="not a regular file"):
+        modelkit.load(fixture_path("llama_gqa"), mapping=fifo)
+    monkeypatch.setenv("MODELKIT_MAPPINGS", str(fifo.parent))
+    assert modelkit.load(fixture_path("llama_gqa")).name == "llama"
