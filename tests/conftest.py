@@ -25,6 +25,7 @@ SHIPPED_FIXTURES = {
     "gpt2": "gpt2",
     "llama_gqa": "llama",
     "llama_mqa_tied": "llama",
+    "llama_biases": "llama",
     "llama3_rope_headdim": "llama",
     "llama_linear_rope": "llama",
     "llama_legacy_config": "llama",
