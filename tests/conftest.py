@@ -35,6 +35,7 @@ SHIPPED_FIXTURES = {
     "falcon_rw": "falcon",
     "granite3": "granite3",
     "qwen2": "qwen2",
+    "qwen2_window": "qwen2",
     "qwen3": "qwen3",
     "gemma": "gemma",
     "gemma2": "gemma2",
@@ -47,6 +48,7 @@ SHIPPED_FIXTURES = {
     "phi": "phi",
     "stablelm": "stablelm",
     "smollm3": "smollm3",
+    "smollm3_window": "smollm3",
     "opt": "opt",
 }
 
