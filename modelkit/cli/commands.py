@@ -27,6 +27,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     source, choice, plan = inspect(resolve_path(args.model, args.revision), args.arch, args.mapping)
     try:
         bad_values = non_finite_values(source, plan) if args.values else []
+        unread = choice.mapping.unread_config_keys(source.config())
     finally:
         source.close()
     report = plan.report
@@ -34,6 +35,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
     args.exit_status = 0 if ok else 1  # kept if stdout closes early (`validate ... | head`)
     print(f"architecture {choice.mapping.name} ({choice.origin}: {choice.file})")
     print(f"{len(plan.layers)} layers, {len(plan.tensors)} tensors planned")
+    if unread:
+        # not an error (most unknown keys are harmless), but a key that changes the math and that
+        # the mapping does not read is one it silently ignores: worth a reader's look
+        print(f"note: config keys this mapping does not read: {', '.join(unread)}")
     if ok:
         checked = "; every value is finite" if args.values else ""
         print(f"ok: every tensor is mapped, present and of the expected shape{checked}")

@@ -22,7 +22,7 @@ LAYOUTS = {"sequential", "parallel"}
 _BRACES = re.compile(r"\{[^}]*\}|\{|\}")
 
 TOP_KEYS = {"modelkit_mapping", "extends", "name", "description", "match", "config", "checks",
-            "model", "layers", "tensor_prefixes", "weights", "ignore"}
+            "model", "layers", "tensor_prefixes", "weights", "ignore", "inert_config"}
 MATCH_KEYS = {"model_type", "architectures", "source"}
 FIELD_KEYS = {"from", "type", "default", "derive", "min", "values", "doc"}
 MODEL_KEYS = {"embedding_multiplier", "positions", "final_norm", "logits_divisor", "logits_softcap",
@@ -112,9 +112,23 @@ class _Parser:
             self.expect(pat, str, f"ignore[{n}]", "a tensor name pattern")
             self.check_pattern(pat, f"ignore[{n}]")
             ignore.extend(pattern_regex(prefix + pat) for prefix in prefixes)
+        inert = self.parse_inert_config(data.get("inert_config", {}), fields)
         return Mapping(name, self.path, str(data.get("description", "")), match, fields, checks,
                        model, count, variant, variants, weights, ignore, ignore_text,
-                       tensor_prefixes=list(prefixes))
+                       tensor_prefixes=list(prefixes), inert_config=inert)
+
+    def parse_inert_config(self, data: Any, fields: list[FieldSpec]) -> dict[str, str]:
+        """config.json keys the mapping does not read because they do not change its forward
+        pass, each with the reason. A key a field reads is not inert (an extension may read
+        what its base declared inert), so it is dropped."""
+        self.expect(data, dict, "inert_config", "an object of config.json key -> reason")
+        read = {source.split(".")[0] for f in fields for source in f.sources}
+        for key, reason in data.items():
+            if not isinstance(key, str) or not key:
+                raise self.fail("inert_config", f"keys must be config.json key names, got {key!r}")
+            if not isinstance(reason, str) or not reason.strip():
+                raise self.fail(f"inert_config.{key}", "expected the reason the key does not change the forward pass")
+        return {key: reason for key, reason in data.items() if key not in read}
 
     def parse_match(self, data: Any) -> dict[str, list[str]]:
         self.expect(data, dict, "match", "an object with model_type and/or architectures")

@@ -90,6 +90,17 @@ class Mapping:
     # every checkpoint name may carry one of these prefixes (tried in order): one list of names
     # serves checkpoints saved with and without a wrapper module's prefix
     tensor_prefixes: list[str] = field(default_factory=lambda: [""])
+    # config.json keys that do not change this mapping's forward pass -> why
+    inert_config: dict[str, str] = field(default_factory=dict)
+
+    def unread_config_keys(self, raw: dict[str, Any]) -> list[str]:
+        """Top-level keys of ``raw`` (config.json) that no field reads and that neither this
+        mapping nor the vocabulary declares inert: settings the mapping may be ignoring."""
+        from .vocabulary import INERT_CONFIG_KEYS
+
+        read = {source.split(".")[0] for f in self.fields for source in f.sources}
+        return sorted(key for key in raw
+                      if key not in read and key not in INERT_CONFIG_KEYS and key not in self.inert_config)
 
     def checkpoint_names(self, sources: list[str], layer: str = "") -> list[str]:
         """The checkpoint names a weights entry may have, in the order they are tried."""

@@ -28,3 +28,29 @@ MODEL_TENSORS: dict[str, str] = {
     "head.weight": "output projection [vocab, hidden] (absent when tied to the embedding)",
     "head.bias": "output bias [vocab]",
 }
+
+# config.json keys that never change an inference forward pass in float32, in any family:
+# training settings, token ids (read by the tokenizer and generation, not the mapping), the
+# serialisation's own bookkeeping. A mapping's own harmless keys go under its ``inert_config``;
+# every other key is read by a field (and honoured or refused by a check). docs/mappings.md
+# explains; ``modelkit validate`` names the keys of a checkpoint that fit none of these.
+INERT_CONFIG_KEYS: dict[str, str] = {
+    **dict.fromkeys(
+        ("_name_or_path", "transformers_version", "model_type", "architectures", "dtype", "torch_dtype",
+         "_attn_implementation_autoset", "torchscript", "return_dict", "output_hidden_states",
+         "output_attentions", "use_return_dict", "pruned_heads", "chunk_size_feed_forward",
+         "tie_encoder_decoder", "is_encoder_decoder", "is_decoder", "add_cross_attention",
+         "cross_attention_hidden_size", "finetuning_task", "id2label", "label2id", "problem_type",
+         "task_specific_params", "tokenizer_class", "prefix"),
+        "serialisation bookkeeping"),
+    **dict.fromkeys(
+        ("bos_token_id", "eos_token_id", "pad_token_id", "sep_token_id", "decoder_start_token_id"),
+        "token ids: read from the tokenizer and generation config"),
+    **dict.fromkeys(
+        ("use_cache", "initializer_range", "init_std", "attention_dropout", "hidden_dropout",
+         "resid_pdrop", "embd_pdrop", "attn_pdrop", "dropout", "embedding_dropout", "residual_dropout",
+         "classifier_dropout", "layerdrop", "summary_type", "summary_use_proj", "summary_activation",
+         "summary_proj_to_labels", "summary_first_dropout", "pretraining_tp", "output_router_logits",
+         "router_aux_loss_coef", "router_jitter_noise"),
+        "training only, or a switch of the reference implementation that modelkit always takes"),
+}
