@@ -82,3 +82,40 @@ def test_validate_names_config_keys_the_mapping_does_not_read(tmp_path: Path) ->
     noted = run_cli("validate", "--model", folder)
     assert noted.returncode == 0, noted.stderr  # a note, not a failure: most unknown keys are harmless
     assert "note: config keys this mapping does not read: sliding_window_v2, use_qk_norm" in noted.stdout
+
+
+# (fixture, config.json changes, the refusal it must meet): every check of a shipped mapping that
+# refuses a setting ("... is not supported") has a row here (the test below makes sure)
+REFUSALS = [
+    ("gemma", {"use_bidirectional_attention": True}, "use_bidirectional_attention: true (an encoder) is not supported"),
+    ("gemma2", {"use_bidirectional_attention": True}, "use_bidirectional_attention: true (an encoder) is not supported"),
+    ("gemma3_text", {"use_bidirectional_attention": True}, "use_bidirectional_attention: true (an encoder) is not supported"),
+    ("opt", {"word_embed_proj_dim": 16}, "project_in / project_out are not supported"),
+    ("opt", {"do_layer_norm_before": False}, "do_layer_norm_before: false (post-norm, OPT-350m) is not supported"),
+    ("opt", {"_remove_final_layer_norm": True}, "_remove_final_layer_norm: true (no final LayerNorm) is not supported"),
+    ("phi", {"qk_layernorm": True}, "qk_layernorm: true is not supported"),
+    ("stablelm", {"qk_layernorm": True}, "qk_layernorm: true is not supported"),
+    ("stablelm", {"use_parallel_residual": True}, "use_parallel_residual: true is not supported"),
+]
+
+
+@pytest.mark.parametrize("fixture, changes, message", REFUSALS)
+def test_settings_a_mapping_does_not_implement_are_refused(tmp_path: Path, fixture: str, changes: dict,
+                                                           message: str) -> None:
+    folder = copy_fixture(fixture, tmp_path / "m")
+    edit_config(folder, **changes)
+    with pytest.raises(modelkit.ConfigError) as info:
+        modelkit.inspect(folder)
+    assert message in str(info.value) and str(folder / "config.json") in str(info.value)
+
+
+def test_every_refusal_of_a_shipped_mapping_is_exercised() -> None:
+    registry = modelkit.plugins.registry()
+    tested = [message for _, _, message in REFUSALS]
+    for name, arch in registry.architectures.items():
+        mapping = load_mapping(arch.mapping, registry)
+        if not mapping.serves_source("safetensors"):
+            continue
+        for _, message in mapping.checks:
+            if "not supported" in message:
+                assert any(t in message for t in tested), f"{name}: no test meets the refusal {message!r}"
