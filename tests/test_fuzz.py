@@ -228,6 +228,29 @@ def test_expressions(text: str) -> None:
     modelkit_errors_only(lambda: resolve_value("$" + text, CFG, "mapping.yaml: layers.count"))
 
 
+HEAVY_ATOMS = ["[1] * 9999", "'x' * 9999", "[[0] * 99] * 99", "list('ab' * 4000)", "layer_types * 4000", "{1: [0] * 9000}"]
+
+
+@settings(FUZZ, max_examples=200)
+@given(text=expressions() | st.builds(
+    lambda a, op, b, c: f"({a}){op}({b}){op}{c}", st.sampled_from(HEAVY_ATOMS), st.sampled_from(EXPR_OPS),
+    st.sampled_from(HEAVY_ATOMS), st.sampled_from(HEAVY_ATOMS + EXPR_ATOMS)))
+def test_expressions_are_bounded_in_time_and_memory(text: str) -> None:
+    """Whatever an expression builds, it is evaluated in well under a second and a few MB."""
+    import time
+    import tracemalloc
+
+    tracemalloc.start()
+    t0 = time.perf_counter()
+    try:
+        modelkit_errors_only(lambda: resolve_value("$" + text, CFG, "mapping.yaml: layers.count"))
+        took = time.perf_counter() - t0
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert took < 2.0 and peak < 64 << 20, (text, took, peak)
+
+
 # ---- GGUF --------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)

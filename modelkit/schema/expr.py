@@ -48,6 +48,42 @@ class ExprError(ValueError):
 # results a mapping could blow up to exhaust memory or time (config values never come close)
 _MAX_INT_BITS = 4096
 _MAX_REPEAT = 10_000
+# every list, tuple, dict or string an expression builds holds at most this many items and
+# characters in all, counted through its nesting: [[[1] * 10000] * 10000] * 10000 is 10^12
+# items however short its outer list is, and comparing or hashing it would never end
+MAX_ELEMENTS = 100_000
+
+
+def total_size(value: Any, limit: int = MAX_ELEMENTS) -> int:
+    """Items and characters in ``value``, counted through nested containers (a list repeated
+    by reference counts every time it appears); counting stops past ``limit``."""
+    memo: dict[int, int] = {}
+
+    def size(v: Any) -> int:
+        if isinstance(v, str):
+            return len(v)
+        if not isinstance(v, (list, tuple, dict)):
+            return 1
+        key = id(v)
+        if key not in memo:
+            memo[key] = limit + 1  # a container that holds itself is past any limit
+            items = list(v.keys()) + list(v.values()) if isinstance(v, dict) else v
+            total = len(items)
+            for item in items:
+                if total > limit:
+                    break
+                total += size(item)
+            memo[key] = total
+        return memo[key]
+
+    return size(value)
+
+
+def _bounded(value: Any) -> Any:
+    """``value``, if what it holds in all stays within :data:`MAX_ELEMENTS`."""
+    if isinstance(value, (str, list, tuple, dict)) and total_size(value) > MAX_ELEMENTS:
+        raise ExprError(f"result too large (more than {MAX_ELEMENTS:,} items in all)")
+    return value
 
 
 def _limit_pow(a: Any, b: Any) -> Any:
@@ -61,7 +97,8 @@ def _limit_pow(a: Any, b: Any) -> Any:
 def _limit_mul(a: Any, b: Any) -> Any:
     # 'x' * n and [..] * n build n copies
     for seq, n in ((a, b), (b, a)):
-        if isinstance(seq, (str, list, tuple)) and isinstance(n, int) and len(seq) * n > _MAX_REPEAT:
+        if isinstance(seq, (str, list, tuple)) and isinstance(n, int) and (
+                len(seq) * n > _MAX_REPEAT or total_size(seq) * n > MAX_ELEMENTS):
             raise ExprError("result too large")
     return operator.mul(a, b)
 
@@ -96,13 +133,13 @@ class _Evaluator:
         raise ExprError(f"unknown name '{node.id}'")
 
     def _List(self, node: ast.List) -> Any:
-        return [self.eval(e) for e in node.elts]
+        return _bounded([self.eval(e) for e in node.elts])
 
     def _Tuple(self, node: ast.Tuple) -> Any:
-        return tuple(self.eval(e) for e in node.elts)
+        return _bounded(tuple(self.eval(e) for e in node.elts))
 
     def _Dict(self, node: ast.Dict) -> Any:
-        return {self.eval(k): self.eval(v) for k, v in zip(node.keys, node.values) if k is not None}
+        return _bounded({self.eval(k): self.eval(v) for k, v in zip(node.keys, node.values) if k is not None})
 
     def _BinOp(self, node: ast.BinOp) -> Any:
         op = type(node.op)
@@ -114,7 +151,7 @@ class _Evaluator:
             # '%0999999999d' % 1 would build a gigabyte string
             raise ExprError("string formatting with % is not allowed")
         try:
-            return fn(left, right)
+            return _bounded(fn(left, right))
         except (TypeError, ZeroDivisionError, OverflowError) as exc:
             raise ExprError(str(exc)) from None
 
@@ -180,7 +217,7 @@ class _Evaluator:
             raise ExprError("only min, max, abs, int, float, bool, len, sqrt, round, str, all, any, list may be called")
         args = [self.eval(a) for a in node.args]
         try:
-            return _FUNCS[node.func.id](*args)
+            return _bounded(_FUNCS[node.func.id](*args))
         except (TypeError, ValueError) as exc:
             raise ExprError(str(exc)) from None
 
