@@ -743,3 +743,28 @@ def test_nan_logits_stop_generation(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert cli_main(["run", "--model", str(folder), "--prompt", "hi", *flags]) == 1
     out, err = capsys.readouterr()
     assert out.strip() == "" and len(err.splitlines()) == 1 and "NaN or infinite" in err
+
+
+# ---- planning allocates nothing a config value alone decides -----------------------------------
+
+@pytest.mark.parametrize("changes", [
+    {"head_dim": 2 ** 31, "num_hidden_layers": 100},
+    {"head_dim": 2 ** 40},
+    {"hidden_size": 2 ** 40, "intermediate_size": 2 ** 40},
+    {"num_attention_heads": 2 ** 30, "num_key_value_heads": 2 ** 30},
+])
+def test_validate_of_a_tiny_config_with_huge_sizes_stays_small(tmp_path: Path, changes: dict) -> None:
+    """`validate` reads no tensor data: a 700-byte config.json with huge sizes gets a report of
+    mis-shaped tensors, in a process capped at 1.5 GB of address space."""
+    import resource
+
+    folder = copy_fixture("llama_gqa", tmp_path / "m")
+    edit_config(folder, **changes)
+
+    def cap() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (1536 << 20, resource.RLIM_INFINITY))
+
+    proc = subprocess.run([sys.executable, "-m", "modelkit", "validate", "--model", str(folder)],
+                          capture_output=True, text=True, env=cli_env(), timeout=120, preexec_fn=cap)
+    assert proc.returncode == 1, proc.stderr
+    assert "mis-shaped" in proc.stdout and "out of memory" not in proc.stderr

@@ -117,7 +117,9 @@ class Attention(Block):
         if opts["positions"] == "rope":  # bad rope settings fail at planning, before any tensor is read
             if rot > hd or rot % 2:
                 raise ConfigError(f"attention: rope_dim {rot} must be even and at most head_dim {hd}")
-            inverse_frequencies(rot, opts["rope_theta"], opts["rope_scaling"])
+            # the settings' checks do not depend on the width: two channels check them without
+            # allocating anything proportional to a config value nobody has checked yet
+            inverse_frequencies(2, opts["rope_theta"], opts["rope_scaling"])
             specs["rope_freq_factors"] = ParamSpec((rot // 2,), False)
         return specs
 
