@@ -47,6 +47,11 @@ SHIPPED_FIXTURES = {
     "stablelm": "stablelm",
     "smollm3": "smollm3",
     "opt": "opt",
+    "gptj": "gptj",
+    "cohere": "cohere",
+    "cohere2": "cohere2",
+    "stablelm_parallel_qknorm": "stablelm",
+    "phi_qk_layernorm": "phi",
 }
 
 # logits tolerance against the transformers reference
