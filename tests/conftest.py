@@ -50,6 +50,11 @@ SHIPPED_FIXTURES = {
     "smollm3": "smollm3",
     "smollm3_window": "smollm3",
     "opt": "opt",
+    "gptj": "gptj",
+    "cohere": "cohere",
+    "cohere2": "cohere2",
+    "stablelm_parallel_qknorm": "stablelm",
+    "phi_qk_layernorm": "phi",
 }
 
 # logits tolerance against the transformers reference

@@ -31,11 +31,24 @@ class TensorReader:
     def read(self, planned: PlannedTensor) -> np.ndarray:
         """The canonical tensor ``planned`` describes."""
         assert planned.source is not None
-        array = self._memo.get(planned.source)
+        if planned.parts:  # a stacked entry: each piece transformed, then stacked on a new axis
+            array = np.stack([self._transformed(name, planned) for name in planned.parts])
+        else:
+            array = self._transformed(planned.source, planned)
+        if array.dtype != np.float32 or not array.flags.c_contiguous:
+            array = np.ascontiguousarray(array, dtype=np.float32)
+        if tuple(array.shape) != tuple(planned.shape):
+            raise CheckpointError(f"{planned.source}: transforms produced shape {list(array.shape)}, "
+                                  f"expected {list(planned.shape)}")
+        return array
+
+    def _transformed(self, name: str, planned: PlannedTensor) -> np.ndarray:
+        """Checkpoint tensor ``name`` with ``planned``'s transforms applied."""
+        array = self._memo.get(name)
         if array is None:
-            array = self.source.read(planned.source)
+            array = self.source.read(name)
             self._memo.clear()
-            self._memo[planned.source] = array
+            self._memo[name] = array
         for t in planned.transforms:
             try:
                 array = t.transform.apply(array, **t.args)
@@ -43,11 +56,6 @@ class TensorReader:
                 raise
             except (TypeError, ValueError, KeyError, IndexError, ArithmeticError) as exc:
                 raise MappingError(f"{planned.canonical}: transform '{t.transform.name}' failed: {exc}") from None
-        if array.dtype != np.float32 or not array.flags.c_contiguous:
-            array = np.ascontiguousarray(array, dtype=np.float32)
-        if tuple(array.shape) != tuple(planned.shape):
-            raise CheckpointError(f"{planned.source}: transforms produced shape {list(array.shape)}, "
-                                  f"expected {list(planned.shape)}")
         return array
 
     def close(self) -> None:

@@ -18,7 +18,7 @@ from ..nn.block import ParamSpec
 from ..nn.options import REQUIRED
 from ..plugins.registry import Registry, Transform
 from ..schema.resolve import Config, layer_variants, resolve_config, resolve_value
-from ..schema.spec import PLACEHOLDER, BlockSpec, LayerSpec, Mapping, WeightSpec
+from ..schema.spec import PLACEHOLDER, STACK_PLACEHOLDER, BlockSpec, LayerSpec, Mapping, WeightSpec
 from .report import Report
 
 # stored dtypes modelkit cannot read as weights: integers (safetensors and GGUF spell them alike)
@@ -40,10 +40,13 @@ class PlannedTensor:
     """One canonical parameter: where it comes from and what it must look like."""
 
     canonical: str
-    source: str | None  # checkpoint name
+    source: str | None  # checkpoint name (of the first piece, when stacked)
     transforms: list[PlannedTransform]
     shape: tuple[int, ...]
     required: bool
+    # a stacked entry's checkpoint tensors, in order: each is transformed, then all are stacked
+    # along a new first axis; empty for one tensor
+    parts: tuple[str, ...] = ()
 
 
 @dataclass
@@ -155,6 +158,64 @@ def _shape_after(shape: tuple, transforms: list[PlannedTransform], key: str) -> 
     return shape
 
 
+def _stack_count(w: WeightSpec, cfg: Config, key: str, where: str) -> int | None:
+    """How many checkpoint tensors a stacked entry reads (None: not stacked)."""
+    if w.stack is None:
+        return None
+    n = resolve_value(w.stack, cfg, f"{key}.stack")
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise ConfigError(f"{where}: weights.{w.target}.stack must be a positive integer, got {n!r}")
+    return n
+
+
+def _plan_tensor(mapping: Mapping, w: WeightSpec, canonical: str, ps: ParamSpec, layer_index: str,
+                 cfg: Config, registry: Registry, infos: dict[str, TensorInfo], report: Report,
+                 used: set[str], key: str, where: str) -> PlannedTensor | None:
+    """One canonical parameter's checkpoint tensor(s), checked from their headers; what does not
+    fit goes to ``report`` (None is returned)."""
+    transforms = _plan_transforms(w, cfg, registry, key)
+    candidates = mapping.checkpoint_names(w.sources, layer_index)
+    count = _stack_count(w, cfg, key, where)
+    required = ps.required or not w.optional
+    if count is None:  # one tensor of the planned shape
+        pieces, piece_shape = [candidates], ps.shape
+    else:  # count tensors, each of the planned shape without its first axis
+        pieces = [[c.replace(STACK_PLACEHOLDER, str(j)) for c in candidates] for j in range(count)]
+        piece_shape = ps.shape[1:]
+    sources = [next((c for c in names if c in infos), names[0]) for names in pieces]
+    used.update(s for s in sources if s in infos)  # mapped, even when the stack lacks a piece
+    absent = [s for s in sources if s not in infos]
+    if absent and (required or len(absent) < len(sources)):  # a stack is complete or absent
+        report.missing.extend((s, canonical, piece_shape) for s in absent)
+    if absent:
+        return None
+    ok = True
+    for source in sources:
+        info = infos[source]
+        if info.dtype in UNREADABLE_DTYPES:
+            report.mistyped.append((source, canonical, info.dtype))
+            ok = False
+            continue
+        try:
+            got = _shape_after(info.shape, transforms, key)
+        except CheckpointError as exc:
+            report.misshaped.append((source, canonical, info.shape, ps.shape, str(exc)))
+            ok = False
+            continue
+        if count is not None:
+            got = (count, *got)
+        if tuple(got) != tuple(ps.shape):
+            notes = [f"after {', '.join(t.transform.name for t in transforms)}"] if transforms else []
+            notes += [f"{count} stacked"] if count is not None else []
+            note = f"{' and '.join(notes)}: {list(got)}" if notes else ""
+            report.misshaped.append((source, canonical, info.shape, ps.shape, note))
+            ok = False
+    if not ok:
+        return None
+    return PlannedTensor(canonical, sources[0], transforms, ps.shape, required,
+                         tuple(sources) if count is not None else ())
+
+
 def make_plan(mapping: Mapping, raw: dict[str, Any], infos: dict[str, TensorInfo],
               where: str = "config.json", *, registry: Registry | None = None,
               tuning: dict[str, Any] | None = None) -> Plan:
@@ -237,30 +298,11 @@ def make_plan(mapping: Mapping, raw: dict[str, Any], infos: dict[str, TensorInfo
             continue
         layer_index = canonical.split(".")[1] if template.startswith("layers.") else ""
         key = f"{path}: weights.{template}"
-        transforms = _plan_transforms(w, cfg if not layer_index else cfg.with_layer(int(layer_index)),
-                                      registry, key)
-        candidates = mapping.checkpoint_names(w.sources, layer_index)
-        source = next((c for c in candidates if c in infos), candidates[0])
-        required = ps.required or not w.optional
-        info = infos.get(source)
-        if info is None:
-            if required:
-                report.missing.append((source, canonical, ps.shape))
-            continue
-        used.add(source)
-        if info.dtype in UNREADABLE_DTYPES:
-            report.mistyped.append((source, canonical, info.dtype))
-            continue
-        try:
-            got = _shape_after(info.shape, transforms, key)
-        except CheckpointError as exc:
-            report.misshaped.append((source, canonical, info.shape, ps.shape, str(exc)))
-            continue
-        if tuple(got) != tuple(ps.shape):
-            note = f"after {', '.join(t.transform.name for t in transforms)}: {list(got)}" if transforms else ""
-            report.misshaped.append((source, canonical, info.shape, ps.shape, note))
-            continue
-        tensors[canonical] = PlannedTensor(canonical, source, transforms, ps.shape, required)
+        entry_cfg = cfg if not layer_index else cfg.with_layer(int(layer_index))
+        planned = _plan_tensor(mapping, w, canonical, ps, layer_index, entry_cfg, registry, infos,
+                               report, used, key, where)
+        if planned is not None:
+            tensors[canonical] = planned
 
     # a tied head may still be stored (transformers writes it sometimes): accept and ignore it
     tied_head_sources = (set(mapping.checkpoint_names(by_target["head.weight"].sources))

@@ -12,7 +12,8 @@ def non_finite_values(source: WeightSource, plan: Plan) -> list[str]:
     """One line per planned tensor holding NaN or infinite values. Reads every tensor, so it
     takes as long as loading; ``load`` itself does not look (``modelkit validate --values`` does)."""
     out = []
-    for name in dict.fromkeys(t.source for t in plan.tensors.values() if t.source is not None):
+    names = (n for t in plan.tensors.values() for n in (t.parts or (t.source,)) if n is not None)
+    for name in dict.fromkeys(names):
         array = source.read(name)  # float32 [...]
         nan = int(np.count_nonzero(np.isnan(array)))
         inf = int(np.count_nonzero(np.isinf(array)))

@@ -15,7 +15,7 @@ from ..errors import ConfigError
 from .block import Block, ForwardContext, ParamSpec
 from .kv_cache import KV_BLOCK, KVCache
 from .linear import linear
-from .norms import rms_norm
+from .norms import layer_norm, rms_norm
 from .options import Option
 from .rope import inverse_frequencies, rotary_table, rotate
 
@@ -64,8 +64,8 @@ class Attention(Block):
 
     The score scale defaults to 1/sqrt(head_dim); positions are rotary (optionally on the first
     ``rope_dim`` channels only, with ``rope_scaling`` and, when the checkpoint has it, the
-    per-frequency divisors ``rope_freq_factors``), ALiBi or none; ``window`` limits each query to
-    itself and the window-1 keys before it.
+    per-frequency divisors ``rope_freq_factors``; pairs of channels by halves or interleaved),
+    ALiBi or none; ``window`` limits each query to itself and the window-1 keys before it.
     """
 
     OPTIONS = {
@@ -78,6 +78,8 @@ class Attention(Block):
         "rope_theta": Option("float", 10000.0, "rotary base", min=0.0),
         "rope_scaling": Option("dict", None, "rotary scaling (default, linear, llama3)", nullable=True),
         "rope_dim": Option("int", None, "rotated channels per head (null: all)", min=2, nullable=True),
+        "rope_layout": Option("str", "halves", "rotary pairs: channel j with j + rope_dim/2 (halves: Llama) "
+                              "or 2m with 2m + 1 (interleaved: GPT-J, Cohere)", choices=("halves", "interleaved")),
         "alibi_scaled": Option("bool", False, "add ALiBi before the score scale (Falcon)"),
         "alibi_dtype": Option("str", "float32", "round ALiBi through bfloat16 (Falcon)",
                               choices=("float32", "bfloat16")),
@@ -88,13 +90,19 @@ class Attention(Block):
                           "head's channels: Qwen3, Gemma 3) or full (the whole projection: OLMo 2)",
                           choices=("per_head", "full"), nullable=True),
         "qk_norm_eps": Option("float", 1e-6, "epsilon of the query/key norms", min=0.0),
+        "qk_norm_kind": Option("str", "rmsnorm", "the query/key norm: rmsnorm, or layernorm (mean "
+                               "subtracted, optional bias: Cohere, StableLM, Phi)", choices=("rmsnorm", "layernorm")),
+        "qk_norm_weights": Option("str", "shared", "per_head norms: one weight for every head (shared) or "
+                                  "each head its own (per_head: StableLM 2 12B, Command R+)",
+                                  choices=("shared", "per_head")),
         "softcap": Option("float", None, "scores become softcap * tanh(scores / softcap) (Gemma 2)",
                           min=1e-6, nullable=True),
         "query_block": Option("int", QUERY_BLOCK, "queries per block over long prompts", min=1,
                               tunable=True),
     }
     PARAMETERS = ("q.weight", "k.weight", "v.weight", "o.weight", "q.bias", "k.bias", "v.bias",
-                  "o.bias", "q_norm.weight", "k_norm.weight", "rope_freq_factors")
+                  "o.bias", "q_norm.weight", "k_norm.weight", "q_norm.bias", "k_norm.bias",
+                  "rope_freq_factors")
 
     @classmethod
     def params(cls, opts: dict[str, Any]) -> dict[str, ParamSpec]:
@@ -110,10 +118,11 @@ class Attention(Block):
             "q.bias": ParamSpec((h * hd,), False), "k.bias": ParamSpec((kv * hd,), False),
             "v.bias": ParamSpec((kv * hd,), False), "o.bias": ParamSpec((d,), False),
         }
-        if opts["qk_norm"] == "per_head":
-            specs["q_norm.weight"], specs["k_norm.weight"] = ParamSpec((hd,)), ParamSpec((hd,))
-        elif opts["qk_norm"] == "full":
-            specs["q_norm.weight"], specs["k_norm.weight"] = ParamSpec((h * hd,)), ParamSpec((kv * hd,))
+        if opts["qk_norm"] is not None:
+            q_shape, k_shape = _qk_norm_shapes(opts)
+            specs["q_norm.weight"], specs["k_norm.weight"] = ParamSpec(q_shape), ParamSpec(k_shape)
+            if opts["qk_norm_kind"] == "layernorm":
+                specs["q_norm.bias"], specs["k_norm.bias"] = ParamSpec(q_shape, False), ParamSpec(k_shape, False)
         if opts["positions"] == "rope":  # bad rope settings fail at planning, before any tensor is read
             if rot > hd or rot % 2:
                 raise ConfigError(f"attention: rope_dim {rot} must be even and at most head_dim {hd}")
@@ -145,14 +154,17 @@ class Attention(Block):
         self.rope = None
         if o["positions"] == "rope":
             self.rot_dim = o["rope_dim"] or self.hd
+            self.interleaved = o["rope_layout"] == "interleaved"
             self.rope = rotary_table(self.rot_dim, o["rope_theta"], o["rope_scaling"],
-                                     params.get("rope_freq_factors"))
+                                     params.get("rope_freq_factors"), self.interleaved)
         self.slopes = alibi_slopes(self.h).reshape(self.kv, self.group, 1, 1) if o["positions"] == "alibi" else None
         self.alibi_bf16 = o["alibi_dtype"] == "bfloat16"
         self.alibi_scaled = o["alibi_scaled"]
         self.qk_norm = o["qk_norm"]
         self.qk_norm_eps = o["qk_norm_eps"]
+        self.qk_layernorm = o["qk_norm_kind"] == "layernorm"
         self.q_norm, self.k_norm = params.get("q_norm.weight"), params.get("k_norm.weight")
+        self.q_norm_bias, self.k_norm_bias = params.get("q_norm.bias"), params.get("k_norm.bias")
         self.softcap = None if o["softcap"] is None else np.float32(o["softcap"])
         self.clip = None if o["clip_qkv"] is None else np.float32(o["clip_qkv"])
 
@@ -172,7 +184,8 @@ class Attention(Block):
         if self.rope is not None:
             # q and k heads side by side, rotated in place inside qkv in one pass
             cos, sin_signed = self.rope.get_signed(ctx.pos, ctx.pos + t)
-            rotate(qkv[:, :nq + nk].reshape(t, self.h + self.kv, self.hd), cos, sin_signed, self.rot_dim)
+            rotate(qkv[:, :nq + nk].reshape(t, self.h + self.kv, self.hd), cos, sin_signed, self.rot_dim,
+                   self.interleaved)
         q = qkv[:, :nq].reshape(t, self.h, self.hd)
         k = qkv[:, nq:nq + nk].reshape(t, self.kv, self.hd)
         v = qkv[:, nq + nk:].reshape(t, self.kv, self.hd)
@@ -187,15 +200,21 @@ class Attention(Block):
         return y
 
     def _norm_qk(self, qkv: np.ndarray, t: int, nq: int, nk: int) -> None:
-        """RMSNorm of the queries and keys inside ``qkv`` [T, (H + 2KV) * hd], in place."""
+        """RMSNorm or LayerNorm of the queries and keys inside ``qkv`` [T, (H + 2KV) * hd], in place."""
         q, k = qkv[:, :nq], qkv[:, nq:nq + nk]
         if self.qk_norm == "per_head":  # [T, heads, hd]: each head's channels on their own
-            qkv[:, :nq] = rms_norm(q.reshape(t, self.h, self.hd), self.q_norm, self.qk_norm_eps).reshape(t, nq)
-            qkv[:, nq:nq + nk] = rms_norm(k.reshape(t, self.kv, self.hd), self.k_norm,
-                                          self.qk_norm_eps).reshape(t, nk)
+            qkv[:, :nq] = self._qk(q.reshape(t, self.h, self.hd), self.q_norm, self.q_norm_bias).reshape(t, nq)
+            qkv[:, nq:nq + nk] = self._qk(k.reshape(t, self.kv, self.hd), self.k_norm,
+                                          self.k_norm_bias).reshape(t, nk)
         else:  # the whole projection of each token
-            qkv[:, :nq] = rms_norm(np.ascontiguousarray(q), self.q_norm, self.qk_norm_eps)
-            qkv[:, nq:nq + nk] = rms_norm(np.ascontiguousarray(k), self.k_norm, self.qk_norm_eps)
+            qkv[:, :nq] = self._qk(np.ascontiguousarray(q), self.q_norm, self.q_norm_bias)
+            qkv[:, nq:nq + nk] = self._qk(np.ascontiguousarray(k), self.k_norm, self.k_norm_bias)
+
+    def _qk(self, x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
+        """One query/key norm over the last axis; ``weight`` [hd], [heads, hd] or [width]."""
+        if self.qk_layernorm:
+            return layer_norm(x, weight, bias, self.qk_norm_eps)
+        return rms_norm(x, weight, self.qk_norm_eps)
 
     def _cap(self, scores: np.ndarray) -> None:
         """Soft-cap scores in place: cap * tanh(scores / cap)."""
@@ -279,6 +298,18 @@ class Attention(Block):
             self._cap(scores)
         softmax_inplace(scores)
         return (scores @ cache.v[:, lo:n]).reshape(1, self.h * self.hd)  # [KV, group, hd] -> [1, H * hd]
+
+
+def _qk_norm_shapes(opts: dict[str, Any]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The shapes of q_norm.weight and k_norm.weight (and of their biases)."""
+    h, kv, hd = opts["num_heads"], opts["num_kv_heads"], opts["head_dim"]
+    if opts["qk_norm"] == "full":
+        if opts["qk_norm_weights"] == "per_head":
+            raise ConfigError("attention: qk_norm_weights: per_head needs qk_norm: per_head")
+        return (h * hd,), (kv * hd,)
+    if opts["qk_norm_weights"] == "per_head":
+        return (h, hd), (kv, hd)
+    return (hd,), (hd,)
 
 
 # 0 on and below the diagonal, -inf above; its top-left [n, n] corner serves any n <= QUERY_BLOCK

@@ -1,4 +1,9 @@
-"""Rotary position embeddings: inverse frequencies (default, linear, llama3) and cos/sin tables."""
+"""Rotary position embeddings: inverse frequencies (default, linear, llama3) and cos/sin tables.
+
+Two layouts pair the rotated channels: ``halves`` (Llama, GPT-NeoX: channel j with j + rot/2,
+transformers' rotate_half) and ``interleaved`` (GPT-J, Cohere: channel 2m with 2m + 1,
+rotate_every_two). Pair m turns by the same angle in both; only the channels differ.
+"""
 
 from __future__ import annotations
 
@@ -60,13 +65,16 @@ def _positive(scaling: dict[str, Any], kind: str, key: str, default: float | Non
 
 
 class RotaryTable:
-    """cos/sin for every position up to a capacity that doubles on demand; shared across layers."""
+    """cos/sin for every position up to a capacity that doubles on demand; shared across layers.
 
-    def __init__(self, inv_freq: np.ndarray):
+    The tables are laid out for ``interleaved`` or halves pairs (see the module docstring)."""
+
+    def __init__(self, inv_freq: np.ndarray, interleaved: bool = False):
         self.inv_freq = inv_freq
+        self.interleaved = interleaved
         self.cos = np.empty((0, 2 * inv_freq.size), np.float32)
         self.sin = self.cos
-        self.sin_signed = self.cos  # sin with its first half negated (see rotate)
+        self.sin_signed = self.cos  # sin negated on each pair's first channel (see rotate)
         self._lock = threading.Lock()
 
     def get(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
@@ -76,28 +84,34 @@ class RotaryTable:
                 if stop > self.cos.shape[0]:
                     n = max(stop, 2 * self.cos.shape[0], 256)
                     freqs = np.arange(n, dtype=np.float32)[:, None] * self.inv_freq[None, :]
-                    emb = np.concatenate([freqs, freqs], axis=-1)
+                    if self.interleaved:  # pair m on channels 2m, 2m + 1
+                        emb = np.repeat(freqs, 2, axis=-1)
+                    else:  # pair m on channels m, m + dim/2
+                        emb = np.concatenate([freqs, freqs], axis=-1)
                     sin = np.sin(emb)
                     signed = sin.copy()
-                    signed[:, : self.inv_freq.size] *= np.float32(-1.0)
+                    first = signed[:, 0::2] if self.interleaved else signed[:, : self.inv_freq.size]
+                    first *= np.float32(-1.0)
                     self.cos, self.sin, self.sin_signed = np.cos(emb), sin, signed
         return self.cos[start:stop], self.sin[start:stop]
 
     def get_signed(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
-        """cos and signed sin (first half negated) as [stop - start, dim], for :func:`rotate`."""
+        """cos and signed sin (each pair's first channel negated) as [stop - start, dim], for
+        :func:`rotate`."""
         self.get(start, stop)
         return self.cos[start:stop], self.sin_signed[start:stop]
 
 
 def rotary_table(dim: int, theta: float, scaling: dict[str, Any] | None,
-                 freq_factors: np.ndarray | None = None) -> RotaryTable:
+                 freq_factors: np.ndarray | None = None, interleaved: bool = False) -> RotaryTable:
     """The shared table for these settings (every layer of a model uses the same one).
 
     ``freq_factors`` [dim/2] divide the frequencies one by one: how llama.cpp stores Llama
-    3.1+ scaling (a checkpoint's ``rope_freqs`` tensor) instead of its parameters."""
+    3.1+ scaling (a checkpoint's ``rope_freqs`` tensor) instead of its parameters.
+    ``interleaved`` lays the table out for GPT-J's pairs (2m, 2m + 1)."""
     factors = None if freq_factors is None else np.asarray(freq_factors, np.float32).ravel()
     key = (dim, float(theta), repr(sorted((scaling or {}).items())),
-           None if factors is None else factors.tobytes())
+           None if factors is None else factors.tobytes(), bool(interleaved))
     with _tables_lock:
         if key not in _tables:
             inv = inverse_frequencies(dim, theta, scaling)
@@ -106,7 +120,7 @@ def rotary_table(dim: int, theta: float, scaling: dict[str, Any] | None,
                     raise ConfigError(f"rope frequency factors: expected {inv.size} positive values, "
                                       f"got shape {list(factors.shape)}")
                 inv = (inv / factors).astype(np.float32)
-            _tables[key] = RotaryTable(inv)
+            _tables[key] = RotaryTable(inv, bool(interleaved))
         return _tables[key]
 
 
@@ -124,13 +138,24 @@ def apply_rotary(x: np.ndarray, cos: np.ndarray, sin: np.ndarray, rot_dim: int) 
     return x
 
 
-def rotate(x: np.ndarray, cos: np.ndarray, sin_signed: np.ndarray, rot_dim: int) -> np.ndarray:
-    """:func:`apply_rotary` in four array operations (it runs per layer and token):
-    x * cos + swap_halves(x) * sin_signed, with ``sin_signed`` = [-sin, sin] over the halves
-    (:meth:`RotaryTable.get_signed`). Bit for bit the same result: negation is exact."""
+def rotate(x: np.ndarray, cos: np.ndarray, sin_signed: np.ndarray, rot_dim: int,
+           interleaved: bool = False) -> np.ndarray:
+    """Rotate ``x [T, heads, head_dim]`` in place on its first ``rot_dim`` channels, in four
+    array operations (it runs per layer and token): x * cos + swap_pairs(x) * sin_signed.
+
+    Halves (:func:`apply_rotary`'s layout): the swap exchanges the two halves and
+    ``sin_signed`` = [-sin, sin]. Interleaved (GPT-J's rotate_every_two): the swap exchanges
+    channels 2m and 2m + 1 and ``sin_signed`` = [-sin_0, sin_0, -sin_1, sin_1, ...]. Tables from
+    :meth:`RotaryTable.get_signed` of the same layout. Bit for bit the same products as
+    x * cos + rotate(x) * sin: negation is exact."""
     half = rot_dim // 2
     r = x[..., :rot_dim]
-    swapped = np.concatenate((r[..., half:], r[..., :half]), axis=-1)
+    if interleaved:  # channels (1, 0, 3, 2, ...)
+        swapped = np.empty(r.shape, r.dtype)
+        swapped[..., 0::2] = r[..., 1::2]
+        swapped[..., 1::2] = r[..., 0::2]
+    else:
+        swapped = np.concatenate((r[..., half:], r[..., :half]), axis=-1)
     swapped *= sin_signed[:, None, :]
     r *= cos[:, None, :]
     r += swapped

@@ -14,7 +14,7 @@ from typing import Any, Collection
 
 from ..errors import MappingError
 from .expr import ExprError, names_in
-from .spec import PLACEHOLDER, BlockSpec, FieldSpec, LayerSpec, Mapping, ModelSpec, WeightSpec
+from .spec import PLACEHOLDER, STACK_PLACEHOLDER, BlockSpec, FieldSpec, LayerSpec, Mapping, ModelSpec, WeightSpec
 from .vocabulary import BLOCK_NAMES, MODEL_TENSORS
 
 TYPES = {"int", "float", "bool", "str", "list", "dict", "any", "float_pair"}
@@ -28,7 +28,7 @@ FIELD_KEYS = {"from", "type", "default", "derive", "min", "values", "doc"}
 MODEL_KEYS = {"embedding_multiplier", "positions", "final_norm", "logits_divisor", "logits_softcap",
               "tie_head", "max_positions"}
 LAYER_KEYS = {"layout", "residual_multiplier", "blocks", "flow"}
-WEIGHT_KEYS = {"from", "transform", "optional"}
+WEIGHT_KEYS = {"from", "transform", "optional", "stack"}
 # the functions and constants expressions may name besides config fields
 EXPR_BUILTINS = {"true", "false", "null", "True", "False", "None", "inf", "infinity", "min", "max",
                  "abs", "int", "float", "bool", "len", "sqrt", "round", "str", "all", "any", "list"}
@@ -75,11 +75,16 @@ class _Parser:
             for k, v in value.items():
                 self.check_value(v, f"{key}.{k}", names)
 
-    def check_pattern(self, text: str, key: str) -> None:
+    def check_pattern(self, text: str, key: str, stacked: bool = False) -> None:
+        allowed = (PLACEHOLDER, STACK_PLACEHOLDER) if stacked else (PLACEHOLDER,)
         for brace in _BRACES.findall(text):
-            if brace != PLACEHOLDER:
+            if brace == STACK_PLACEHOLDER and not stacked:
+                raise self.fail(key, f"{STACK_PLACEHOLDER} in '{text}' belongs to a stacked entry; "
+                                     f"add 'stack: <count>' to this weights entry")
+            if brace not in allowed:
                 raise self.fail(key, f"bad layer placeholder '{brace}' in '{text}'; "
-                                     f"the only placeholder is {PLACEHOLDER}")
+                                     f"the only placeholder is {PLACEHOLDER}"
+                                     + (f" (and {STACK_PLACEHOLDER} in a stacked entry)" if stacked else ""))
 
     def parse(self, data: Any) -> Mapping:
         if not isinstance(data, dict):
@@ -288,8 +293,14 @@ class _Parser:
             self.check_pattern(target, key)
             if isinstance(spec, (str, list)):
                 spec = {"from": spec}
-            self.expect(spec, dict, key, "a checkpoint name or {from, transform, optional}")
+            self.expect(spec, dict, key, "a checkpoint name or {from, transform, optional, stack}")
             self.check_keys(spec, WEIGHT_KEYS, key)
+            stack = spec.get("stack")
+            if stack is not None:
+                if not (isinstance(stack, int) and not isinstance(stack, bool) and stack >= 1
+                        or isinstance(stack, str) and stack.startswith("$") and not stack.startswith("$$")):
+                    raise self.fail(f"{key}.stack", f"expected a positive count or a $expression, got {stack!r}")
+                self.check_value(stack, f"{key}.stack", names)
             sources = spec.get("from")
             if isinstance(sources, str):
                 sources = [sources]
@@ -298,14 +309,17 @@ class _Parser:
                 raise self.fail(f"{key}.from", "needs at least one checkpoint tensor name")
             for source in sources:
                 self.expect(source, str, f"{key}.from", "checkpoint tensor names")
-                self.check_pattern(source, f"{key}.from")
+                self.check_pattern(source, f"{key}.from", stacked=stack is not None)
                 if PLACEHOLDER in source and PLACEHOLDER not in target:
                     raise self.fail(key, f"{PLACEHOLDER} in the checkpoint name needs {PLACEHOLDER} in the "
                                          f"canonical name")
+                if stack is not None and STACK_PLACEHOLDER not in source:
+                    raise self.fail(f"{key}.from", f"a stacked entry names its pieces with {STACK_PLACEHOLDER} "
+                                                   f"(0 .. stack - 1); '{source}' has none")
             optional = spec.get("optional", False)
             self.expect(optional, bool, f"{key}.optional", "true or false")
             transforms = self.parse_transforms(spec.get("transform", []), f"{key}.transform", names)
-            out.append(WeightSpec(target, sources, transforms, optional))
+            out.append(WeightSpec(target, sources, transforms, optional, stack))
         return out
 
     def parse_transforms(self, data: Any, key: str, names: set[str]) -> list[tuple[str, dict[str, Any]]]:

@@ -4,8 +4,9 @@ A mapping may build on another with ``extends: NAME`` (a registered architecture
 ``extends: FILE.yaml`` (relative to the extending file). The base's YAML data is merged under
 the extension's: objects merge key by key, recursively; any other value (a list, a string, a
 number) replaces the base's; ``match`` and each ``weights`` entry are replaced whole, and
-``checks`` are added to the base's. In the named tables ``config``, ``blocks``, ``variants``,
-``weights`` and ``inert_config`` a key set to null removes the base's entry. An entry the
+``checks`` are added to the base's. In the named tables ``config``, ``layers``, ``blocks``,
+``variants``, ``weights`` and ``inert_config`` a key set to null removes the base's entry (in
+``layers``, so that an extension can turn a uniform stack into variants). An entry the
 extension overrides keeps the base's place (config fields are read in order, so a derivation
 sees the fields above it); new entries follow the base's. The merged data is then validated
 as one file.
@@ -37,7 +38,7 @@ MAX_YAML_VALUES = 100_000
 MAX_MAPPING_BYTES = 1 << 20
 MAX_EXTENDS_DEPTH = 8
 # tables whose entries an extension may remove by setting them to null
-_NAMED_TABLES = {"config", "blocks", "variants", "weights", "inert_config"}
+_NAMED_TABLES = {"config", "layers", "blocks", "variants", "weights", "inert_config"}
 # keys whose value an extension replaces whole (a weights entry is one unit: its name, its
 # transforms); and lists an extension adds to
 _REPLACED = {"match"}

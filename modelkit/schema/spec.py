@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 PLACEHOLDER = "{i}"  # the layer index in canonical and checkpoint tensor names
+STACK_PLACEHOLDER = "{j}"  # the piece index in the checkpoint names of a stacked weights entry
 
 
 @dataclass
@@ -54,6 +55,9 @@ class WeightSpec:
     sources: list[str]  # alternatives: the first one the checkpoint has is used
     transforms: list[tuple[str, dict[str, Any]]]
     optional: bool = False
+    # a count (or $expr): the parameter is that many checkpoint tensors, {j} = 0..count-1 in
+    # their names, each transformed, stacked along a new first axis (StableLM's per-head norms)
+    stack: Any = None
 
 
 @dataclass

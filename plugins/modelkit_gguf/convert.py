@@ -46,7 +46,8 @@ def _numpy_dtype(name: str) -> Any:
 def hf_names(plan: Plan, target: Any) -> dict[str, str]:
     """Canonical parameter -> the tensor name ``target`` (a safetensors mapping) reads it from.
 
-    Refuses a target that transforms the tensor (its inverse is not known) or lacks an entry.
+    Refuses a target that transforms the tensor (its inverse is not known), stacks it from
+    pieces, or lacks an entry.
     """
     by_target = {w.target: w for w in target.weights}
     out = {}
@@ -58,6 +59,9 @@ def hf_names(plan: Plan, target: Any) -> dict[str, str]:
         if spec is None:
             raise MappingError(f"{target.path}: no weights entry for '{template}', so the converted "
                                f"folder could not store it")
+        if spec.stack is not None:
+            raise MappingError(f"cannot write '{template}' for {target.name}: its Hugging Face layout "
+                               f"stores it as one tensor per piece, and writing those is not supported")
         if spec.transforms:
             raise MappingError(f"cannot write '{template}' for {target.name}: its Hugging Face layout "
                                f"stores it in another form ({', '.join(n for n, _ in spec.transforms)} "

@@ -13,7 +13,7 @@ from modelkit.nn.activations import erf, gelu, gelu_tanh, sigmoid, silu, softplu
 from modelkit.nn.attention import KV_BLOCK, Attention, KVCache, alibi_slopes, softmax_inplace
 from modelkit.nn.block import ForwardContext
 from modelkit.nn.norms import layer_norm, rms_norm
-from modelkit.nn.rope import apply_rotary, inverse_frequencies
+from modelkit.nn.rope import apply_rotary, inverse_frequencies, rotary_table, rotate
 from modelkit.errors import ConfigError
 
 GRID = np.concatenate([np.linspace(-6, 6, 2401), [-30.0, -10.0, 0.0, 1e-8, 10.0, 30.0]]).astype(np.float32)
@@ -125,6 +125,58 @@ def test_apply_rotary_rotates_halves() -> None:
     got = apply_rotary(x.copy(), np.cos(emb).astype(np.float32), np.sin(emb).astype(np.float32), d)
     np.testing.assert_allclose(got[..., : d // 2], z.real, atol=1e-5)
     np.testing.assert_allclose(got[..., d // 2:], z.imag, atol=1e-5)
+
+
+@pytest.mark.parametrize("rot", [8, 4])
+def test_rotate_interleaved_turns_neighbouring_channels(rot: int) -> None:
+    """GPT-J's rotate_every_two: pair m is channels (2m, 2m + 1), turned by position * inv[m];
+    channels past rot pass through. Positions 5.. (a cached continuation) from the shared table."""
+    rng = np.random.default_rng(2)
+    t, h, d, start = 6, 3, 8, 5
+    x = rng.normal(size=(t, h, d)).astype(np.float32)
+    inv = inverse_frequencies(rot, 1e4, None)
+    ang = np.arange(start, start + t)[:, None] * inv[None, :].astype(np.float64)  # [T, rot/2]
+    z = (x[..., 0:rot:2] + 1j * x[..., 1:rot:2]).astype(np.complex128) * np.exp(1j * ang)[:, None, :]
+    table = rotary_table(rot, 1e4, None, interleaved=True)
+    cos, sin_signed = table.get_signed(start, start + t)
+    got = rotate(x.copy(), cos, sin_signed, rot, interleaved=True)
+    np.testing.assert_allclose(got[..., 0:rot:2], z.real, atol=1e-5)
+    np.testing.assert_allclose(got[..., 1:rot:2], z.imag, atol=1e-5)
+    np.testing.assert_array_equal(got[..., rot:], x[..., rot:])
+    assert table is not rotary_table(rot, 1e4, None)  # the halves table is another one
+
+
+def test_attention_qk_layernorm_with_each_heads_own_weights() -> None:
+    """qk_norm per_head + qk_norm_kind layernorm + qk_norm_weights per_head: head j of q and k
+    normalised over its channels (mean subtracted) and scaled by its own weight row."""
+    rng = np.random.default_rng(3)
+    h, kv, hd, d, t = 4, 2, 8, 16, 3
+    opts = Attention.resolve_options(num_heads=h, num_kv_heads=kv, head_dim=hd, hidden_size=d, positions="none",
+                                     qk_norm="per_head", qk_norm_kind="layernorm", qk_norm_weights="per_head",
+                                     qk_norm_eps=1e-5)
+    specs = Attention.params(opts)
+    assert specs["q_norm.weight"].shape == (h, hd) and specs["k_norm.weight"].shape == (kv, hd)
+    assert not specs["q_norm.bias"].required and specs["k_norm.bias"].shape == (kv, hd)
+    w = {"q.weight": rng.normal(size=(h * hd, d)), "k.weight": rng.normal(size=(kv * hd, d)),
+         "v.weight": rng.normal(size=(kv * hd, d)), "o.weight": rng.normal(size=(d, h * hd)),
+         "q_norm.weight": 1 + 0.1 * rng.normal(size=(h, hd)), "k_norm.weight": 1 + 0.1 * rng.normal(size=(kv, hd)),
+         "k_norm.bias": 0.1 * rng.normal(size=(kv, hd))}
+    block = Attention(opts, {k: v.astype(np.float32) for k, v in w.items()})
+    qkv = rng.normal(size=(t, (h + 2 * kv) * hd)).astype(np.float32)
+    before = qkv.astype(np.float64)
+    block._norm_qk(qkv, t, h * hd, kv * hd)
+
+    def ln(a, weight, bias):  # [T, heads, hd], float64
+        c = a - a.mean(-1, keepdims=True)
+        return c / np.sqrt((c * c).mean(-1, keepdims=True) + 1e-5) * weight + bias
+
+    q = ln(before[:, :h * hd].reshape(t, h, hd), w["q_norm.weight"], 0.0)
+    k = ln(before[:, h * hd:(h + kv) * hd].reshape(t, kv, hd), w["k_norm.weight"], w["k_norm.bias"])
+    np.testing.assert_allclose(qkv[:, :h * hd], q.reshape(t, -1), atol=1e-5)
+    np.testing.assert_allclose(qkv[:, h * hd:(h + kv) * hd], k.reshape(t, -1), atol=1e-5)
+    np.testing.assert_array_equal(qkv[:, (h + kv) * hd:], before[:, (h + kv) * hd:])  # v untouched
+    with pytest.raises(ConfigError, match="qk_norm_weights: per_head needs qk_norm: per_head"):
+        Attention.resolve_options(**{**opts, "qk_norm": "full"})
 
 
 # ---- ALiBi, softmax, KV cache ----------------------------------------------------------------

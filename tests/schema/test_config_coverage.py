@@ -93,9 +93,6 @@ REFUSALS = [
     ("opt", {"word_embed_proj_dim": 16}, "project_in / project_out are not supported"),
     ("opt", {"do_layer_norm_before": False}, "do_layer_norm_before: false (post-norm, OPT-350m) is not supported"),
     ("opt", {"_remove_final_layer_norm": True}, "_remove_final_layer_norm: true (no final LayerNorm) is not supported"),
-    ("phi", {"qk_layernorm": True}, "qk_layernorm: true is not supported"),
-    ("stablelm", {"qk_layernorm": True}, "qk_layernorm: true is not supported"),
-    ("stablelm", {"use_parallel_residual": True}, "use_parallel_residual: true is not supported"),
 ]
 
 
