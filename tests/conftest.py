@@ -47,6 +47,11 @@ SHIPPED_FIXTURES = {
     "stablelm": "stablelm",
     "smollm3": "smollm3",
     "opt": "opt",
+    "opt_350m_like": "opt",
+    "gpt_bigcode": "gpt_bigcode",
+    "gpt_bigcode_mha": "gpt_bigcode",
+    "bloom": "bloom",
+    "bloom_tp_exact": "bloom",
 }
 
 # logits tolerance against the transformers reference
