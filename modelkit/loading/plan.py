@@ -216,7 +216,10 @@ def make_plan(mapping: Mapping, raw: dict[str, Any], infos: dict[str, TensorInfo
     model_blocks: dict[str, PlannedBlock | None] = {}
     for name in ("embed_norm", "final_norm"):
         spec = getattr(model, name)
-        if spec is None or not resolve_value(spec.when, cfg, f"{path}: model.{name}.when"):
+        when = True if spec is None else resolve_value(spec.when, cfg, f"{path}: model.{name}.when")
+        if not isinstance(when, bool):
+            raise ConfigError(f"{where}: model.{name}.when must be true or false, got {when!r}")
+        if spec is None or not when:
             model_blocks[name] = None
             continue
         planned = plan_block(spec, kinds[spec.kind], cfg, f"model.{name}", path, where, tunes)

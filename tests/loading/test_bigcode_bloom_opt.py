@@ -172,6 +172,14 @@ def test_embed_dim_must_be_a_positive_integer(tmp_path: Path, value: Any) -> Non
         modelkit.load(copy_fixture("opt", tmp_path / "opt"), mapping=path)
 
 
+def test_when_must_be_a_bool(tmp_path: Path) -> None:
+    data = copy.deepcopy(mapping_data("opt"))
+    data["model"]["final_norm"]["when"] = "$num_layers"
+    path = _write(tmp_path, data)
+    with pytest.raises(modelkit.ConfigError, match="model.final_norm.when must be true or false, got 2"):
+        modelkit.load(copy_fixture("opt", tmp_path / "opt"), mapping=path)
+
+
 def test_embed_norm_in_a_user_mapping(tmp_path: Path) -> None:
     """embed_norm is general: a user mapping may give any model one, with a when that turns it off."""
     data = copy.deepcopy(mapping_data("bloom"))
