@@ -16,7 +16,8 @@ from .schema.spec import LayerSpec, Mapping
 class Layer:
     """One layer: named blocks wired into residual branches.
 
-    ``sequential``: each branch in turn adds ``residual_multiplier * branch(x)`` to x (pre-norm).
+    ``sequential``: each branch in turn adds ``residual_multiplier * branch(x)`` to x (pre-norm),
+    then applies the branch's blocks after the add, if any, to x (post-norm: ``[attn, +, norm]``).
     ``parallel``: every branch reads the same x and their sum is added once (Falcon); branches
     that start with the same blocks compute them once.
     """
@@ -24,6 +25,7 @@ class Layer:
     def __init__(self, spec: LayerSpec, blocks: dict[str, Block], residual_multiplier: float, variant: str):
         self.layout = spec.layout
         self.flow = [list(branch) for branch in spec.flow]
+        self.after_add = [list(after) for after in spec.after_add] or [[] for _ in self.flow]
         self.blocks = blocks
         self.variant = variant
         self.residual = np.float32(residual_multiplier)
@@ -35,7 +37,7 @@ class Layer:
 
     def forward(self, x: np.ndarray, states: dict[str, Any], ctx: ForwardContext) -> np.ndarray:
         if self.layout == "sequential":
-            for branch in self.flow:
+            for branch, after in zip(self.flow, self.after_add):
                 y = x
                 for name in branch:
                     y = self.blocks[name].forward(y, states.get(name), ctx)
@@ -45,6 +47,8 @@ class Layer:
                     else:
                         y *= self.residual
                 x += y
+                for name in after:  # post-norm: blocks of the residual stream after the add
+                    x = self.blocks[name].forward(x, states.get(name), ctx)
             return x
         memo: dict[tuple[str, ...], np.ndarray] = {}
         total = None
@@ -94,14 +98,19 @@ class Model:
                  head: np.ndarray, head_bias: np.ndarray | None, embedding_multiplier: float,
                  logits_divisor: float, tokenizer: Any = None, generation_config: dict | None = None,
                  source: str = "", tied: bool = False, n_params: int = 0, mapping_file: str = "",
-                 prefill_chunk: int = 512, logits_softcap: float | None = None):
+                 prefill_chunk: int = 512, logits_softcap: float | None = None,
+                 embed_norm: Block | None = None, embed_proj: np.ndarray | None = None,
+                 head_proj: np.ndarray | None = None):
         self.name = name
         self.config = config
         self.mapping = mapping
         self.layers = layers
-        self.embed = embed
+        self.embed = embed  # [vocab, E]: E is the hidden width unless embed_proj maps it there
+        self.embed_proj = embed_proj  # [hidden, E] or None
         self.pos_embed = pos_embed
+        self.embed_norm = embed_norm
         self.final_norm = final_norm
+        self.head_proj = head_proj  # [E, hidden] or None
         self.head = head
         self.head_bias = head_bias
         self.embedding_multiplier = np.float32(embedding_multiplier)
@@ -178,15 +187,19 @@ class Model:
     def _run_layers(self, ids: np.ndarray, cache: Cache) -> np.ndarray:
         t = ids.size
         pos = cache.length
-        h = self.embed[ids]  # [T] -> [T, D] (a copy we own)
+        h = self.embed[ids]  # [T] -> [T, E] (a copy we own)
         if self.embedding_multiplier != 1.0:
             h *= self.embedding_multiplier
+        if self.embed_proj is not None:
+            h = h @ self.embed_proj.T  # [T, E] -> [T, D]
         if self.pos_embed is not None:
             if pos + t > self.pos_embed.shape[0]:
                 raise GenerationError(f"sequence of {pos + t} tokens is longer than the model's "
                                       f"{self.pos_embed.shape[0]} learned positions")
             h += self.pos_embed[pos:pos + t]
         ctx = ForwardContext(pos, t)
+        if self.embed_norm is not None:
+            h = self.embed_norm.forward(h, None, ctx)
         for layer, states in zip(self.layers, cache.layers):
             h = layer.forward(h, states, ctx)
         cache.length += t
@@ -196,7 +209,9 @@ class Model:
     def _head(self, h: np.ndarray) -> np.ndarray:
         if self.final_norm is not None:
             h = self.final_norm.forward(h, None, ForwardContext(0, h.shape[0]))
-        logits = h @ self.head.T  # [T, D] -> [T, vocab]
+        if self.head_proj is not None:
+            h = h @ self.head_proj.T  # [T, D] -> [T, E]
+        logits = h @ self.head.T  # [T, E] -> [T, vocab]
         if self.head_bias is not None:
             logits += self.head_bias
         if self.logits_divisor != 1.0:
@@ -229,7 +244,7 @@ class Model:
 
     def __repr__(self) -> str:
         return (f"<modelkit.Model {self.name}: {len(self.layers)} layers, "
-                f"hidden {self.embed.shape[1]}, vocab {self.vocab_size}>")
+                f"hidden {self.config.get('hidden_size', self.embed.shape[1])}, vocab {self.vocab_size}>")
 
 
 def _eos_ids(raw: dict[str, Any], generation_config: dict[str, Any], tokenizer: Any) -> set[int]:

@@ -55,6 +55,11 @@ SHIPPED_FIXTURES = {
     "cohere2": "cohere2",
     "stablelm_parallel_qknorm": "stablelm",
     "phi_qk_layernorm": "phi",
+    "opt_350m_like": "opt",
+    "gpt_bigcode": "gpt_bigcode",
+    "gpt_bigcode_mha": "gpt_bigcode",
+    "bloom": "bloom",
+    "bloom_tp_exact": "bloom",
 }
 
 # logits tolerance against the transformers reference

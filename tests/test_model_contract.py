@@ -169,8 +169,12 @@ def _arrays(obj: object, seen: set[int]) -> list[np.ndarray]:
 def test_weights_and_activations_are_float32(name: str) -> None:
     """No silent float64: every loaded or fused array, the cache and the logits are float32."""
     model = load_cached(name)
-    arrays = [model.embed, model.head] + ([model.pos_embed] if model.pos_embed is not None else [])
+    arrays = [a for a in (model.embed, model.head, model.pos_embed, model.embed_proj, model.head_proj)
+              if a is not None]
     seen: set[int] = set()
+    for block in (model.embed_norm, model.final_norm):
+        if block is not None:
+            arrays += _arrays(block, seen)
     for layer in model.layers:
         for block in layer.blocks.values():
             arrays += _arrays(block, seen)

@@ -97,10 +97,13 @@ def build_model(source: WeightSource, plan: Plan, *, file: str = "", progress: b
         embed = get("embed.weight")
         assert embed is not None
         pos_embed = get("pos_embed.weight")
+        embed_proj = get("embed_proj.weight")
+        embed_norm = block(plan.embed_norm, "embed_norm.") if plan.embed_norm is not None else None
         layers = [Layer(pl.spec, {name: block(pb, f"layers.{i}.{name}.") for name, pb in pl.blocks.items()},
                         pl.residual_multiplier, pl.variant)
                   for i, pl in enumerate(plan.layers)]
         final_norm = block(plan.final_norm, "final_norm.") if plan.final_norm is not None else None
+        head_proj = get("head_proj.weight")
         head = embed if plan.tied else get("head.weight")
         head_bias = get("head.bias")
     finally:
@@ -111,7 +114,8 @@ def build_model(source: WeightSource, plan: Plan, *, file: str = "", progress: b
     return Model(name=plan.mapping.name, config=plan.config, mapping=plan.mapping, layers=layers,
                  embed=embed, pos_embed=pos_embed, final_norm=final_norm, head=head, head_bias=head_bias,
                  embedding_multiplier=plan.embedding_multiplier, logits_divisor=plan.logits_divisor,
-                 logits_softcap=plan.logits_softcap,
+                 logits_softcap=plan.logits_softcap, embed_norm=embed_norm, embed_proj=embed_proj,
+                 head_proj=head_proj,
                  tokenizer=source.tokenizer(), generation_config=source.generation_config(),
                  source=str(source.path), tied=plan.tied, n_params=n_params, mapping_file=file,
                  prefill_chunk=prefill_chunk)

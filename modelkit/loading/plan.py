@@ -87,6 +87,8 @@ class Plan:
     max_positions: int | None  # learned positions; None without
     where: str = "config.json"
     tuning: dict[str, Any] = field(default_factory=dict)
+    embed_norm: PlannedBlock | None = None
+    embed_dim: int | None = None  # width of the embedding and the head when it is not hidden_size
 
     @property
     def variants(self) -> list[str]:
@@ -98,6 +100,15 @@ def _number(value: Any, label: str, where: str) -> float:
     if not isinstance(value, (int, float)) or isinstance(value, bool) or value != value:
         raise ConfigError(f"{where}: {label} must be a number, got {value!r}")
     return float(value)
+
+
+def _embed_dim(value: Any, hidden: int, where: str) -> int:
+    """The embedding's width: ``model.embed_dim`` when given, else the hidden size."""
+    if value is None:
+        return hidden
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise ConfigError(f"{where}: embed_dim must be a positive integer (or null: hidden_size), got {value!r}")
+    return value
 
 
 def _check_tuning(tuning: dict[str, Any], registry: Registry) -> dict[str, dict[str, Any]]:
@@ -252,22 +263,33 @@ def make_plan(mapping: Mapping, raw: dict[str, Any], infos: dict[str, TensorInfo
             raise ConfigError(f"{where}: logits_softcap must be positive (or null: off), got {softcap!r}")
 
     needed: dict[str, tuple[ParamSpec, str]] = {}  # canonical -> (spec, weights template)
-    needed["embed.weight"] = (ParamSpec((vocab, d)), "embed.weight")
+    e = _embed_dim(resolve_value(model.embed_dim, cfg, f"{path}: model.embed_dim"), d, where)
+    needed["embed.weight"] = (ParamSpec((vocab, e)), "embed.weight")
+    if e != d:  # the embedding and the head are narrower (or wider) than the layers: projections
+        needed["embed_proj.weight"] = (ParamSpec((d, e)), "embed_proj.weight")
+        needed["head_proj.weight"] = (ParamSpec((e, d)), "head_proj.weight")
     max_pos = None
     if model.positions == "learned":
         max_pos = resolve_value(model.max_positions, cfg, f"{path}: model.max_positions")
         if not isinstance(max_pos, int) or isinstance(max_pos, bool) or max_pos <= 0:
             raise ConfigError(f"{where}: learned positions need a positive max_positions, got {max_pos!r}")
         needed["pos_embed.weight"] = (ParamSpec((max_pos, d)), "pos_embed.weight")
-    final = None
-    if model.final_norm is not None:
-        spec = model.final_norm
-        final = plan_block(spec, kinds[spec.kind], cfg, "model.final_norm", path, where, tunes)
-        _check_width(final, d, "the final norm", where)
-        for pname, ps in final.params.items():
-            needed[f"final_norm.{pname}"] = (ps, f"final_norm.{pname}")
+    model_blocks: dict[str, PlannedBlock | None] = {}
+    for name in ("embed_norm", "final_norm"):
+        spec = getattr(model, name)
+        when = True if spec is None else resolve_value(spec.when, cfg, f"{path}: model.{name}.when")
+        if not isinstance(when, bool):
+            raise ConfigError(f"{where}: model.{name}.when must be true or false, got {when!r}")
+        if spec is None or not when:
+            model_blocks[name] = None
+            continue
+        planned = plan_block(spec, kinds[spec.kind], cfg, f"model.{name}", path, where, tunes)
+        _check_width(planned, d, f"the model's {name}", where)
+        for pname, ps in planned.params.items():
+            needed[f"{name}.{pname}"] = (ps, f"{name}.{pname}")
+        model_blocks[name] = planned
     if not tied:
-        needed["head.weight"] = (ParamSpec((vocab, d)), "head.weight")
+        needed["head.weight"] = (ParamSpec((vocab, e)), "head.weight")
     needed["head.bias"] = (ParamSpec((vocab,), required=False), "head.bias")
 
     layers: list[PlannedLayer] = []
@@ -313,5 +335,6 @@ def make_plan(mapping: Mapping, raw: dict[str, Any], infos: dict[str, TensorInfo
         if any(p.match(name) for p in mapping.ignore):
             continue
         report.unexpected.append((name, info.shape))
-    return Plan(mapping, cfg, layers, final, tensors, report, tied, emb_mult, divisor, softcap, max_pos,
-                where, dict(tuning or {}))
+    return Plan(mapping, cfg, layers, model_blocks["final_norm"], tensors, report, tied, emb_mult, divisor,
+                softcap, max_pos, where, tuning=dict(tuning or {}), embed_norm=model_blocks["embed_norm"],
+                embed_dim=e if e != d else None)

@@ -25,8 +25,11 @@ TOP_KEYS = {"modelkit_mapping", "extends", "name", "description", "match", "conf
             "model", "layers", "tensor_prefixes", "weights", "ignore", "inert_config"}
 MATCH_KEYS = {"model_type", "architectures", "source"}
 FIELD_KEYS = {"from", "type", "default", "derive", "min", "values", "doc"}
-MODEL_KEYS = {"embedding_multiplier", "positions", "final_norm", "logits_divisor", "logits_softcap",
-              "tie_head", "max_positions"}
+MODEL_KEYS = {"embedding_multiplier", "embed_dim", "positions", "embed_norm", "final_norm", "logits_divisor",
+              "logits_softcap", "tie_head", "max_positions"}
+MODEL_BLOCKS = ("embed_norm", "final_norm")  # model-level blocks, each with its own parameters
+WHEN = "when"  # on a model-level block: it exists only when this is true
+ADD = "+"  # in a flow branch: the blocks after it apply to the residual stream after the add
 LAYER_KEYS = {"layout", "residual_multiplier", "blocks", "flow"}
 WEIGHT_KEYS = {"from", "transform", "optional", "stack"}
 # the functions and constants expressions may name besides config fields
@@ -205,14 +208,26 @@ class _Parser:
     def parse_model(self, data: Any, names: set[str]) -> ModelSpec:
         self.expect(data, dict, "model", "an object")
         self.check_keys(data, MODEL_KEYS, "model")
-        spec = ModelSpec(**{k: v for k, v in data.items() if k != "final_norm"})
+        spec = ModelSpec(**{k: v for k, v in data.items() if k not in MODEL_BLOCKS})
         if spec.positions not in ("none", "learned"):
             raise self.fail("model.positions", f"expected 'none' or 'learned', got {spec.positions!r}")
-        if data.get("final_norm") is not None:
-            spec.final_norm = self.parse_block("final_norm", data["final_norm"], "model.final_norm", names)
-        for key in ("embedding_multiplier", "logits_divisor", "logits_softcap", "tie_head", "max_positions"):
+        for name in MODEL_BLOCKS:
+            if data.get(name) is not None:
+                setattr(spec, name, self.parse_model_block(name, data[name], names))
+        for key in ("embedding_multiplier", "embed_dim", "logits_divisor", "logits_softcap", "tie_head",
+                    "max_positions"):
             self.check_value(getattr(spec, key), f"model.{key}", names)
         return spec
+
+    def parse_model_block(self, name: str, data: Any, names: set[str]) -> BlockSpec:
+        """A model-level block: a layer block's ``kind`` and options, plus an optional ``when``."""
+        key = f"model.{name}"
+        self.expect(data, dict, key, "an object with a 'kind'")
+        when = data.get(WHEN, True)
+        self.check_value(when, f"{key}.{WHEN}", names)
+        block = self.parse_block(name, {k: v for k, v in data.items() if k != WHEN}, key, names)
+        block.when = when
+        return block
 
     def parse_block(self, name: str, data: Any, key: str, names: set[str]) -> BlockSpec:
         self.expect(data, dict, key, "an object with a 'kind'")
@@ -251,18 +266,39 @@ class _Parser:
         flow = self.expect(data.get("flow"), list, f"{key}.flow", "a list of residual branches")
         if not flow:
             raise self.fail(f"{key}.flow", "needs at least one residual branch")
+        branches, after_add = [], []
         for n, branch in enumerate(flow):
-            self.expect(branch, list, f"{key}.flow[{n}]", "a list of block names")
-            if not branch:
-                raise self.fail(f"{key}.flow[{n}]", "a branch needs at least one block")
-            for b in branch:
+            bkey = f"{key}.flow[{n}]"
+            self.expect(branch, list, bkey, "a list of block names")
+            before, after = self.split_branch(branch, bkey, layout)
+            for b in before + after:
                 if not isinstance(b, str) or b not in blocks:
-                    raise self.fail(f"{key}.flow[{n}]", f"names block {b!r}, which is not in blocks")
+                    raise self.fail(bkey, f"names block {b!r}, which is not in blocks")
+            branches.append(before)
+            after_add.append(after)
         unused = [b for b in blocks if not any(b in branch for branch in flow)]
         if unused:
             raise self.fail(f"{key}.blocks.{unused[0]}", "no branch of flow uses this block; add it to "
                                                         "a branch or remove it")
-        return LayerSpec(layout, res, blocks, flow)
+        return LayerSpec(layout, res, blocks, branches, after_add)
+
+    def split_branch(self, branch: list, key: str, layout: str) -> tuple[list, list]:
+        """A branch's blocks before ``+`` (the residual branch) and after it (applied to the sum)."""
+        if ADD not in branch:
+            if not branch:
+                raise self.fail(key, "a branch needs at least one block")
+            return list(branch), []
+        cut = branch.index(ADD)
+        before, after = list(branch[:cut]), list(branch[cut + 1:])
+        if ADD in after:
+            raise self.fail(key, f"a branch has at most one '{ADD}'")
+        if not before or not after:
+            raise self.fail(key, f"'{ADD}' needs the branch's blocks before it and the blocks applied "
+                                 f"after the residual add after it")
+        if layout != "sequential":
+            raise self.fail(key, f"blocks after '{ADD}' (applied after the residual add) need layout: "
+                                 f"sequential")
+        return before, after
 
     def parse_layers(self, data: Any, names: set[str]) -> tuple[Any, str | None, dict[str, LayerSpec]]:
         self.expect(data, dict, "layers", "an object")
@@ -364,14 +400,16 @@ class _Parser:
                     raise self.fail(key, f"no layer has a block {block!r}; the blocks are "
                                          f"{', '.join(layer_kinds)}")
                 kinds = sorted(layer_kinds[block])
-            elif parts[0] == "final_norm":
-                if model.final_norm is None:
-                    raise self.fail(key, "the model has no final_norm")
-                block, param, kinds = "final_norm", ".".join(parts[1:]), [model.final_norm.kind]
+            elif parts[0] in MODEL_BLOCKS:
+                spec = getattr(model, parts[0])
+                if spec is None:
+                    raise self.fail(key, f"the model has no {parts[0]}")
+                block, param, kinds = parts[0], ".".join(parts[1:]), [spec.kind]
             else:
                 if w.target not in MODEL_TENSORS:
                     raise self.fail(key, f"unknown canonical tensor; expected one of "
-                                         f"{', '.join(MODEL_TENSORS)}, final_norm.<parameter> or "
+                                         f"{', '.join(MODEL_TENSORS)}, final_norm.<parameter>, "
+                                         f"embed_norm.<parameter> or "
                                          f"layers.{PLACEHOLDER}.<block>.<parameter>")
                 continue
             declared = sorted({p for k in kinds for p in self.kinds[k].PARAMETERS})

@@ -35,6 +35,7 @@ class BlockSpec:
     name: str
     kind: str
     options: dict[str, Any]
+    when: Any = True  # model-level blocks only: the block exists when this (bool or $expr) is true
 
 
 @dataclass
@@ -44,7 +45,10 @@ class LayerSpec:
     layout: str
     residual_multiplier: Any
     blocks: dict[str, BlockSpec]
-    flow: list[list[str]]
+    flow: list[list[str]]  # each residual branch's blocks (those before a "+" in the YAML)
+    # per branch, the blocks applied to the residual stream after the branch is added (the part
+    # after "+": post-norm layers, OPT-350m); empty lists when none
+    after_add: list[list[str]] = field(default_factory=list)
 
 
 @dataclass
@@ -65,8 +69,10 @@ class ModelSpec:
     """The parts around the layer stack: embedding, positions, final norm, head, scalars."""
 
     embedding_multiplier: Any = 1.0
+    embed_dim: Any = None  # width of the token embedding and the head; None: hidden_size
     positions: str = "none"  # "none" or "learned"
     max_positions: Any = None
+    embed_norm: BlockSpec | None = None  # a norm of the embedded tokens before the first layer
     final_norm: BlockSpec | None = None
     logits_divisor: Any = 1.0
     logits_softcap: Any = None  # logits become cap * tanh(logits / cap) (Gemma 2); null: off

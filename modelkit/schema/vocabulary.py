@@ -19,13 +19,18 @@ BLOCK_NAMES: dict[str, str] = {
     "mlp_norm": "the norm before the feed-forward block",
     "mlp": "the feed-forward block (dense, gated, or with routed experts)",
     "post_mlp_norm": "a norm of the feed-forward output before the residual add",
+    "attn_residual_norm": "a norm of the residual stream right after the mixer's branch is added (post-norm)",
+    "mlp_residual_norm": "a norm of the residual stream right after the feed-forward branch is added (post-norm)",
 }
 
-# model-level tensors besides final_norm.<parameter>
+# model-level tensors besides final_norm.<parameter> and embed_norm.<parameter>
 MODEL_TENSORS: dict[str, str] = {
-    "embed.weight": "token embedding [vocab, hidden]",
+    "embed.weight": "token embedding [vocab, embed_dim] (embed_dim is hidden_size unless the model says)",
+    "embed_proj.weight": "projection of the embedding to the hidden width [hidden, embed_dim] (when they differ)",
     "pos_embed.weight": "learned position embedding [positions, hidden]",
-    "head.weight": "output projection [vocab, hidden] (absent when tied to the embedding)",
+    "head_proj.weight": "projection of the final hidden states to the head's width [embed_dim, hidden] "
+                        "(when they differ)",
+    "head.weight": "output projection [vocab, embed_dim] (absent when tied to the embedding)",
     "head.bias": "output bias [vocab]",
 }
 

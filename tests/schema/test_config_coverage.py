@@ -90,9 +90,9 @@ REFUSALS = [
     ("gemma", {"use_bidirectional_attention": True}, "use_bidirectional_attention: true (an encoder) is not supported"),
     ("gemma2", {"use_bidirectional_attention": True}, "use_bidirectional_attention: true (an encoder) is not supported"),
     ("gemma3_text", {"use_bidirectional_attention": True}, "use_bidirectional_attention: true (an encoder) is not supported"),
-    ("opt", {"word_embed_proj_dim": 16}, "project_in / project_out are not supported"),
-    ("opt", {"do_layer_norm_before": False}, "do_layer_norm_before: false (post-norm, OPT-350m) is not supported"),
-    ("opt", {"_remove_final_layer_norm": True}, "_remove_final_layer_norm: true (no final LayerNorm) is not supported"),
+    ("bloom", {"apply_residual_connection_post_layernorm": True},
+     "apply_residual_connection_post_layernorm: true (the normed input as the residual) is not supported"),
+    ("gpt_bigcode", {"add_cross_attention": True}, "add_cross_attention: true (cross-attention to an encoder) is not supported"),
 ]
 
 
