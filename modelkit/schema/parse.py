@@ -28,6 +28,7 @@ FIELD_KEYS = {"from", "type", "default", "derive", "min", "values", "doc"}
 MODEL_KEYS = {"embedding_multiplier", "positions", "final_norm", "logits_divisor", "logits_softcap",
               "tie_head", "max_positions"}
 LAYER_KEYS = {"layout", "residual_multiplier", "blocks", "flow"}
+FLOW_STEP_KEYS = {"parallel"}  # a flow entry that is an object: branches summed off one input
 WEIGHT_KEYS = {"from", "transform", "optional"}
 # the functions and constants expressions may name besides config fields
 EXPR_BUILTINS = {"true", "false", "null", "True", "False", "None", "inf", "infinity", "min", "max",
@@ -232,18 +233,43 @@ class _Parser:
         flow = self.expect(data.get("flow"), list, f"{key}.flow", "a list of residual branches")
         if not flow:
             raise self.fail(f"{key}.flow", "needs at least one residual branch")
-        for n, branch in enumerate(flow):
-            self.expect(branch, list, f"{key}.flow[{n}]", "a list of block names")
-            if not branch:
-                raise self.fail(f"{key}.flow[{n}]", "a branch needs at least one block")
-            for b in branch:
-                if not isinstance(b, str) or b not in blocks:
-                    raise self.fail(f"{key}.flow[{n}]", f"names block {b!r}, which is not in blocks")
-        unused = [b for b in blocks if not any(b in branch for branch in flow)]
+        steps = []
+        for n, entry in enumerate(flow):
+            if isinstance(entry, dict):
+                steps.append(self.parse_parallel_step(entry, f"{key}.flow[{n}]", layout, blocks))
+            else:
+                steps.append([self.parse_branch(entry, f"{key}.flow[{n}]", blocks)])
+        if layout == "parallel":  # every branch reads the layer's input: one step
+            steps = [[step[0] for step in steps]]
+        used = {b for step in steps for branch in step for b in branch}
+        unused = [b for b in blocks if b not in used]
         if unused:
             raise self.fail(f"{key}.blocks.{unused[0]}", "no branch of flow uses this block; add it to "
                                                         "a branch or remove it")
-        return LayerSpec(layout, res, blocks, flow)
+        return LayerSpec(layout, res, blocks, steps)
+
+    def parse_branch(self, data: Any, key: str, blocks: dict[str, BlockSpec]) -> list[str]:
+        """One residual branch: a non-empty list of the layer's block names, applied in order."""
+        self.expect(data, list, key, "a list of block names or {parallel: [branches]}")
+        if not data:
+            raise self.fail(key, "a branch needs at least one block")
+        for b in data:
+            if not isinstance(b, str) or b not in blocks:
+                raise self.fail(key, f"names block {b!r}, which is not in blocks")
+        return list(data)
+
+    def parse_parallel_step(self, data: dict, key: str, layout: str,
+                            blocks: dict[str, BlockSpec]) -> list[list[str]]:
+        """``{parallel: [branch, ...]}`` in a sequential flow: branches that read the same input
+        and whose sum is added once (Falcon-H1's Mamba2 and attention side by side)."""
+        if layout != "sequential":
+            raise self.fail(key, "a parallel layout already sums every branch; list its branches "
+                                 "directly, or use layout: sequential")
+        self.check_keys(data, FLOW_STEP_KEYS, key)
+        branches = self.expect(data.get("parallel"), list, f"{key}.parallel", "a list of branches")
+        if len(branches) < 2:
+            raise self.fail(f"{key}.parallel", "needs at least two branches")
+        return [self.parse_branch(b, f"{key}.parallel[{m}]", blocks) for m, b in enumerate(branches)]
 
     def parse_layers(self, data: Any, names: set[str]) -> tuple[Any, str | None, dict[str, LayerSpec]]:
         self.expect(data, dict, "layers", "an object")

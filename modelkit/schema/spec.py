@@ -38,12 +38,18 @@ class BlockSpec:
 
 @dataclass
 class LayerSpec:
-    """One kind of layer: how its blocks are wired into residual branches."""
+    """One kind of layer: how its blocks are wired into residual branches.
+
+    ``steps`` is the flow as it runs: each step is one or more branches (lists of block names)
+    that read the same hidden states, and their sum is added to them before the next step. A
+    ``sequential`` layout makes each branch a step of its own, a ``parallel`` one makes all
+    branches one step, and a sequential flow may hold ``{parallel: [...]}`` steps.
+    """
 
     layout: str
     residual_multiplier: Any
     blocks: dict[str, BlockSpec]
-    flow: list[list[str]]
+    steps: list[list[list[str]]]
 
 
 @dataclass
