@@ -20,9 +20,14 @@ from typing import Callable
 from modelkit import hookimpl
 
 
+# the architectures built on the mamba2 block kind, each a YAML file in mappings/
+ARCHITECTURES = ("granite", "mamba2", "bamba", "falcon_h1")
+
+
 @hookimpl
 def register_architectures(register: Callable[..., None]) -> None:
-    register("granite", resources.files(__name__) / "mappings" / "granite.yaml")
+    for name in ARCHITECTURES:  # falcon_h1 extends bamba by name
+        register(name, resources.files(__name__) / "mappings" / f"{name}.yaml")
 
 
 @hookimpl
