@@ -3,7 +3,8 @@
 It adds what the core lacks and nothing else, through the same hooks as any plugin, using only
 what ``modelkit`` exports:
 
-* the architecture ``granite`` (``mappings/granite.yaml`` beside this file);
+* the architecture ``granite`` (``mappings/granite.yaml`` beside this file), and ``mamba2``,
+  ``bamba`` and ``falcon_h1``, the other families built on the mamba2 block;
 * the block kind ``mamba2`` (:mod:`modelkit_granite.mamba2_block`, math in
   :mod:`modelkit_granite.mamba2`);
 * the block kind ``moe`` (routed experts beside the shared MLP, :mod:`modelkit_granite.moe`).
