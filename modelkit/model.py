@@ -14,18 +14,20 @@ from .schema.spec import LayerSpec, Mapping
 
 
 class Layer:
-    """One layer: named blocks wired into residual branches.
+    """One layer: named blocks wired into residual branches, run as steps.
 
-    ``sequential``: each branch in turn adds ``residual_multiplier * branch(x)`` to x (pre-norm),
-    then applies the branch's blocks after the add, if any, to x (post-norm: ``[attn, +, norm]``).
-    ``parallel``: every branch reads the same x and their sum is added once (Falcon); branches
-    that start with the same blocks compute them once.
+    Each step is one or more branches that read the same x; ``x += residual_multiplier *
+    sum(branches)``, then the step's blocks after the add, if any, apply to x (post-norm:
+    ``[attn, +, norm]``), before the next step. ``sequential`` layouts make each branch a step
+    (pre-norm), ``parallel`` ones all branches one step (Falcon), and a sequential flow may hold a
+    parallel step (Falcon-H1: Mamba2 and attention side by side, then the MLP). Branches of a
+    step that start with the same blocks compute them once.
     """
 
     def __init__(self, spec: LayerSpec, blocks: dict[str, Block], residual_multiplier: float, variant: str):
         self.layout = spec.layout
-        self.flow = [list(branch) for branch in spec.flow]
-        self.after_add = [list(after) for after in spec.after_add] or [[] for _ in self.flow]
+        self.steps = [[list(branch) for branch in step] for step in spec.steps]
+        self.after_add = [list(after) for after in spec.after_add] or [[] for _ in self.steps]
         self.blocks = blocks
         self.variant = variant
         self.residual = np.float32(residual_multiplier)
@@ -36,34 +38,40 @@ class Layer:
         return {name: self.blocks[name].new_state() for name in self.stateful}
 
     def forward(self, x: np.ndarray, states: dict[str, Any], ctx: ForwardContext) -> np.ndarray:
-        if self.layout == "sequential":
-            for branch, after in zip(self.flow, self.after_add):
+        for step, after in zip(self.steps, self.after_add):
+            if len(step) == 1:
                 y = x
-                for name in branch:
+                for name in step[0]:
                     y = self.blocks[name].forward(y, states.get(name), ctx)
-                if self.residual != 1.0:
-                    if np.may_share_memory(y, x):  # a block handed back (a view of) its input
-                        y = y * self.residual
-                    else:
-                        y *= self.residual
-                x += y
-                for name in after:  # post-norm: blocks of the residual stream after the add
-                    x = self.blocks[name].forward(x, states.get(name), ctx)
-            return x
+            else:
+                y = self._sum_of_branches(step, x, states, ctx)
+            if self.residual != 1.0:
+                if np.may_share_memory(y, x):  # a block handed back (a view of) its input
+                    y = y * self.residual
+                else:
+                    y *= self.residual
+            x += y
+            for name in after:  # post-norm: blocks of the residual stream after the add
+                x = self.blocks[name].forward(x, states.get(name), ctx)
+        return x
+
+    def _sum_of_branches(self, step: list[list[str]], x: np.ndarray, states: dict[str, Any],
+                         ctx: ForwardContext) -> np.ndarray:
+        """The sum of branches that all read ``x`` (a new array); shared leading blocks run once."""
         memo: dict[tuple[str, ...], np.ndarray] = {}
         total = None
-        for branch in self.flow:
+        for branch in step:
             y = x
             for j, name in enumerate(branch):
                 key = tuple(branch[: j + 1])
                 if key not in memo:
                     memo[key] = self.blocks[name].forward(y, states.get(name), ctx)
                 y = memo[key]
-            total = y.copy() if total is None else total + y
-        if self.residual != 1.0:
-            total *= self.residual
-        x += total
-        return x
+            if total is None:
+                total = y.copy()
+            else:
+                total += y
+        return total
 
 
 @dataclass

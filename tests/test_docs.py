@@ -93,6 +93,7 @@ def test_every_yaml_key_is_documented() -> None:
 
     text = _mappings_doc()
     keys = (parse.TOP_KEYS | parse.MATCH_KEYS | parse.FIELD_KEYS | parse.MODEL_KEYS | parse.LAYER_KEYS
+            | parse.FLOW_STEP_KEYS
             | parse.WEIGHT_KEYS | {"count", "variant", "variants"})
     missing = sorted(k for k in keys if f"`{k}`" not in text)
     assert not missing, f"docs/mappings.md does not document {missing}"

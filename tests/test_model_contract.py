@@ -25,9 +25,17 @@ CONTRACT: dict[str, tuple[str, list[str] | None]] = {
     "gh_all_mamba": ("granite", ["mamba"] * 4),
     "gh_hub_config": ("granite", GH_HYBRID),
     "gh_moe": ("granite", ["mamba_moe", "attention_moe", "mamba_moe", "attention_moe"]),
+    "mamba2": ("mamba2", None),
+    "mamba2_tied": ("mamba2", None),
+    "bamba": ("bamba", ["mamba", "attention", "mamba", "attention"]),
+    "falcon_h1": ("falcon_h1", ["hybrid"] * 3),
+    "falcon_h1_nonorm": ("falcon_h1", ["hybrid"] * 2),
 }
 NAMES = list(CONTRACT)
-WITH_SSM = [name for name, (_, variants) in CONTRACT.items() if variants and any("mamba" in v for v in variants)]
+# fixtures with Mamba2 layers: a variant named for them, or a family whose every layer has one
+EVERY_LAYER_SSM = {"mamba2", "falcon_h1"}
+WITH_SSM = [name for name, (arch, variants) in CONTRACT.items()
+            if arch in EVERY_LAYER_SSM or (variants and any("mamba" in v for v in variants))]
 # same-model consistency (cache vs no cache) is far tighter than the reference tolerance ...
 SELF_ATOL = 2e-5
 # ... except where logits are large: gemma3_text's reach 10, and the float32 rounding of six

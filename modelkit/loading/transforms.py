@@ -120,6 +120,29 @@ def scale(a: np.ndarray, factor: float) -> np.ndarray:
     return (a * np.float32(factor)).astype(np.float32)
 
 
+def scale_segments(a: np.ndarray, sizes: list[int], factors: list[float], axis: int = 0) -> np.ndarray:
+    """Multiply consecutive segments along ``axis`` (``sizes[k]`` rows each) by ``factors[k]``:
+    a per-part multiplier of a fused projection folded into its rows (Falcon-H1 scales the
+    z | x | B | C | dt parts of the Mamba2 in_proj output by one factor each)."""
+    row = np.repeat(np.asarray(factors, np.float32), sizes)  # [sum(sizes)]
+    shape = [1] * a.ndim
+    shape[axis] = row.size
+    return (a * row.reshape(shape)).astype(np.float32)
+
+
+def scale_segments_shape(shape: Shape, sizes: list[int], factors: list[float], axis: int = 0) -> Shape:
+    ok = (isinstance(sizes, list) and isinstance(factors, list) and len(sizes) == len(factors)
+          and all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in sizes)
+          and all(isinstance(f, (int, float)) and not isinstance(f, bool) for f in factors))
+    if not ok:
+        raise CheckpointError(f"scale_segments: sizes must be non-negative integers and factors numbers, "
+                              f"one per segment; got sizes {sizes!r}, factors {factors!r}")
+    if not isinstance(axis, int) or not 0 <= axis < len(shape) or sum(sizes) != shape[axis]:
+        raise CheckpointError(f"scale_segments: segments of {sizes} ({sum(sizes)} rows) do not cover "
+                              f"axis {axis} of shape {list(shape)}")
+    return tuple(shape)
+
+
 def add(a: np.ndarray, value: float) -> np.ndarray:
     """Add a constant (norms stored as ``w - 1``, such as Gemma's, become plain weights)."""
     return (a + np.float32(value)).astype(np.float32)
@@ -132,5 +155,6 @@ CORE_TRANSFORMS: dict[str, tuple[Callable, Callable | None]] = {
     "slice": (slice_, slice_shape),
     "falcon_qkv": (falcon_qkv, falcon_qkv_shape),
     "scale": (scale, None),
+    "scale_segments": (scale_segments, scale_segments_shape),
     "add": (add, None),
 }

@@ -31,6 +31,7 @@ MODEL_BLOCKS = ("embed_norm", "final_norm")  # model-level blocks, each with its
 WHEN = "when"  # on a model-level block: it exists only when this is true
 ADD = "+"  # in a flow branch: the blocks after it apply to the residual stream after the add
 LAYER_KEYS = {"layout", "residual_multiplier", "blocks", "flow"}
+FLOW_STEP_KEYS = {"parallel"}  # a flow entry that is an object: branches summed off one input
 WEIGHT_KEYS = {"from", "transform", "optional", "stack"}
 # the functions and constants expressions may name besides config fields
 EXPR_BUILTINS = {"true", "false", "null", "True", "False", "None", "inf", "infinity", "min", "max",
@@ -266,27 +267,29 @@ class _Parser:
         flow = self.expect(data.get("flow"), list, f"{key}.flow", "a list of residual branches")
         if not flow:
             raise self.fail(f"{key}.flow", "needs at least one residual branch")
-        branches, after_add = [], []
-        for n, branch in enumerate(flow):
-            bkey = f"{key}.flow[{n}]"
-            self.expect(branch, list, bkey, "a list of block names")
-            before, after = self.split_branch(branch, bkey, layout)
-            for b in before + after:
-                if not isinstance(b, str) or b not in blocks:
-                    raise self.fail(bkey, f"names block {b!r}, which is not in blocks")
-            branches.append(before)
-            after_add.append(after)
-        unused = [b for b in blocks if not any(b in branch for branch in flow)]
+        steps, after_add = [], []
+        for n, entry in enumerate(flow):
+            skey = f"{key}.flow[{n}]"
+            if isinstance(entry, dict):
+                steps.append(self.parse_parallel_step(entry, skey, layout, blocks))
+                after_add.append([])
+                continue
+            self.expect(entry, list, skey, "a list of block names or {parallel: [branches]}")
+            before, after = self.split_branch(entry, skey, layout)
+            steps.append([self.parse_branch(before, skey, blocks)])
+            after_add.append(self.parse_branch(after, skey, blocks) if after else [])
+        if layout == "parallel":  # every branch reads the layer's input: one step
+            steps, after_add = [[step[0] for step in steps]], [[]]
+        used = {b for step in steps for branch in step for b in branch} | {b for a in after_add for b in a}
+        unused = [b for b in blocks if b not in used]
         if unused:
             raise self.fail(f"{key}.blocks.{unused[0]}", "no branch of flow uses this block; add it to "
                                                         "a branch or remove it")
-        return LayerSpec(layout, res, blocks, branches, after_add)
+        return LayerSpec(layout, res, blocks, steps, after_add)
 
     def split_branch(self, branch: list, key: str, layout: str) -> tuple[list, list]:
         """A branch's blocks before ``+`` (the residual branch) and after it (applied to the sum)."""
         if ADD not in branch:
-            if not branch:
-                raise self.fail(key, "a branch needs at least one block")
             return list(branch), []
         cut = branch.index(ADD)
         before, after = list(branch[:cut]), list(branch[cut + 1:])
@@ -299,6 +302,29 @@ class _Parser:
             raise self.fail(key, f"blocks after '{ADD}' (applied after the residual add) need layout: "
                                  f"sequential")
         return before, after
+
+    def parse_branch(self, data: Any, key: str, blocks: dict[str, BlockSpec]) -> list[str]:
+        """One residual branch: a non-empty list of the layer's block names, applied in order."""
+        self.expect(data, list, key, "a list of block names or {parallel: [branches]}")
+        if not data:
+            raise self.fail(key, "a branch needs at least one block")
+        for b in data:
+            if not isinstance(b, str) or b not in blocks:
+                raise self.fail(key, f"names block {b!r}, which is not in blocks")
+        return list(data)
+
+    def parse_parallel_step(self, data: dict, key: str, layout: str,
+                            blocks: dict[str, BlockSpec]) -> list[list[str]]:
+        """``{parallel: [branch, ...]}`` in a sequential flow: branches that read the same input
+        and whose sum is added once (Falcon-H1's Mamba2 and attention side by side)."""
+        if layout != "sequential":
+            raise self.fail(key, "a parallel layout already sums every branch; list its branches "
+                                 "directly, or use layout: sequential")
+        self.check_keys(data, FLOW_STEP_KEYS, key)
+        branches = self.expect(data.get("parallel"), list, f"{key}.parallel", "a list of branches")
+        if len(branches) < 2:
+            raise self.fail(f"{key}.parallel", "needs at least two branches")
+        return [self.parse_branch(b, f"{key}.parallel[{m}]", blocks) for m, b in enumerate(branches)]
 
     def parse_layers(self, data: Any, names: set[str]) -> tuple[Any, str | None, dict[str, LayerSpec]]:
         self.expect(data, dict, "layers", "an object")

@@ -40,14 +40,22 @@ class BlockSpec:
 
 @dataclass
 class LayerSpec:
-    """One kind of layer: how its blocks are wired into residual branches."""
+    """One kind of layer: how its blocks are wired into residual branches.
+
+    ``steps`` is the flow as it runs: each step is one or more branches (lists of block names)
+    that read the same hidden states, and their sum is added to them before the next step. A
+    ``sequential`` layout makes each branch a step of its own, a ``parallel`` one makes all
+    branches one step, and a sequential flow may hold ``{parallel: [...]}`` steps.
+    """
 
     layout: str
     residual_multiplier: Any
     blocks: dict[str, BlockSpec]
-    flow: list[list[str]]  # each residual branch's blocks (those before a "+" in the YAML)
-    # per branch, the blocks applied to the residual stream after the branch is added (the part
-    # after "+": post-norm layers, OPT-350m); empty lists when none
+    # each step: the branches that read the same input (one for a plain residual branch, the
+    # blocks before a "+" in the YAML); their sum is added once
+    steps: list[list[list[str]]]
+    # per step, the blocks applied to the residual stream after the add (the part after "+":
+    # post-norm layers, OPT-350m); empty lists when none
     after_add: list[list[str]] = field(default_factory=list)
 
 

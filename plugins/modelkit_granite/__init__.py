@@ -3,7 +3,8 @@
 It adds what the core lacks and nothing else, through the same hooks as any plugin, using only
 what ``modelkit`` exports:
 
-* the architecture ``granite`` (``mappings/granite.yaml`` beside this file);
+* the architecture ``granite`` (``mappings/granite.yaml`` beside this file), and ``mamba2``,
+  ``bamba`` and ``falcon_h1``, the other families built on the mamba2 block;
 * the block kind ``mamba2`` (:mod:`modelkit_granite.mamba2_block`, math in
   :mod:`modelkit_granite.mamba2`);
 * the block kind ``moe`` (routed experts beside the shared MLP, :mod:`modelkit_granite.moe`).
@@ -20,9 +21,14 @@ from typing import Callable
 from modelkit import hookimpl
 
 
+# the architectures built on the mamba2 block kind, each a YAML file in mappings/
+ARCHITECTURES = ("granite", "mamba2", "bamba", "falcon_h1")
+
+
 @hookimpl
 def register_architectures(register: Callable[..., None]) -> None:
-    register("granite", resources.files(__name__) / "mappings" / "granite.yaml")
+    for name in ARCHITECTURES:  # falcon_h1 extends bamba by name
+        register(name, resources.files(__name__) / "mappings" / f"{name}.yaml")
 
 
 @hookimpl

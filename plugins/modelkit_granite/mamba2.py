@@ -251,20 +251,41 @@ def ssd_chunked(x: np.ndarray, dt: np.ndarray, a: np.ndarray, b: np.ndarray, c: 
     return y
 
 
-def gated_rms_norm(y: np.ndarray, z: np.ndarray, weight: np.ndarray, groups: int,
-                   eps: float) -> np.ndarray:
-    """rmsnorm(y * silu(z)) per group of D/groups channels, times ``weight`` [D].
-
-    ``y``, ``z`` [T, D]. The gate is applied before normalising (Mamba2's norm_before_gate=False).
-    """
-    t, d = y.shape
-    gated = silu(z)
-    gated *= y  # [T, D]
-    grouped = gated.reshape(t, groups, d // groups)
+def _group_rms_norm(x: np.ndarray, groups: int, eps: float) -> None:
+    """x [T, D] divided in place by the root mean square of each of its groups of D/groups
+    channels (plus ``eps``)."""
+    t, d = x.shape
+    grouped = x.reshape(t, groups, d // groups)  # a view: x is contiguous
     ms = np.einsum("tgd,tgd->tg", grouped, grouped)[:, :, None]  # sums of squares, no temporary
     ms *= np.float32(groups / d)
     ms += np.float32(eps)
     np.sqrt(ms, out=ms)
     grouped *= np.float32(1.0) / ms  # times the reciprocal root, as the reference does
-    gated *= weight
-    return gated
+
+
+def gated_rms_norm(y: np.ndarray, z: np.ndarray, weight: np.ndarray, groups: int,
+                   eps: float, norm_first: bool = False) -> np.ndarray:
+    """rmsnorm(y * silu(z)) per group of D/groups channels, times ``weight`` [D]; a new array.
+
+    ``y``, ``z`` [T, D]. The gate comes before the norm (Mamba2's norm_before_gate=False, as
+    Granite 4.0-H, Bamba and transformers' Mamba2 have it); with ``norm_first`` the result is
+    rmsnorm(y) * weight * silu(z) instead (Falcon-H1's mamba_norm_before_gate).
+    """
+    gate = silu(z)  # [T, D], a new array
+    if norm_first:
+        out = np.array(y, dtype=np.float32)  # a copy to normalise in place
+        _group_rms_norm(out, groups, eps)
+        out *= weight
+        out *= gate
+        return out
+    gate *= y
+    _group_rms_norm(gate, groups, eps)
+    gate *= weight
+    return gate
+
+
+def gated(y: np.ndarray, z: np.ndarray) -> np.ndarray:
+    """y * silu(z) without a norm (Falcon-H1 with mamba_rms_norm false); a new array."""
+    out = silu(z)
+    out *= y
+    return out

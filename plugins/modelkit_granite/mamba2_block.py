@@ -8,9 +8,9 @@ H heads)::
     conv.weight     [C, d_conv]           depthwise taps (the checkpoint's [C, 1, d_conv] reshaped)
     conv.bias       [C]                   only with conv_bias
     dt_bias, A_log, D  [H]
-    norm.weight     [D]                   gated RMSNorm
+    norm.weight     [D]                   gated RMSNorm (none with norm: none)
     out_proj.weight [hidden, D]
-    out_proj.bias   [hidden]              only with proj_bias
+    out_proj.bias   [hidden]              only with out_proj_bias (null: as proj_bias)
 """
 
 from __future__ import annotations
@@ -21,8 +21,13 @@ import numpy as np
 
 from modelkit import ACTIVATIONS, Block, ConfigError, ForwardContext, Option, ParamSpec, linear
 
-from .mamba2 import (PENDING_WINDOW, PendingSteps, causal_conv, decay_rates, fold_pending,
+from .mamba2 import (PENDING_WINDOW, PendingSteps, causal_conv, decay_rates, fold_pending, gated,
                      gated_rms_norm, ssd_chunked, ssd_step, state_shape, time_steps)
+
+
+# where the gated RMSNorm sits: rmsnorm(y * silu(z)) (Mamba2, Granite 4.0-H, Bamba),
+# rmsnorm(y) * silu(z) (Falcon-H1's mamba_norm_before_gate), or y * silu(z) (mamba_rms_norm false)
+NORM_PLACES = ("after_gate", "before_gate", "none")
 
 
 class Mamba2State:
@@ -58,8 +63,10 @@ class Mamba2(Block):
 
     Options: ``hidden_size``; ``d_inner`` (D), ``num_heads`` (H), ``head_dim`` (P, H * P = D),
     ``n_groups`` (G), ``d_state`` (N), ``d_conv`` (K), ``chunk_size`` (prefill chunk length);
-    ``conv_bias`` / ``proj_bias`` (whether the checkpoint has those biases); ``eps`` of the
-    gated norm; ``time_step_limit`` (dt is clamped into it); ``activation`` after the conv.
+    ``conv_bias`` / ``proj_bias`` / ``out_proj_bias`` (whether the checkpoint has those
+    biases); ``norm``: where the gated RMSNorm sits (``after_gate``: rmsnorm(y * silu(z)),
+    ``before_gate``: rmsnorm(y) * silu(z), ``none``: y * silu(z)) and its ``eps``;
+    ``time_step_limit`` (dt is clamped into it); ``activation`` after the conv.
     """
 
     OPTIONS = {
@@ -73,6 +80,10 @@ class Mamba2(Block):
         "chunk_size": Option("int", 256, "prefill chunk length of the scan", min=1),
         "conv_bias": Option("bool", True, "the checkpoint has conv biases"),
         "proj_bias": Option("bool", False, "the checkpoint has in/out projection biases"),
+        "out_proj_bias": Option("bool", None, "the checkpoint has out_proj.bias (null: as proj_bias)",
+                                nullable=True),
+        "norm": Option("str", "after_gate", "the gated RMSNorm: after the gate, before it, or none",
+                       choices=NORM_PLACES),
         "eps": Option("float", 1e-6, "epsilon of the gated RMSNorm", min=0.0),
         "time_step_limit": Option("float_pair", (0.0, float("inf")), "dt is clamped into it", min=0.0),
         "activation": Option("str", "silu", "activation after the conv", choices=tuple(sorted(ACTIVATIONS))),
@@ -102,13 +113,15 @@ class Mamba2(Block):
             "dt_bias": ParamSpec((h,)),
             "A_log": ParamSpec((h,)),
             "D": ParamSpec((h,)),
-            "norm.weight": ParamSpec((d,)),
             "out_proj.weight": ParamSpec((hidden, d)),
         }
+        if opts["norm"] != "none":
+            out["norm.weight"] = ParamSpec((d,))
         if opts["conv_bias"]:
             out["conv.bias"] = ParamSpec((conv_dim,))
         if opts["proj_bias"]:
             out["in_proj.bias"] = ParamSpec((proj,))
+        if opts["proj_bias"] if opts["out_proj_bias"] is None else opts["out_proj_bias"]:
             out["out_proj.bias"] = ParamSpec((hidden,))
         return out
 
@@ -119,7 +132,7 @@ class Mamba2(Block):
         self.conv_dim = self.d + 2 * self.g * self.n
         self.chunk = o["chunk_size"]
         self.window = o["pending_window"]
-        self.eps = o["eps"]
+        self.norm, self.eps = o["norm"], o["eps"]
         self.limit = o["time_step_limit"]
         self.act = ACTIVATIONS[o["activation"]]
         self.w_in, self.b_in = params["in_proj.weight"], params.get("in_proj.bias")  # [D + C + H, hidden]
@@ -127,7 +140,7 @@ class Mamba2(Block):
         self.conv_b = params.get("conv.bias")  # [C]
         self.dt_bias, self.skip = params["dt_bias"], params["D"]  # [H] each
         self.a = decay_rates(params["A_log"])  # [H]
-        self.norm_w = params["norm.weight"]  # [D]
+        self.norm_w = params.get("norm.weight")  # [D], or None with norm: none
         self.w_out, self.b_out = params["out_proj.weight"], params.get("out_proj.bias")  # [hidden, D]
 
     def new_state(self) -> Mamba2State:
@@ -153,7 +166,11 @@ class Mamba2(Block):
             y = ssd_chunked(xs, dt, self.a, b, c, state.ssm, self.chunk, state.fresh)  # [T, H, P]
         state.fresh = False
         y += xs * self.skip[:, None]  # skip connection from x (before the dt scaling)
-        out = gated_rms_norm(y.reshape(t, d), z, self.norm_w, g, self.eps)
+        y = y.reshape(t, d)
+        if self.norm == "none":
+            out = gated(y, z)
+        else:
+            out = gated_rms_norm(y, z, self.norm_w, g, self.eps, norm_first=self.norm == "before_gate")
         res = linear(out, self.w_out)  # [T, D] -> [T, hidden]
         if self.b_out is not None:
             res += self.b_out

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from modelkit.nn.block import ForwardContext
-from modelkit_granite.mamba2 import (PendingSteps, causal_conv, decay_rates, fold_pending,
+from modelkit_granite.mamba2 import (PendingSteps, causal_conv, decay_rates, fold_pending, gated,
                                      gated_rms_norm, ssd_chunked, ssd_step, time_steps)
 from modelkit_granite.mamba2_block import Mamba2
 
@@ -184,6 +184,24 @@ def test_gated_rms_norm_normalises_each_group_after_the_gate() -> None:
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
+def test_gated_rms_norm_before_the_gate_and_without_a_norm() -> None:
+    """Falcon-H1's two other placements: rmsnorm(y) * w * silu(z) per group, and y * silu(z)."""
+    rng = np.random.default_rng(5)
+    y = rng.standard_normal((3, 12)).astype(F32)
+    z = rng.standard_normal((3, 12)).astype(F32)
+    w = rng.standard_normal(12).astype(F32)
+    gate = z.astype(np.float64) / (1 + np.exp(-z.astype(np.float64)))
+    grouped = y.astype(np.float64).reshape(3, 3, 4)
+    normed = (grouped / np.sqrt((grouped ** 2).mean(-1, keepdims=True) + 1e-5)).reshape(3, 12)
+    y_before = y.copy()
+    got = gated_rms_norm(y, z, w, 3, 1e-5, norm_first=True)
+    assert got.dtype == np.float32 and np.array_equal(y, y_before)  # y is left alone
+    np.testing.assert_allclose(got, normed * w * gate, rtol=1e-5, atol=1e-5)
+    plain = gated(y, z)
+    assert plain.dtype == np.float32
+    np.testing.assert_allclose(plain, y * gate, rtol=1e-6, atol=1e-6)
+
+
 def _block(seed: int = 0, **over) -> Mamba2:
     opts = dict(hidden_size=12, d_inner=16, num_heads=4, head_dim=4, n_groups=2, d_state=3,
                 d_conv=4, chunk_size=3, conv_bias=True, proj_bias=True, eps=1e-5,
@@ -248,3 +266,31 @@ def test_block_options_are_checked() -> None:
         _block(n_groups=3)
     with pytest.raises(ConfigError, match="time_step_limit"):
         _block(time_step_limit=[1.0, 0.5])
+
+
+@pytest.mark.parametrize("norm", ["after_gate", "before_gate", "none"])
+def test_block_norm_placements_decode_as_they_prefill(norm: str) -> None:
+    """Each placement of the gated norm gives the same result token by token as in one pass,
+    and the placements differ (so the option reaches the math)."""
+    block = _block(norm=norm)
+    x = np.random.default_rng(6).standard_normal((7, 12)).astype(F32)
+    whole = block.forward(x, block.new_state(), ForwardContext(0, 7))
+    state = block.new_state()
+    steps = np.concatenate([block.forward(x[i:i + 1], state, ForwardContext(i, 1)) for i in range(7)])
+    np.testing.assert_allclose(steps, whole, rtol=1e-5, atol=1e-5)
+    if norm != "after_gate":
+        other = _block()
+        assert np.abs(whole - other.forward(x, other.new_state(), ForwardContext(0, 7))).max() > 1e-2
+
+
+def test_block_declares_the_parameters_its_options_imply() -> None:
+    base = dict(hidden_size=12, d_inner=16, num_heads=4, head_dim=4, d_state=3)
+    names = lambda **o: set(Mamba2.params(Mamba2.resolve_options(**base, **o)))  # noqa: E731
+    assert "norm.weight" in names() and "norm.weight" not in names(norm="none")
+    assert {"in_proj.bias", "out_proj.bias"} <= names(proj_bias=True)
+    assert "out_proj.bias" not in names(proj_bias=True, out_proj_bias=False)
+    assert "in_proj.bias" not in names(out_proj_bias=True) and "out_proj.bias" in names(out_proj_bias=True)
+    from modelkit.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="norm"):
+        Mamba2.resolve_options(**base, norm="before")

@@ -248,7 +248,7 @@ def test_builtin_plugins_arrive_through_the_hooks() -> None:
     reg = plugins.registry()
     for kind in ("attention", "mlp", "gated_mlp", "layernorm", "rmsnorm"):
         assert reg.block_plugins[kind] == "core"
-    for name in ("transpose", "split", "reshape", "falcon_qkv", "scale", "add"):
+    for name in ("transpose", "split", "reshape", "falcon_qkv", "scale", "scale_segments", "add"):
         assert reg.transforms[name].plugin == "core"
     for arch in ("gpt2", "llama", "mistral", "falcon", "granite3"):
         assert reg.architectures[arch].plugin == "core"
@@ -322,4 +322,69 @@ def test_block_may_return_its_input(tmp_path: Path, layout: str) -> None:
     finally:
         plugins.unregister_plugin("identity-plugin")
     h = embed[[1, 4]].astype(np.float64) * 1.5 * 1.5
+    np.testing.assert_allclose(logits, h @ embed.T.astype(np.float64), rtol=1e-6)
+
+
+class Doubling(Block):
+    """2 x, counting its calls (so a test sees a shared leading block run once)."""
+
+    calls = 0
+
+    def forward(self, x: np.ndarray, state: Any, ctx: ForwardContext) -> np.ndarray:
+        type(self).calls += 1
+        return 2.0 * x
+
+
+class _DoublingPlugin:
+    @hookimpl
+    def register_block_kinds(self, register):
+        register("identity_for_test", Identity)
+        register("doubling_for_test", Doubling)
+
+
+PARALLEL_STEP_YAML = """\
+name: parallel_step_arch
+match: {model_type: toy_parallel_step}
+config:
+  vocab_size: {from: vocab_size, type: int}
+  hidden_size: {from: hidden_size, type: int}
+model: {tie_head: true}
+layers:
+  count: 1
+  residual_multiplier: 0.5
+  blocks:
+    attn_norm: {kind: doubling_for_test}
+    ssm: {kind: identity_for_test}
+    attn: {kind: identity_for_test}
+    mlp: {kind: identity_for_test}
+  flow:
+    - parallel: [[attn_norm, ssm], [attn_norm, attn]]
+    - [mlp]
+weights:
+  embed.weight: embed
+"""
+
+
+def test_parallel_step_in_a_sequential_flow(tmp_path: Path) -> None:
+    """Falcon-H1's layer: h += r * (ssm(n(h)) + attn(n(h))) with n run once, then h += r * mlp(h).
+    With n = 2x and the rest identities: h -> h + 0.5 * (2h + 2h) = 3h -> 4.5h."""
+    mapping = tmp_path / "parallel_step.yaml"
+    mapping.write_text(PARALLEL_STEP_YAML)
+    folder = tmp_path / "m"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "toy_parallel_step", "vocab_size": 5,
+                                                    "hidden_size": 3}))
+    embed = np.arange(15, dtype=np.float32).reshape(5, 3) / 10
+    write_tensors(folder, {"embed": embed})
+    plugins.register_plugin(_DoublingPlugin(), "doubling-plugin")
+    try:
+        model = modelkit.load(folder, mapping=mapping)
+        Doubling.calls = 0
+        logits = model.forward([1, 4])
+    finally:
+        plugins.unregister_plugin("doubling-plugin")
+    assert Doubling.calls == 1  # the shared attn_norm of both branches
+    assert [[list(b) for b in step] for step in model.layers[0].steps] == [
+        [["attn_norm", "ssm"], ["attn_norm", "attn"]], [["mlp"]]]
+    h = embed[[1, 4]].astype(np.float64) * 4.5
     np.testing.assert_allclose(logits, h @ embed.T.astype(np.float64), rtol=1e-6)
