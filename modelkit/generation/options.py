@@ -10,6 +10,12 @@ import numpy as np
 
 from ..errors import GenerationError
 
+# the float32 range the sampler computes in: a positive temperature below TINY divides logits by
+# zero (or a subnormal) in float32, so it is greedy decoding, which is its limit; values above
+# HUGE overflow to infinity
+_TINY = float(np.finfo(np.float32).tiny)
+_HUGE = float(np.finfo(np.float32).max)
+
 
 @dataclass(frozen=True)
 class SamplingOptions:
@@ -25,13 +31,14 @@ class SamplingOptions:
 
     def __post_init__(self) -> None:
         checks = [
-            ("temperature", math.isfinite(self.temperature) and self.temperature >= 0, "must be >= 0"),
+            ("temperature", math.isfinite(self.temperature) and 0 <= self.temperature <= _HUGE,
+             f"must be >= 0 and at most {_HUGE:.4g} (float32's largest)"),
             ("top_k", isinstance(self.top_k, (int, np.integer)) and self.top_k >= 0,
              "must be an integer >= 0 (0 is off)"),
             ("top_p", 0.0 < self.top_p <= 1.0, "must be in (0, 1] (1 is off)"),
             ("min_p", 0.0 <= self.min_p <= 1.0, "must be in [0, 1] (0 is off)"),
-            ("repetition_penalty", math.isfinite(self.repetition_penalty) and self.repetition_penalty > 0,
-             "must be > 0 (1 is off)"),
+            ("repetition_penalty", _TINY <= self.repetition_penalty <= _HUGE,
+             f"must be > 0 (1 is off) and within float32's range ({_TINY:.4g} to {_HUGE:.4g})"),
             ("seed", self.seed is None or (isinstance(self.seed, (int, np.integer)) and self.seed >= 0),
              "must be an integer >= 0"),
         ]
@@ -41,7 +48,8 @@ class SamplingOptions:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0.0
+        """Temperature 0, or one so small that float32 cannot divide by it: greedy is its limit."""
+        return self.temperature < _TINY
 
     @classmethod
     def resolve(cls, generation_config: dict[str, Any] | None = None, **overrides: Any) -> "SamplingOptions":

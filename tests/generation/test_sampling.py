@@ -203,3 +203,23 @@ def test_generation_config_without_do_sample_is_greedy():
     assert (o.temperature, o.top_p) == (0.8, 0.9)
     assert SamplingOptions.resolve({}).greedy
     assert SamplingOptions.resolve({"do_sample": True}).temperature == 1.0
+
+
+@pytest.mark.parametrize("temperature", [1e-300, 1e-45, 1e-39, 1e-38])
+def test_a_temperature_float32_cannot_divide_by_is_greedy(temperature: float) -> None:
+    """1e-300 is 0 in float32 and would divide by zero: its limit, greedy, is the answer."""
+    z = np.random.default_rng(5).normal(size=500).astype(np.float32)
+    for options in ({}, {"top_p": 0.5}, {"top_k": 3}, {"min_p": 0.2}, {"repetition_penalty": 1.3}):
+        s = Sampler(temperature=temperature, seed=1, **options)
+        assert s.options.greedy
+        assert s(z, history=[0]) == Sampler(temperature=0.0, **options)(z, history=[0])
+
+
+@pytest.mark.parametrize("options, needle", [
+    ({"temperature": 1e300}, "temperature must be >= 0 and at most"),
+    ({"repetition_penalty": 1e-300}, "repetition_penalty must be > 0"),
+    ({"repetition_penalty": 1e39}, "repetition_penalty must be > 0"),
+])
+def test_values_float32_cannot_hold_are_refused(options: dict, needle: str) -> None:
+    with pytest.raises(GenerationError, match=needle):
+        Sampler(**options)
