@@ -126,6 +126,54 @@ def fixture_as_gguf(name: str, path: Path, qtype: Any = None, **tok: Any) -> Pat
     return write_gguf(path, tensors, meta)
 
 
+def gemma3_fixture_as_gguf(path: Path, *, pattern: Any = "period", **meta_extra: Any) -> Path:
+    """The tiny Gemma 3 golden fixture written as llama.cpp's converter writes a gemma3 GGUF:
+    tensors named by gguf-py's TensorNameMap, every norm weight stored as 1 + w
+    (Gemma3Model.norm_shift), Q/K rows untouched, the metadata of Gemma3Model.set_gguf_parameters.
+
+    The converter writes no sliding-window pattern; the fixture's (two sliding layers, one full)
+    is written as llama.cpp reads one: ``pattern="period"`` (a uint32 period), ``"flags"`` (one
+    bool per layer) or ``None`` (no key: llama.cpp's default period of 6 applies).
+    ``meta_extra`` adds or overrides metadata keys (``None`` drops one).
+    """
+    cfg = json.loads((fixture_path("gemma3_text") / "config.json").read_text())
+    layers = cfg["num_hidden_layers"]
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.GEMMA3, layers)
+    tensors = {}
+    for hf, array in read_tensors(fixture_path("gemma3_text")).items():
+        gname = names.get_name(hf, try_suffixes=(".weight", ".bias"))
+        assert gname is not None, hf
+        array = array.astype(np.float32)
+        tensors[gname] = (array + np.float32(1.0) if hf.endswith("norm.weight") else array, None)
+    rope = cfg["rope_parameters"]
+    arch = "gemma3"
+    meta: dict[str, Any] = {
+        "general.name": "gemma3_text",
+        gguf.Keys.LLM.CONTEXT_LENGTH.format(arch=arch): cfg["max_position_embeddings"],
+        gguf.Keys.LLM.EMBEDDING_LENGTH.format(arch=arch): cfg["hidden_size"],
+        gguf.Keys.LLM.BLOCK_COUNT.format(arch=arch): layers,
+        gguf.Keys.LLM.FEED_FORWARD_LENGTH.format(arch=arch): cfg["intermediate_size"],
+        gguf.Keys.Attention.HEAD_COUNT.format(arch=arch): cfg["num_attention_heads"],
+        gguf.Keys.Attention.HEAD_COUNT_KV.format(arch=arch): cfg["num_key_value_heads"],
+        gguf.Keys.Attention.LAYERNORM_RMS_EPS.format(arch=arch): float(cfg["rms_norm_eps"]),
+        gguf.Keys.Attention.KEY_LENGTH.format(arch=arch): cfg["head_dim"],
+        gguf.Keys.Attention.VALUE_LENGTH.format(arch=arch): cfg["head_dim"],
+        gguf.Keys.Rope.FREQ_BASE.format(arch=arch): float(rope["full_attention"]["rope_theta"]),
+        gguf.Keys.Rope.SCALING_TYPE.format(arch=arch): rope["full_attention"]["rope_type"],
+        gguf.Keys.Rope.SCALING_FACTOR.format(arch=arch): float(rope["full_attention"]["factor"]),
+        gguf.Keys.Attention.SLIDING_WINDOW.format(arch=arch): cfg["sliding_window"],
+        **tokenizer_meta(FIXTURES / "tokenizer.json"),
+    }
+    key = gguf.Keys.Attention.SLIDING_WINDOW_PATTERN.format(arch=arch)
+    if pattern == "period":
+        meta[key] = cfg["layer_types"].index("full_attention") + 1
+    elif pattern == "flags":
+        meta[key] = [t == "sliding_attention" for t in cfg["layer_types"]]
+    for k, v in meta_extra.items():
+        meta[k] = v
+    return write_gguf(path, tensors, {k: v for k, v in meta.items() if v is not None}, arch=arch)
+
+
 # ---- dequantisation -------------------------------------------------------------------------
 
 # per-type bound on |dequantised - original| / max|original| for round-to-nearest quantisers

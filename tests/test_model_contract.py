@@ -213,5 +213,7 @@ def test_greedy_tokens_follow_the_full_forward(name: str) -> None:
 
 def test_every_registered_architecture_has_a_fixture() -> None:
     covered = {arch for arch, _ in CONTRACT.values()}
-    gguf_only = {"llama-gguf"}  # tested through the real SmolLM2 file (test_smollm2.py)
+    # tested through GGUF files: the real SmolLM2 file (test_smollm2.py); gemma3_text re-encoded
+    # as a gemma3 GGUF (test_gemma3_gguf.py) and the real Gemma 3 270M file (test_gemma3_270m.py)
+    gguf_only = {"llama-gguf", "gemma3-gguf"}
     assert set(modelkit.architectures()) - gguf_only == covered

@@ -8,6 +8,8 @@ exports:
 - the ``llama-gguf`` architecture (``mappings/llama.yaml`` beside this file), which serves
   GGUF files whose ``general.architecture`` is ``llama``; ``--arch llama`` picks it for a GGUF
   file too;
+- the ``gemma3-gguf`` architecture (``mappings/gemma3.yaml``): GGUF files whose
+  ``general.architecture`` is ``gemma3`` (Gemma 3 text models);
 - the ``unpermute_rope`` transform, which undoes llama.cpp's row order of Q and K;
 - the ``convert`` command (:mod:`modelkit_gguf.convert`): a GGUF file as a Hugging Face folder.
 
@@ -22,7 +24,7 @@ from typing import Callable
 from modelkit import hookimpl
 
 # architecture name -> mapping file in mappings/ beside this file
-MAPPINGS = {"llama-gguf": "llama.yaml"}
+MAPPINGS = {"llama-gguf": "llama.yaml", "gemma3-gguf": "gemma3.yaml"}
 
 
 @hookimpl

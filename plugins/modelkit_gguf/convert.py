@@ -4,8 +4,10 @@ The folder has config.json, model.safetensors, tokenizer.json, tokenizer_config.
 generation_config.json, as transformers' ``from_pretrained`` expects. Tensors go through the
 same plan as :func:`modelkit.load` (dequantised to float32, transforms such as
 ``unpermute_rope`` applied), then get the names of the architecture's safetensors mapping
-(``llama`` for ``llama-gguf``): the canonical parameter ``layers.3.attn.q.weight`` becomes
-``model.layers.3.self_attn.q_proj.weight``. One tensor is in memory at a time; the safetensors
+(``llama`` for ``llama-gguf``, ``gemma3`` for ``gemma3-gguf``): the canonical parameter
+``layers.3.attn.q.weight`` becomes ``model.layers.3.self_attn.q_proj.weight``. Where that
+mapping transforms a tensor on loading (Gemma's norms get 1 added), the inverse is written, so
+the folder loads back to the same weights. One tensor is in memory at a time; the safetensors
 file is written as it goes.
 """
 
@@ -15,6 +17,8 @@ import json
 import os
 import struct
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -43,11 +47,48 @@ def _numpy_dtype(name: str) -> Any:
     return DTYPES[name][0]
 
 
-def hf_names(plan: Plan, target: Any) -> dict[str, str]:
-    """Canonical parameter -> the tensor name ``target`` (a safetensors mapping) reads it from.
+# transforms a safetensors mapping applies on loading that convert undoes when writing, with
+# literal arguments: Gemma's norms are stored as w - 1 and get {add: {value: 1.0}} on loading,
+# so the folder stores the (1 + w) weights a GGUF holds minus 1
+INVERSES: dict[str, tuple[str, Callable[[np.ndarray, float], np.ndarray]]] = {
+    "add": ("value", lambda a, value: (a - np.float32(value)).astype(np.float32)),
+}
 
-    Refuses a target that transforms the tensor (its inverse is not known), stacks it from
-    pieces, or lacks an entry.
+
+@dataclass
+class Destination:
+    """Where one canonical parameter goes in the folder: its name there, and the inverses of the
+    target mapping's transforms, in the order they are applied when writing."""
+
+    name: str
+    undo: list[tuple[Callable[[np.ndarray, float], np.ndarray], float]] = field(default_factory=list)
+
+    def apply(self, array: np.ndarray) -> np.ndarray:
+        for fn, arg in self.undo:
+            array = fn(array, arg)
+        return array
+
+
+def _undo(template: str, target: Any, transforms: list[tuple[str, dict[str, Any]]]) -> list[Any]:
+    undo = []
+    for name, args in reversed(transforms):  # the last transform applied is undone first
+        inverse = INVERSES.get(name)
+        arg = args.get(inverse[0]) if inverse is not None else None
+        if inverse is None or set(args) != {inverse[0]} or isinstance(arg, bool) \
+                or not isinstance(arg, (int, float)):
+            raise MappingError(f"cannot write '{template}' for {target.name}: its Hugging Face layout "
+                               f"stores it in another form ({', '.join(n for n, _ in transforms)} "
+                               f"on loading), and converting back to that form is not supported")
+        undo.append((inverse[1], float(arg)))
+    return undo
+
+
+def hf_names(plan: Plan, target: Any) -> dict[str, Destination]:
+    """Canonical parameter -> the tensor name ``target`` (a safetensors mapping) reads it from,
+    and how to undo the transforms ``target`` applies to it on loading.
+
+    Refuses a target that lacks an entry, stacks a tensor from pieces, or transforms it in a way
+    with no inverse here.
     """
     by_target = {w.target: w for w in target.weights}
     out = {}
@@ -62,11 +103,8 @@ def hf_names(plan: Plan, target: Any) -> dict[str, str]:
         if spec.stack is not None:
             raise MappingError(f"cannot write '{template}' for {target.name}: its Hugging Face layout "
                                f"stores it as one tensor per piece, and writing those is not supported")
-        if spec.transforms:
-            raise MappingError(f"cannot write '{template}' for {target.name}: its Hugging Face layout "
-                               f"stores it in another form ({', '.join(n for n, _ in spec.transforms)} "
-                               f"on loading), and converting back to that form is not supported")
-        out[canonical] = target.checkpoint_names(spec.sources, parts[1] if is_layer else "")[0]
+        name = target.checkpoint_names(spec.sources, parts[1] if is_layer else "")[0]
+        out[canonical] = Destination(name, _undo(template, target, spec.transforms))
     return out
 
 
@@ -98,11 +136,11 @@ def _safetensors_header(entries: list[tuple[str, tuple[int, ...]]], dtype_name: 
     return struct.pack("<Q", len(text)) + text, offset
 
 
-def write_weights(source: WeightSource, plan: Plan, names: dict[str, str], path: Path, dtype: str,
-                  progress: bool = False) -> int:
+def write_weights(source: WeightSource, plan: Plan, names: dict[str, Destination], path: Path,
+                  dtype: str, progress: bool = False) -> int:
     """Stream every planned tensor into one safetensors file; returns the parameter count."""
     np_dtype = _numpy_dtype(dtype)
-    entries = [(names[c], tuple(p.shape)) for c, p in plan.tensors.items()]
+    entries = [(names[c].name, tuple(p.shape)) for c, p in plan.tensors.items()]
     header, _ = _safetensors_header(entries, DTYPES[dtype][1], np.dtype(np_dtype).itemsize)
     reader = TensorReader(source)
     bar = _progress_bar(len(entries), progress)
@@ -111,7 +149,7 @@ def write_weights(source: WeightSource, plan: Plan, names: dict[str, str], path:
         with open(path, "wb") as f:
             f.write(header)
             for canonical, planned in plan.tensors.items():
-                array = reader.read(planned)  # float32, transformed
+                array = names[canonical].apply(reader.read(planned))  # float32, in the folder's form
                 _write_array(f, array.astype(np_dtype) if np_dtype is not np.float32 else array)
                 count += array.size
                 if bar is not None:

@@ -163,3 +163,20 @@ def test_cli_convert_errors_are_one_line(tmp_path: Path) -> None:
     assert not (tmp_path / "hf").exists()  # nothing written for an unreadable source
     bad = run_cli("convert", junk, tmp_path / "hf", "--dtype", "int8")
     assert bad.returncode == 2  # argparse: not a choice
+
+
+@pytest.mark.parametrize("transform", ["{scale: {factor: 2.0}}", "{add: {value: $rms_norm_eps}}"])
+def test_target_transform_without_an_inverse_is_refused(tmp_path: Path, gguf_gqa: Path,
+                                                        monkeypatch: pytest.MonkeyPatch, transform: str) -> None:
+    # a safetensors mapping that stores a tensor in another form: only {add: {value: <number>}}
+    # (Gemma's norms) is undone when writing; anything else is refused by name, nothing written
+    user = tmp_path / "maps"
+    user.mkdir()
+    (user / "llama_scaled.yaml").write_text(
+        "modelkit_mapping: 1\nextends: llama\nname: llama-scaled\nmatch: {model_type: [llama]}\n"
+        "weights:\n  layers.{i}.attn.o.weight: {from: 'model.layers.{i}.self_attn.o_proj.weight', "
+        f"transform: {transform}}}\n", encoding="utf-8")
+    monkeypatch.setenv("MODELKIT_MAPPINGS", str(user))
+    with pytest.raises(modelkit.MappingError, match="cannot write 'layers.{i}.attn.o.weight' for llama-scaled"):
+        convert(gguf_gqa, tmp_path / "hf")
+    assert not (tmp_path / "hf" / "model.safetensors").exists()
