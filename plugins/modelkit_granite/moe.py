@@ -9,7 +9,12 @@ Parameters (local names)::
     gate.weight, up.weight [I_shared, hidden], down.weight [hidden, I_shared]   shared MLP
     router.weight          [E, hidden]
     experts.gate_up.weight [E, 2 * I, hidden]   rows: gate, then up
+    experts.gate.weight, experts.up.weight [E, I, hidden]   instead, with fused_experts false
     experts.down.weight    [E, hidden, I]
+
+Hugging Face Granite stores each layer's experts' gate and up projections as one tensor;
+llama.cpp's GGUF files store them as two (``ffn_gate_exps``, ``ffn_up_exps``), which the block
+joins once when it is built.
 """
 
 from __future__ import annotations
@@ -39,17 +44,20 @@ class MoE(Block):
     OPTIONS = {**GatedMLP.OPTIONS,
                "num_experts": Option("int", doc="routed experts", min=1),
                "top_k": Option("int", doc="experts chosen per token", min=1),
-               "expert_intermediate_size": Option("int", doc="inner width of each expert", min=1)}
-    PARAMETERS = GatedMLP.PARAMETERS + ("router.weight", "experts.gate_up.weight", "experts.down.weight")
+               "expert_intermediate_size": Option("int", doc="inner width of each expert", min=1),
+               "fused_experts": Option("bool", True, "experts' gate and up are one [E, 2I, hidden] tensor "
+                                                      "(false: two [E, I, hidden] tensors)")}
+    PARAMETERS = GatedMLP.PARAMETERS + ("router.weight", "experts.gate_up.weight", "experts.gate.weight",
+                                        "experts.up.weight", "experts.down.weight")
 
     @classmethod
     def params(cls, opts: dict[str, Any]) -> dict[str, ParamSpec]:
         e, k, i, d = opts["num_experts"], opts["top_k"], opts["expert_intermediate_size"], opts["hidden_size"]
         if k > e:
             raise ConfigError(f"moe: top_k {k} is more than the {e} experts")
-        return {**GatedMLP.params(opts),
-                "router.weight": ParamSpec((e, d)),
-                "experts.gate_up.weight": ParamSpec((e, 2 * i, d)),
+        experts = ({"experts.gate_up.weight": ParamSpec((e, 2 * i, d))} if opts["fused_experts"] else
+                   {"experts.gate.weight": ParamSpec((e, i, d)), "experts.up.weight": ParamSpec((e, i, d))})
+        return {**GatedMLP.params(opts), "router.weight": ParamSpec((e, d)), **experts,
                 "experts.down.weight": ParamSpec((e, d, i))}
 
     def build(self, params: dict[str, np.ndarray | None]) -> None:
@@ -59,7 +67,10 @@ class MoE(Block):
         self.top_k = self.options["top_k"]
         self.ei = self.options["expert_intermediate_size"]
         self.router = params["router.weight"]  # [E, hidden]
-        self.gate_up = params["experts.gate_up.weight"]  # [E, 2I, hidden]
+        if self.options["fused_experts"]:
+            self.gate_up = params["experts.gate_up.weight"]  # [E, 2I, hidden]
+        else:  # two [E, I, hidden] -> [E, 2I, hidden], gate rows first
+            self.gate_up = np.concatenate([params["experts.gate.weight"], params["experts.up.weight"]], axis=1)
         self.down = params["experts.down.weight"]  # [E, hidden, I]
 
     def forward(self, x: np.ndarray, state: Any, ctx: ForwardContext) -> np.ndarray:

@@ -225,7 +225,7 @@ def test_config_from_metadata(tmp_path: Path) -> None:
     assert cfg["rope_theta"] == want["rope_parameters"]["rope_theta"]
     assert cfg["model_type"] == "llama" and cfg["architectures"] == ["LlamaForCausalLM"]
     assert cfg["bos_token_id"] == 0 and cfg["eos_token_id"] == 0
-    assert cfg["gguf"]["rope_dimension_count"] == 8
+    assert cfg["gguf"]["rope"]["dimension_count"] == 8
     assert src.generation_config() == {"bos_token_id": 0, "eos_token_id": 0}
 
 
