@@ -14,7 +14,7 @@ them (``from: gguf.rope.dimension_count``).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,8 @@ from gguf import MODEL_TENSOR, TENSOR_NAMES, Keys
 
 from modelkit import CheckpointError
 
-from .families import FAMILIES, Family, Metadata
+from .families import FAMILIES, Family
+from .metadata import Metadata, Tensors
 
 # config.json name <- tokenizer metadata key
 TOKEN_IDS = {
@@ -35,15 +36,6 @@ TOKEN_IDS = {
 def tensor_name(kind: MODEL_TENSOR, suffix: str = "weight", layer: int = 0) -> str:
     """llama.cpp's name of a tensor (gguf-py's table): ``blk.0.attn_q.bias``, ``output.weight``."""
     return f"{TENSOR_NAMES[kind].format(bid=layer)}.{suffix}"
-
-
-def tensor_kinds(names: set[str]) -> set[str]:
-    """The tensors a file has, without their layer: ``blk.3.attn_q.bias`` -> ``attn_q.bias``."""
-    out = set()
-    for name in names:
-        parts = name.split(".", 2)
-        out.add(parts[2] if len(parts) == 3 and parts[0] == "blk" and parts[1].isdigit() else name)
-    return out
 
 
 def same_for_every_layer(value: Any, key: str, path: Path) -> Any:
@@ -93,15 +85,17 @@ def _identity(family: Family | None, arch: str) -> dict[str, Any]:
     return {"model_type": family.model_type, "architectures": [family.hf_class]}
 
 
-def config_from_metadata(meta: Mapping[str, Any], tensor_names: set[str], path: Path) -> dict[str, Any]:
+def config_from_metadata(meta: Mapping[str, Any], tensors: Mapping[str, tuple[int, ...]] | Collection[str],
+                         path: Path) -> dict[str, Any]:
     """The model's config as config.json would spell it, read from GGUF metadata
-    (:attr:`GGUFFile.metadata <modelkit_gguf.reader.GGUFFile.metadata>`)."""
+    (:attr:`GGUFFile.metadata <modelkit_gguf.reader.GGUFFile.metadata>`) and the tensor table
+    (name -> shape in NumPy order, or just the names)."""
     arch = meta.get(Keys.General.ARCHITECTURE)
     if not isinstance(arch, str) or not arch:
         raise CheckpointError(f"{path}: no 'general.architecture' metadata; not a model GGUF")
     family = FAMILIES.get(arch)
     m = Metadata(meta, arch, path)
-    kinds = tensor_kinds(tensor_names)
+    present = Tensors(tensors)
     cfg = _identity(family, arch)
     table = family.metadata_table() if family is not None else Family.common_table()
     for name, template in table.items():
@@ -115,13 +109,13 @@ def config_from_metadata(meta: Mapping[str, Any], tensor_names: set[str], path: 
     scaling = rope_scaling(m)
     if scaling is not None:
         cfg["rope_scaling"] = scaling
-    cfg["tie_word_embeddings"] = tensor_name(MODEL_TENSOR.OUTPUT) not in tensor_names
+    cfg["tie_word_embeddings"] = tensor_name(MODEL_TENSOR.OUTPUT) not in present
     if family is not None:
         cfg.update(family.constants)
         for key, kind in family.presence.items():
-            cfg[key] = kind in kinds
+            cfg[key] = present.has(kind)
         for rule in family.rules:
-            rule(m, cfg, kinds)
+            rule(m, cfg, present)
     for name, key in TOKEN_IDS.items():
         value = meta.get(key)
         if isinstance(value, int):
@@ -130,7 +124,7 @@ def config_from_metadata(meta: Mapping[str, Any], tensor_names: set[str], path: 
         **metadata_tree(meta, arch, path),
         "architecture": arch,
         # llama.cpp's Llama 3.1+ rope scaling: per-dimension frequency factors as a tensor
-        "rope_freqs": tensor_name(MODEL_TENSOR.ROPE_FREQS) in tensor_names,
+        "rope_freqs": tensor_name(MODEL_TENSOR.ROPE_FREQS) in present,
         "name": meta.get(Keys.General.NAME),
     }
     return cfg

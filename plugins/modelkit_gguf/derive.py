@@ -109,10 +109,13 @@ def _derived_entry(w: Any, family: Family, names: NameMap, prefixes: list[str]) 
     if not found:
         raise MappingError(f"{family.arch}: gguf-py has no GGUF name for '{w.sources[0]}' ({w.target}); "
                            f"name it in the family's weights (or null to drop it)")
+    if len(found) > 1:  # a file may hold both: which one is this parameter is the family's to say
+        raise MappingError(f"{family.arch}: the alternatives of '{w.target}' have different GGUF names "
+                           f"({', '.join(found)}); name it in the family's weights")
     transforms = [(t, args) for t, args in w.transforms if t not in family.applied]
     if not transforms and not w.optional:
-        return (found[0] if len(found) == 1 else found), w.sources[0]
-    value: dict[str, Any] = {"from": found[0] if len(found) == 1 else found}
+        return found[0], w.sources[0]
+    value: dict[str, Any] = {"from": found[0]}
     if w.optional:
         value["optional"] = True
     if transforms:

@@ -29,10 +29,12 @@ from typing import Any, ClassVar
 from gguf import Keys
 
 from . import family_rules as rules
-from .metadata import Metadata
+from .fragments import (COHERE2_NO_QK_NORM, FALCON_QKV, FULL_ROTARY, GEMMA3, GRANITE_HYBRID, GRANITE_ROPE, LLAMA_DEFAULTS, MAMBA2,
+                        NO_HEAD, PHI2_NO_QK_NORM, PHI3_NO_GATE_BIAS, QKV_THIRDS, ROPE_FREQS, STABLELM_QK_NORMS,
+                        UNPERMUTE_QK, Yaml)
+from .metadata import Metadata, Tensors
 
-Rule = Callable[[Metadata, dict[str, Any], set[str]], None]
-Yaml = dict[str, str]  # mapping section ("config", "checks", "model", "layers", "weights") -> entries
+Rule = Callable[[Metadata, dict[str, Any], Tensors], None]
 
 
 @dataclass(frozen=True)
@@ -86,36 +88,6 @@ class Family:
         return table
 
 
-# ---- mapping text shared by families ---------------------------------------------------------
-# "@arch" is replaced by the architecture's name
-
-# modelkit rotates whole heads: a rotary dimension count below the head size is refused
-FULL_ROTARY: Yaml = {
-    "config": "# rotary channels per head (@arch.rope.dimension_count); modelkit rotates whole heads\n"
-              "rope_dim: {from: gguf.rope.dimension_count, type: int, min: 2, derive: head_dim}\n",
-    "checks": '- {expr: "rope_dim == head_dim", message: "@arch.rope.dimension_count differs from the head '
-              'size (partial rotary is not supported)"}\n',
-}
-
-# LlamaModel.permute reorders the Q and K rows of each head for llama.cpp's pairwise rotary kernel
-UNPERMUTE_QK: Yaml = {"weights": """\
-# llama.cpp permutes Q and K rows for its interleaved rotary kernel; put them back in halves
-layers.{i}.attn.q.weight: {from: "blk.{i}.attn_q.weight", transform: {unpermute_rope: {heads: $num_heads}}}
-layers.{i}.attn.k.weight: {from: "blk.{i}.attn_k.weight", transform: {unpermute_rope: {heads: $num_kv_heads}}}
-layers.{i}.attn.q.bias: {from: "blk.{i}.attn_q.bias", optional: true, transform: {unpermute_rope: {heads: $num_heads}}}
-layers.{i}.attn.k.bias: {from: "blk.{i}.attn_k.bias", optional: true, transform: {unpermute_rope: {heads: $num_kv_heads}}}
-"""}
-
-# Llama 3.1+ rope scaling as llama.cpp stores it: one divisor per frequency, shared by all layers
-ROPE_FREQS: Yaml = {"weights": "layers.{i}.attn.rope_freq_factors: {from: rope_freqs.weight, optional: true}\n"}
-
-LLAMA_DEFAULTS: Yaml = {"config": """\
-rms_norm_eps: {default: 1.0e-5}
-rope_theta: {from: rope_theta}
-rope_scaling: {from: rope_scaling}
-max_position_embeddings: {default: 4096}
-"""}
-
 LLAMA_BIASES = {"attention_bias": "attn_q.bias", "mlp_bias": "ffn_up.bias"}
 SILU = {"hidden_act": "silu"}  # llama.cpp's LLM_FFN_SILU
 
@@ -125,72 +97,15 @@ GRANITE_SCALES = {  # Granite's multipliers, as the converter writes them (Grani
     "logits_scaling": Keys.LLM.LOGIT_SCALE,
     "attention_multiplier": Keys.Attention.SCALE,
 }
-
-GEMMA3: Yaml = {
-    "config": """\
-value_length: {from: gguf.attention.value_length, type: int, min: 1, derive: head_dim}
-gguf_attn_softcap: {from: gguf.attn_logit_softcapping, type: float, default: null}
-""",
-    "checks": """\
-- {expr: "value_length == head_dim", message: "gemma3.attention.value_length differs from key_length (modelkit's attention has one head size)"}
-- {expr: "gguf_attn_softcap is None", message: "gemma3.attn_logit_softcapping is set: Gemma 3 has no attention soft-capping and llama.cpp ignores the key, so modelkit refuses to guess"}
-""",
-    "weights": """\
-# llama.cpp's converter stores every Gemma norm weight as 1 + w (it adds the 1 that Gemma's
-# RMSNorm adds at run time), so gemma3.yaml's {add: {value: 1.0}} is not applied again.
-# Q and K keep Hugging Face's row order: llama.cpp rotates Gemma's heads by halves (NEOX rope).
-# Gemma 3 has no biases; a file with any is refused (unexpected tensors), not half-read
-layers.{i}.attn.q.bias: null
-layers.{i}.attn.k.bias: null
-layers.{i}.attn.v.bias: null
-layers.{i}.attn.o.bias: null
-layers.{i}.mlp.gate.bias: null
-layers.{i}.mlp.up.bias: null
-layers.{i}.mlp.down.bias: null
-""",
+GPT2_NAMES = {  # GPT-2 style config.json names
+    "n_embd": Keys.LLM.EMBEDDING_LENGTH, "n_layer": Keys.LLM.BLOCK_COUNT, "n_head": Keys.Attention.HEAD_COUNT,
+    "n_positions": Keys.LLM.CONTEXT_LENGTH, "hidden_size": None, "num_hidden_layers": None,
+    "num_attention_heads": None, "num_key_value_heads": None, "intermediate_size": None,
+    "max_position_embeddings": None,
 }
-
-GRANITE_HYBRID: Yaml = {
-    "config": """\
-gguf_rope_dim: {from: gguf.rope.dimension_count, type: int, min: 2, derive: head_dim}
-""",
-    "checks": """\
-- {expr: "position_embedding_type != 'rope' or gguf_rope_dim == head_dim", message: "granitehybrid.rope.dimension_count differs from the head size (partial rotary is not supported)"}
-""",
-    # llama.cpp keeps the experts' gate and up projections apart (ffn_gate_exps, ffn_up_exps)
-    "layers": """\
-variants:
-  mamba_moe: {blocks: {mlp: {fused_experts: false}}}
-  attention_moe: {blocks: {mlp: {fused_experts: false}}}
-""",
-    "weights": """\
-# Mamba2Model.modify_tensors: the depthwise conv [C, 1, K] is stored squeezed, [C, K]
-layers.{i}.ssm.conv.weight: blk.{i}.ssm_conv1d.weight
-# Mamba2Model.filter_tensors renames dt_bias to dt_proj.bias, which gguf-py names ssm_dt.bias
-layers.{i}.ssm.dt_bias: blk.{i}.ssm_dt.bias
-# A_log is stored as A = -exp(A_log), shaped [H, 1]
-layers.{i}.ssm.A_log: {from: "blk.{i}.ssm_a", transform: [{reshape: {to: [-1]}}, undo_neg_exp]}
-# D is stored [H, 1]
-layers.{i}.ssm.D: {from: "blk.{i}.ssm_d", transform: {reshape: {to: [-1]}}}
-# the gated norm's weight is stored per group, [G, D / G]
-layers.{i}.ssm.norm.weight: {from: "blk.{i}.ssm_norm.weight", transform: {reshape: {to: [-1]}}}
-# GraniteMoeModel splits shared_mlp.input_linear into gate and up: ffn_*_shexp beside routed
-# experts, plain ffn_* without them
-layers.{i}.mlp.gate.weight: ["blk.{i}.ffn_gate_shexp.weight", "blk.{i}.ffn_gate.weight"]
-layers.{i}.mlp.up.weight: ["blk.{i}.ffn_up_shexp.weight", "blk.{i}.ffn_up.weight"]
-layers.{i}.mlp.down.weight: ["blk.{i}.ffn_down_shexp.weight", "blk.{i}.ffn_down.weight"]
-# and the experts' input_linear into gate and up, each [E, I, hidden] (fused_experts: false)
-layers.{i}.mlp.experts.gate_up.weight: null
-layers.{i}.mlp.experts.gate.weight: blk.{i}.ffn_gate_exps.weight
-layers.{i}.mlp.experts.up.weight: blk.{i}.ffn_up_exps.weight
-""",
-}
-
-GRANITE_ROPE: Yaml = {
-    "config": "gguf_rope_on: {from: gguf.rope.scaling.finetuned, type: bool, default: true}\n",
-    "checks": '- {expr: "gguf_rope_on", message: "granite.rope.scaling.finetuned is false: a dense Granite '
-              'without rotary positions, which the granite3 mapping does not implement"}\n',
-}
+LAYER_NORM_EPS = {"layer_norm_eps": Keys.Attention.LAYERNORM_EPS}
+MAMBA2_SIZES = {"mamba_d_conv": Keys.SSM.CONV_KERNEL, "mamba_d_state": Keys.SSM.STATE_SIZE,
+                "mamba_n_groups": Keys.SSM.GROUP_COUNT, "mamba_n_heads": Keys.SSM.TIME_STEP_RANK}
 
 
 FAMILIES: dict[str, Family] = {f.arch: f for f in (
@@ -198,26 +113,90 @@ FAMILIES: dict[str, Family] = {f.arch: f for f in (
            "Llama family in llama.cpp's GGUF layout (Llama 1/2/3, SmolLM, TinyLlama, Mistral 7B)",
            constants=SILU, presence=LLAMA_BIASES,
            yaml=(LLAMA_DEFAULTS, FULL_ROTARY, UNPERMUTE_QK, ROPE_FREQS)),
+    Family("qwen2", "qwen2", "qwen2", "Qwen2ForCausalLM", "Qwen2 / Qwen2.5 in llama.cpp's GGUF layout",
+           constants=SILU, yaml=(FULL_ROTARY,)),
+    Family("qwen3", "qwen3", "qwen3", "Qwen3ForCausalLM", "Qwen3 in llama.cpp's GGUF layout",
+           constants=SILU, yaml=(FULL_ROTARY,)),
+    Family("smollm3", "smollm3", "smollm3", "SmolLM3ForCausalLM", "SmolLM3 in llama.cpp's GGUF layout",
+           # llama.cpp's smollm3 loader fixes n_no_rope_layer_step = 4: every fourth layer has no rotary
+           constants={**SILU, "no_rope_layer_interval": 4}, presence=LLAMA_BIASES,
+           yaml=(FULL_ROTARY, UNPERMUTE_QK)),
+    Family("gemma", "gemma", "gemma", "GemmaForCausalLM", "Gemma in llama.cpp's GGUF layout",
+           # llama.cpp's LLM_FFN_GELU is the tanh approximation
+           constants={"hidden_activation": "gelu_pytorch_tanh"}, applied=("add",),
+           yaml=(FULL_ROTARY, NO_HEAD)),
+    Family("gemma2", "gemma2", "gemma2", "Gemma2ForCausalLM", "Gemma 2 in llama.cpp's GGUF layout",
+           constants={"hidden_activation": "gelu_pytorch_tanh"}, rules=(rules.gemma2,), applied=("add",),
+           yaml=(FULL_ROTARY, NO_HEAD)),
     Family("gemma3", "gemma3", "gemma3_text", "Gemma3ForCausalLM",
            "Gemma 3 text family in llama.cpp's GGUF layout",
-           # llama.cpp's LLM_FFN_GELU is the tanh approximation
            constants={"hidden_activation": "gelu_pytorch_tanh"}, presence={"attention_bias": "attn_q.bias"},
            rules=(rules.gemma3,), applied=("add",), yaml=(FULL_ROTARY, GEMMA3)),
+    Family("phi3", "phi3", "phi3", "Phi3ForCausalLM", "Phi-3 in llama.cpp's GGUF layout",
+           # llama.cpp's phi3 loader turns the sliding window off, so it is not read
+           constants=SILU, rules=(rules.partial_rotary,), yaml=(PHI3_NO_GATE_BIAS,)),
+    Family("phi2", "phi", "phi", "PhiForCausalLM", "Phi-1/1.5/2 in llama.cpp's GGUF layout",
+           metadata=LAYER_NORM_EPS, constants={"hidden_act": "gelu_new"},
+           rules=(rules.partial_rotary, rules.ffn_size("intermediate_size"), rules.kv_heads_from_tensors),
+           yaml=(PHI2_NO_QK_NORM,)),
+    Family("olmo", "olmo", "olmo", "OlmoForCausalLM", "OLMo in llama.cpp's GGUF layout",
+           metadata={"clip_qkv": Keys.Attention.CLAMP_KQV}, constants=SILU, yaml=(FULL_ROTARY, UNPERMUTE_QK)),
+    Family("olmo2", "olmo2", "olmo2", "Olmo2ForCausalLM", "OLMo 2 in llama.cpp's GGUF layout",
+           constants=SILU, yaml=(FULL_ROTARY,)),
+    Family("stablelm", "stablelm", "stablelm", "StableLmForCausalLM", "StableLM 2 in llama.cpp's GGUF layout",
+           metadata={**LAYER_NORM_EPS, "use_parallel_residual": Keys.LLM.USE_PARALLEL_RESIDUAL},
+           constants=SILU, presence={"use_qkv_bias": "attn_q.bias", "qk_layernorm": "attn_q_norm.weight"},
+           rules=(rules.partial_rotary,), yaml=(STABLELM_QK_NORMS,)),
+    Family("gptneox", "gpt_neox", "gpt_neox", "GPTNeoXForCausalLM", "GPT-NeoX / Pythia in llama.cpp's GGUF layout",
+           metadata={**LAYER_NORM_EPS, "use_parallel_residual": Keys.LLM.USE_PARALLEL_RESIDUAL},
+           constants={"hidden_act": "gelu"}, rules=(rules.partial_rotary,), yaml=(QKV_THIRDS,)),
+    Family("starcoder2", "starcoder2", "starcoder2", "Starcoder2ForCausalLM",
+           "StarCoder 2 in llama.cpp's GGUF layout",
+           # llama.cpp's starcoder2 has no sliding window, so it is not read
+           metadata={"norm_epsilon": Keys.Attention.LAYERNORM_EPS}, constants={"hidden_act": "gelu_pytorch_tanh"},
+           presence={"use_bias": "attn_q.bias"}, yaml=(FULL_ROTARY,)),
+    Family("command-r", "cohere", "cohere", "CohereForCausalLM", "Command-R (Cohere) in llama.cpp's GGUF layout",
+           metadata={**LAYER_NORM_EPS, "logit_scale": Keys.LLM.LOGIT_SCALE}, constants=SILU,
+           presence={"use_qk_norm": "attn_q_norm.weight"}, yaml=(FULL_ROTARY, NO_HEAD)),
+    Family("cohere2", "cohere2", "cohere2", "Cohere2ForCausalLM", "Command-R7B (Cohere 2) in llama.cpp's GGUF layout",
+           metadata={**LAYER_NORM_EPS, "logit_scale": Keys.LLM.LOGIT_SCALE,
+                     "sliding_window": Keys.Attention.SLIDING_WINDOW},
+           constants=SILU, rules=(rules.sliding_pattern(4),), yaml=(FULL_ROTARY, NO_HEAD, COHERE2_NO_QK_NORM)),
+    Family("starcoder", "gpt_bigcode", "gpt_bigcode", "GPTBigCodeForCausalLM",
+           "StarCoder (GPTBigCode) in llama.cpp's GGUF layout",
+           metadata={**GPT2_NAMES, "layer_norm_epsilon": Keys.Attention.LAYERNORM_EPS},
+           constants={"activation_function": "gelu_pytorch_tanh"},
+           rules=(rules.ffn_size("n_inner"), rules.one_kv_head_is_multi_query)),
+    Family("gpt2", "gpt2", "gpt2", "GPT2LMHeadModel", "GPT-2 in llama.cpp's GGUF layout",
+           metadata={**GPT2_NAMES, "layer_norm_epsilon": Keys.Attention.LAYERNORM_EPS},
+           # the converter transposes GPT-2's Conv1D weights to [out, in]
+           constants={"activation_function": "gelu_new"}, rules=(rules.ffn_size("n_inner"),),
+           applied=("transpose",)),
+    Family("bloom", "bloom", "bloom", "BloomForCausalLM", "BLOOM in llama.cpp's GGUF layout",
+           yaml=(QKV_THIRDS,)),
+    Family("falcon", "falcon", "falcon", "FalconForCausalLM", "Falcon (7B, 40B, 180B) in llama.cpp's GGUF layout",
+           metadata={"num_kv_heads": Keys.Attention.HEAD_COUNT_KV, "num_key_value_heads": None,
+                     "ffn_hidden_size": Keys.LLM.FEED_FORWARD_LENGTH, "intermediate_size": None},
+           constants={"activation": "gelu"}, rules=(rules.falcon,), yaml=(FULL_ROTARY, FALCON_QKV)),
+    Family("mamba2", "mamba2", "mamba2", "Mamba2ForCausalLM", "Mamba2 in llama.cpp's GGUF layout",
+           metadata={"num_heads": Keys.SSM.TIME_STEP_RANK, "n_groups": Keys.SSM.GROUP_COUNT,
+                     "state_size": Keys.SSM.STATE_SIZE, "conv_kernel": Keys.SSM.CONV_KERNEL,
+                     "layer_norm_epsilon": Keys.Attention.LAYERNORM_RMS_EPS, "rms_norm_eps": None,
+                     "num_attention_heads": None, "num_key_value_heads": None, "intermediate_size": None},
+           constants=SILU, presence={"use_bias": "ssm_in.bias", "use_conv_bias": "ssm_conv1d.bias"},
+           rules=(rules.mamba2_sizes,), yaml=(MAMBA2,)),
     Family("granitehybrid", "granite", "granitemoehybrid", "GraniteMoeHybridForCausalLM",
            "Granite 4.0-H (Mamba2 and attention layers, shared MLP, optional experts) in llama.cpp's "
            "GGUF layout",
            metadata={"num_attention_heads": None, "num_key_value_heads": None,
                      "shared_intermediate_size": Keys.LLM.EXPERT_SHARED_FEED_FORWARD_LENGTH,
                      "num_local_experts": Keys.LLM.EXPERT_COUNT,
-                     "num_experts_per_tok": Keys.LLM.EXPERT_USED_COUNT,
-                     "mamba_d_conv": Keys.SSM.CONV_KERNEL, "mamba_d_state": Keys.SSM.STATE_SIZE,
-                     "mamba_n_groups": Keys.SSM.GROUP_COUNT, "mamba_n_heads": Keys.SSM.TIME_STEP_RANK,
-                     **GRANITE_SCALES},
+                     "num_experts_per_tok": Keys.LLM.EXPERT_USED_COUNT, **MAMBA2_SIZES, **GRANITE_SCALES},
            constants=SILU,
            presence={"attention_bias": "attn_q.bias", "mamba_conv_bias": "ssm_conv1d.bias",
                      "mamba_proj_bias": "ssm_in.bias"},
            rules=(rules.granite_hybrid, rules.granite_multipliers),
-           yaml=(GRANITE_HYBRID, UNPERMUTE_QK)),
+           yaml=(MAMBA2, GRANITE_HYBRID, UNPERMUTE_QK)),
     Family("granite", "granite3", "granite", "GraniteForCausalLM",
            "Granite 3 dense family in llama.cpp's GGUF layout (and attention-only Granite 4.0-H, "
            "which the converter writes as granite)",

@@ -1,9 +1,9 @@
-"""One GGUF file's metadata as the config rules read it: gguf-py's ``{arch}`` key templates
-filled in, values checked, errors naming the file and the key."""
+"""One GGUF file's metadata and tensor table as the config rules read them: gguf-py's
+``{arch}`` key templates filled in, values checked, errors naming the file and the key."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -48,3 +48,30 @@ class Metadata:
         if len(value) != layers:
             raise self.error(template, f"holds {len(value)} values for {layers} layers")
         return list(value)
+
+
+class Tensors:
+    """The tensors a file has: names, their shapes (NumPy order), and their kinds (the name
+    without its layer: ``blk.3.attn_q.bias`` -> ``attn_q.bias``)."""
+
+    def __init__(self, tensors: Mapping[str, tuple[int, ...]] | Collection[str]):
+        self.shapes: dict[str, tuple[int, ...]] = (dict(tensors) if isinstance(tensors, Mapping)
+                                                    else {name: () for name in tensors})
+        self.kinds = {self.kind(name) for name in self.shapes}
+
+    @staticmethod
+    def kind(name: str) -> str:
+        """``blk.3.attn_q.bias`` -> ``attn_q.bias``; a model tensor's name as it is."""
+        parts = name.split(".", 2)
+        return parts[2] if len(parts) == 3 and parts[0] == "blk" and parts[1].isdigit() else name
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.shapes
+
+    def has(self, kind: str) -> bool:
+        """Whether some layer (or the model) has a tensor of this kind (``attn_q.bias``)."""
+        return kind in self.kinds
+
+    def rows(self, kind: str) -> int | None:
+        """The first dimension of the first layer's tensor of this kind (None: no such tensor)."""
+        return next((shape[0] for name, shape in self.shapes.items() if shape and self.kind(name) == kind), None)

@@ -234,6 +234,8 @@ def test_arch_llama_selects_the_gguf_mapping(tmp_path: Path) -> None:
     assert modelkit.load(path, arch="llama").name == "llama-gguf"
     assert modelkit.load(path, arch="llama-gguf").name == "llama-gguf"
     with pytest.raises(modelkit.UnknownArchitectureError, match="no mapping for gguf"):
+        modelkit.load(path, arch="opt")  # llama.cpp writes no OPT
+    with pytest.raises(modelkit.UnknownArchitectureError, match="which architecture 'llama-gguf' serves"):
         modelkit.load(path, arch="gpt2")
 
 
