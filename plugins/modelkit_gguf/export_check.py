@@ -1,0 +1,80 @@
+"""Is a GGUF file the model of the folder it was written from? Both are planned (the file as any
+GGUF file is), and what makes the model is compared: the scalars, every block's kind and
+options, and every parameter's shape. A difference is a setting the file cannot carry."""
+
+from __future__ import annotations
+
+from typing import Any
+
+# block options that change only float rounding, not the model (the scan's chunk length)
+ROUNDING_ONLY = {"chunk_size"}
+# a canonical parameter of the folder that the GGUF mapping reads as two (the moe block's experts
+# with fused_experts false): folder name -> (GGUF-side name, which half along axis 1)
+SPLIT_PARAMS = {"experts.gate_up.weight": (("experts.gate.weight", 0), ("experts.up.weight", 1))}
+LLAMA3 = "llama3 (one divisor per frequency)"
+
+
+def _describe(plan: Any) -> dict[str, Any]:
+    """What makes the model: scalars, each block's kind and options (not the tunable ones), and
+    each parameter's shape; the moe block's split experts are counted as the fused tensor."""
+    out: dict[str, Any] = {"tied head": plan.tied, "embedding multiplier": plan.embedding_multiplier,
+                           "logits divisor": plan.logits_divisor, "logits soft cap": plan.logits_softcap,
+                           "embedding width": plan.embed_dim, "layers": len(plan.layers)}
+
+    def block(where: str, b: Any) -> None:
+        options = {k: v for k, v in b.options.items() if k not in ROUNDING_ONLY and k != "fused_experts"
+                   and not getattr(b.cls.OPTIONS.get(k), "tunable", False)}
+        if "rope_scaling" in options:
+            options["rope_scaling"] = _scaling(options["rope_scaling"])
+        if "rope_freq_factors" in b.params:  # llama.cpp's form of llama3 scaling
+            options["rope_scaling"] = LLAMA3
+        out[where] = (b.kind, options)
+
+    for name in ("final_norm", "embed_norm"):
+        if getattr(plan, name) is not None:
+            block(name, getattr(plan, name))
+    for i, layer in enumerate(plan.layers):
+        out[f"layer {i} residual multiplier"] = layer.residual_multiplier
+        for name, b in layer.blocks.items():
+            block(f"layer {i} {name}", b)
+    for canonical, planned in plan.tensors.items():
+        if canonical.endswith(".rope_freq_factors"):
+            continue  # the llama3 scaling, compared as an option
+        shape = tuple(planned.shape)
+        for local, ((gate, _), (up, _)) in SPLIT_PARAMS.items():
+            if canonical.endswith("." + gate):
+                canonical, shape = canonical[:-len(gate)] + local, (shape[0], 2 * shape[1], *shape[2:])
+            elif canonical.endswith("." + up):
+                canonical = None  # counted with the gate half
+                break
+        if canonical is not None:
+            out[f"tensor {canonical}"] = shape
+    return out
+
+
+def _scaling(value: Any) -> Any:
+    """rope scaling without what other options carry (transformers 5 puts the base and the
+    rotary fraction in rope_parameters); the default type is no scaling."""
+    if not isinstance(value, dict):
+        return value
+    value = {k: v for k, v in value.items() if k not in ("rope_theta", "partial_rotary_factor")}
+    if value.get("rope_type") == "llama3":
+        return LLAMA3
+    return None if value.get("rope_type", "default") == "default" and len(value) <= 1 else value
+
+
+
+def differences(folder_plan: Any, file_plan: Any) -> list[str]:
+    """How the model the file describes differs from the folder's, one line each."""
+    a, b = _describe(folder_plan), _describe(file_plan)
+    lines = []
+    for key in [*a, *(k for k in b if k not in a)]:
+        if a.get(key) != b.get(key):
+            if isinstance(a.get(key), tuple) and isinstance(b.get(key), tuple) and a[key][0] == b[key][0]:
+                for opt in sorted(set(a[key][1]) | set(b[key][1])):
+                    if a[key][1].get(opt) != b[key][1].get(opt):
+                        lines.append(f"{key} {opt}: {a[key][1].get(opt)!r} in the folder, "
+                                     f"{b[key][1].get(opt)!r} in a GGUF file")
+            else:
+                lines.append(f"{key}: {a.get(key)!r} in the folder, {b.get(key)!r} in a GGUF file")
+    return lines
