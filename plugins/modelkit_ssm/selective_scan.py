@@ -73,8 +73,10 @@ def selective_scan(x: np.ndarray, dt: np.ndarray, a: np.ndarray, b: np.ndarray, 
     the data. Short chunks are the fastest (the buffers stay in cache): see :func:`chunk_length`.
 
     The decays are products of a finite A (A_log is capped) and a finite dt >= 0, so they lie
-    in [0, 1]: a huge dt * |A| underflows to a decay of exactly 0 (the state is forgotten), never
-    to NaN, and no quantity here is ever divided by a decay.
+    in [0, 1]: a huge dt * |A| gives a decay of 0 (the state is forgotten), never NaN, and no
+    quantity here is ever divided by a decay. Decays from exp(-104) to exp(-87) are subnormal
+    floats; each meets one multiplication here (Mamba2's scan floors them because there they
+    multiply whole score matrices), so they are left as they are.
     """
     t_total, d = x.shape
     n = b.shape[1]
