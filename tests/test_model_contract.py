@@ -15,6 +15,7 @@ from conftest import ATOL, SHIPPED_FIXTURES, fixture_path, load_cached, max_abs,
 import modelkit
 
 GH_HYBRID = ["mamba", "attention", "mamba", "mamba"]
+LFM2 = ["conv", "conv", "attention", "conv", "attention", "conv"]
 # fixture -> (architecture, each layer's variant or None when the mapping has one kind of layer)
 CONTRACT: dict[str, tuple[str, list[str] | None]] = {
     **{name: (arch, None) for name, arch in SHIPPED_FIXTURES.items()},
@@ -30,12 +31,17 @@ CONTRACT: dict[str, tuple[str, list[str] | None]] = {
     "bamba": ("bamba", ["mamba", "attention", "mamba", "attention"]),
     "falcon_h1": ("falcon_h1", ["hybrid"] * 3),
     "falcon_h1_nonorm": ("falcon_h1", ["hybrid"] * 2),
+    "mamba": ("mamba", None),
+    "mamba_options": ("mamba", None),
+    "lfm2": ("lfm2", LFM2),
+    "lfm2_hub_config": ("lfm2", ["conv", "attention", "conv", "attention", "conv"]),
 }
 NAMES = list(CONTRACT)
-# fixtures with Mamba2 layers: a variant named for them, or a family whose every layer has one
-EVERY_LAYER_SSM = {"mamba2", "falcon_h1"}
-WITH_SSM = [name for name, (arch, variants) in CONTRACT.items()
-            if arch in EVERY_LAYER_SSM or (variants and any("mamba" in v for v in variants))]
+# fixtures with Mamba2 layers, whose decoding keeps steps pending: a variant named for them, or
+# a family whose every layer has one (the ssm plugin's Mamba v1 has no such window)
+EVERY_LAYER_MAMBA2 = {"mamba2", "falcon_h1"}
+WITH_MAMBA2 = [name for name, (arch, variants) in CONTRACT.items()
+               if arch in EVERY_LAYER_MAMBA2 or (variants and any("mamba" in v for v in variants))]
 # same-model consistency (cache vs no cache) is far tighter than the reference tolerance ...
 SELF_ATOL = 2e-5
 # ... except where logits are large: gemma3_text's reach 10, and the float32 rounding of six
@@ -141,7 +147,7 @@ def test_chunked_prefill_and_query_blocks(name: str, monkeypatch: pytest.MonkeyP
     assert max_abs(np.concatenate([head, *steps]), unchunked_long) < _self_atol(name)
 
 
-@pytest.mark.parametrize("name", WITH_SSM)
+@pytest.mark.parametrize("name", WITH_MAMBA2)
 @pytest.mark.parametrize("window", [1, 3])
 def test_decoding_folds_pending_steps_exactly(name: str, window: int) -> None:
     """With a pending window of 1 or 3 Mamba2 steps, decoding folds many times, and a prompt
