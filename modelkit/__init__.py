@@ -28,7 +28,7 @@ _LAZY = {
     "Option": "nn.options", "REQUIRED": "nn.options",
     "linear": "nn.linear", "ACTIVATIONS": "nn.activations", "silu": "nn.activations",
     "softplus": "nn.activations", "rms_norm": "nn.norms", "layer_norm": "nn.norms",
-    "GatedMLP": "nn.mlp", "MLP": "nn.mlp",
+    "GatedMLP": "nn.mlp", "MLP": "nn.mlp", "causal_conv": "nn.conv",
     # checkpoints and weight sources
     "WeightSource": "checkpoint.source", "TensorInfo": "checkpoint.source",
     "Tokenizer": "text.tokenizer",

@@ -19,9 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from modelkit import ACTIVATIONS, Block, ConfigError, ForwardContext, Option, ParamSpec, linear
+from modelkit import ACTIVATIONS, Block, ConfigError, ForwardContext, Option, ParamSpec, causal_conv, linear
 
-from .mamba2 import (PENDING_WINDOW, PendingSteps, causal_conv, decay_rates, fold_pending, gated,
+from .mamba2 import (PENDING_WINDOW, PendingSteps, decay_rates, fold_pending, gated,
                      gated_rms_norm, ssd_chunked, ssd_step, state_shape, time_steps)
 
 

@@ -8,7 +8,7 @@ what ``modelkit`` exports:
 * the architecture ``lfm2`` (LiquidAI LFM2, Lfm2ForCausalLM: ``mappings/lfm2.yaml``) and the
   block kind ``short_conv`` (:mod:`modelkit_ssm.short_conv`), beside the core's attention.
 
-Both mixers convolve over time with :func:`modelkit_ssm.conv.causal_conv`. Norms, attention,
+Both mixers convolve over time with the core's :func:`modelkit.causal_conv`. Norms, attention,
 the MLP and every weight transform are the core's. See docs/ssm.md.
 """
 

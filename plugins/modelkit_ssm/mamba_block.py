@@ -21,9 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from modelkit import ACTIVATIONS, Block, ForwardContext, Option, ParamSpec, linear, silu, softplus
+from modelkit import ACTIVATIONS, Block, ForwardContext, Option, ParamSpec, causal_conv, linear, silu, softplus
 
-from .conv import causal_conv
 from .selective_scan import chunk_length, decay_rates, selective_scan, selective_step
 
 

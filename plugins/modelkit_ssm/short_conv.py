@@ -24,9 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from modelkit import Block, ForwardContext, Option, ParamSpec, linear
-
-from .conv import causal_conv
+from modelkit import Block, ForwardContext, Option, ParamSpec, causal_conv, linear
 
 
 class ShortConvState:

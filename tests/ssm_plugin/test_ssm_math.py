@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from modelkit.nn.block import ForwardContext
-from modelkit_ssm.conv import causal_conv
+from modelkit import causal_conv
 from modelkit_ssm.mamba_block import Mamba
 from modelkit_ssm.selective_scan import (CHUNK_FLOATS, chunk_length, decay_rates, selective_scan,
                                          selective_step)
