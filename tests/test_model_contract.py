@@ -202,6 +202,34 @@ def test_weights_and_activations_are_float32(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", NAMES)
+def test_decoding_a_token_allocates_nothing_model_sized(name: str) -> None:
+    """Each one-token step allocates less than half the largest weight matrix of a layer (plus its
+    logits row): no weight is copied, fused or re-laid out per token (caches are preallocated)."""
+    import tracemalloc
+
+    model = load_cached(name)
+    seen: set[int] = set()
+    matrices = [a.nbytes for layer in model.layers for block in layer.blocks.values()
+                for a in _arrays(block, seen) if a.ndim >= 2]
+    ids = [int(t) for t in reference(name)[0][:8]]
+    cache = model.make_cache()
+    model.forward(ids[:4], cache)
+    model.forward(ids[4:5], cache)  # the first step may set up what later steps reuse
+    tracemalloc.start()
+    try:
+        peaks = []
+        for token in ids[5:8]:
+            tracemalloc.reset_peak()
+            before = tracemalloc.get_traced_memory()[0]
+            model.forward([token], cache, last_only=True)
+            peaks.append(tracemalloc.get_traced_memory()[1] - before)
+    finally:
+        tracemalloc.stop()
+    # the logits row and a few activations of one token stay far below one weight matrix
+    assert max(peaks) < max(matrices) / 2 + 4 * model.vocab_size * 4, (peaks, max(matrices))
+
+
+@pytest.mark.parametrize("name", NAMES)
 def test_greedy_tokens_follow_the_full_forward(name: str) -> None:
     model = load_cached(name)
     prompt = [int(t) for t in reference(name)[0][:6]]
