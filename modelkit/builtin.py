@@ -32,11 +32,13 @@ def register_architectures(register: Callable[..., None]) -> None:
 def register_block_kinds(register: Callable[..., None]) -> None:
     from .nn.attention import Attention
     from .nn.mlp import MLP, GatedMLP
+    from .nn.moe import MoE
     from .nn.norms import LayerNorm, RMSNorm
 
     register("attention", Attention)
     register("mlp", MLP)
     register("gated_mlp", GatedMLP)
+    register("moe", MoE)
     register("layernorm", LayerNorm)
     register("rmsnorm", RMSNorm)
 

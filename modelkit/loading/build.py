@@ -31,8 +31,14 @@ class TensorReader:
     def read(self, planned: PlannedTensor) -> np.ndarray:
         """The canonical tensor ``planned`` describes."""
         assert planned.source is not None
-        if planned.parts:  # a stacked entry: each piece transformed, then stacked on a new axis
-            array = np.stack([self._transformed(name, planned) for name in planned.parts])
+        if planned.parts:  # a stacked entry: each piece transformed, then written into its row
+            array = np.empty(planned.shape, np.float32)
+            for j, name in enumerate(planned.parts):
+                piece = self._transformed(name, planned)
+                if piece.shape != array.shape[1:]:  # assignment would broadcast
+                    raise CheckpointError(f"{name}: transforms produced shape {list(piece.shape)}, "
+                                          f"expected {list(array.shape[1:])}")
+                array[j] = piece
         else:
             array = self._transformed(planned.source, planned)
         if array.dtype != np.float32 or not array.flags.c_contiguous:

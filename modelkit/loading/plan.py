@@ -25,6 +25,8 @@ from .report import Report
 # and safetensors' 8-, 6- and 4-bit floats; found from the headers, before any data is read
 UNREADABLE_DTYPES = {"BOOL", "U8", "I8", "U16", "I16", "U32", "I32", "U64", "I64", "F8_E4M3", "F8_E5M2",
                      "F8_E8M0", "F8_E4M3FNUZ", "F8_E5M2FNUZ", "F6_E2M3", "F6_E3M2", "F4"}
+# pieces in one stacked entry at most (published MoE models have a few hundred experts a layer)
+MAX_STACK = 1 << 16
 
 
 @dataclass(frozen=True)
@@ -174,9 +176,22 @@ def _stack_count(w: WeightSpec, cfg: Config, key: str, where: str) -> int | None
     if w.stack is None:
         return None
     n = resolve_value(w.stack, cfg, f"{key}.stack")
-    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-        raise ConfigError(f"{where}: weights.{w.target}.stack must be a positive integer, got {n!r}")
+    if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= MAX_STACK:
+        raise ConfigError(f"{where}: weights.{w.target}.stack must be a positive integer (at most "
+                          f"{MAX_STACK}), got {n!r}")
     return n
+
+
+def _stored_form(mapping: Mapping, w: WeightSpec, layer_index: str, cfg: Config, infos: dict[str, TensorInfo],
+                 key: str, where: str) -> WeightSpec:
+    """The first of an entry's forms (the entry, then its fallbacks) with a tensor in the
+    checkpoint; the entry itself when no form has one (its tensors are then reported missing)."""
+    for form in (w, *w.fallbacks):
+        names = mapping.checkpoint_names(form.sources, layer_index)
+        count = _stack_count(form, cfg, key, where) or 1
+        if any(n.replace(STACK_PLACEHOLDER, str(j)) in infos for n in names for j in range(count)):
+            return form
+    return w
 
 
 def _plan_tensor(mapping: Mapping, w: WeightSpec, canonical: str, ps: ParamSpec, layer_index: str,
@@ -196,6 +211,15 @@ def _plan_tensor(mapping: Mapping, w: WeightSpec, canonical: str, ps: ParamSpec,
     sources = [next((c for c in names if c in infos), names[0]) for names in pieces]
     used.update(s for s in sources if s in infos)  # mapped, even when the stack lacks a piece
     absent = [s for s in sources if s not in infos]
+    if count is not None:  # a stack absent altogether, or of another count, is one line
+        shown = candidates[0].replace(STACK_PLACEHOLDER, f"{{0..{count - 1}}}")
+        if len(absent) == count:
+            if required:
+                report.missing.append((shown, canonical, ps.shape))
+            return None
+        if not absent and ps.shape[:1] != (count,):
+            report.misshaped.append((shown, canonical, (count, *piece_shape), ps.shape, f"{count} stacked"))
+            return None
     if absent and (required or len(absent) < len(sources)):  # a stack is complete or absent
         report.missing.extend((s, canonical, piece_shape) for s in absent)
     if absent:
@@ -321,14 +345,16 @@ def make_plan(mapping: Mapping, raw: dict[str, Any], infos: dict[str, TensorInfo
         layer_index = canonical.split(".")[1] if template.startswith("layers.") else ""
         key = f"{path}: weights.{template}"
         entry_cfg = cfg if not layer_index else cfg.with_layer(int(layer_index))
-        planned = _plan_tensor(mapping, w, canonical, ps, layer_index, entry_cfg, registry, infos,
+        form = _stored_form(mapping, w, layer_index, entry_cfg, infos, key, where) if w.fallbacks else w
+        planned = _plan_tensor(mapping, form, canonical, ps, layer_index, entry_cfg, registry, infos,
                                report, used, key, where)
         if planned is not None:
             tensors[canonical] = planned
 
     # a tied head may still be stored (transformers writes it sometimes): accept and ignore it
-    tied_head_sources = (set(mapping.checkpoint_names(by_target["head.weight"].sources))
-                         if tied and "head.weight" in by_target else set())
+    head = by_target.get("head.weight")
+    tied_head_sources = (set(mapping.checkpoint_names([n for form in (head, *head.fallbacks) for n in form.sources]))
+                         if tied and head is not None else set())
     for name, info in infos.items():
         if name in used or name in tied_head_sources:
             continue

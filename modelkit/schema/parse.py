@@ -353,36 +353,52 @@ class _Parser:
             key = f"weights.{target}"
             self.expect(target, str, "weights", "canonical names")
             self.check_pattern(target, key)
+            if isinstance(spec, list) and any(isinstance(item, dict) for item in spec):
+                # forms stored differently, each with its own transforms and stack: the first is
+                # the entry, the others its fallbacks, tried in order
+                forms = [self.parse_form(item if isinstance(item, dict) else {"from": item}, target,
+                                         f"{key}[{n}]", names, whole=False) for n, item in enumerate(spec)]
+                forms[0].fallbacks = forms[1:]
+                out.append(forms[0])
+                continue
             if isinstance(spec, (str, list)):
                 spec = {"from": spec}
-            self.expect(spec, dict, key, "a checkpoint name or {from, transform, optional, stack}")
-            self.check_keys(spec, WEIGHT_KEYS, key)
-            stack = spec.get("stack")
-            if stack is not None:
-                if not (isinstance(stack, int) and not isinstance(stack, bool) and stack >= 1
-                        or isinstance(stack, str) and stack.startswith("$") and not stack.startswith("$$")):
-                    raise self.fail(f"{key}.stack", f"expected a positive count or a $expression, got {stack!r}")
-                self.check_value(stack, f"{key}.stack", names)
-            sources = spec.get("from")
-            if isinstance(sources, str):
-                sources = [sources]
-            self.expect(sources, list, f"{key}.from", "a checkpoint tensor name or a list of alternatives")
-            if not sources:
-                raise self.fail(f"{key}.from", "needs at least one checkpoint tensor name")
-            for source in sources:
-                self.expect(source, str, f"{key}.from", "checkpoint tensor names")
-                self.check_pattern(source, f"{key}.from", stacked=stack is not None)
-                if PLACEHOLDER in source and PLACEHOLDER not in target:
-                    raise self.fail(key, f"{PLACEHOLDER} in the checkpoint name needs {PLACEHOLDER} in the "
-                                         f"canonical name")
-                if stack is not None and STACK_PLACEHOLDER not in source:
-                    raise self.fail(f"{key}.from", f"a stacked entry names its pieces with {STACK_PLACEHOLDER} "
-                                                   f"(0 .. stack - 1); '{source}' has none")
-            optional = spec.get("optional", False)
-            self.expect(optional, bool, f"{key}.optional", "true or false")
-            transforms = self.parse_transforms(spec.get("transform", []), f"{key}.transform", names)
-            out.append(WeightSpec(target, sources, transforms, optional, stack))
+            out.append(self.parse_form(spec, target, key, names))
         return out
+
+    def parse_form(self, spec: Any, target: str, key: str, names: set[str], whole: bool = True) -> WeightSpec:
+        """One form of a weights entry: checkpoint names, transforms, stack (and, for a whole
+        entry, optional)."""
+        self.expect(spec, dict, key, "a checkpoint name or {from, transform, optional, stack}")
+        if not whole and "optional" in spec:
+            raise self.fail(key, "optional belongs to a whole entry; a list of forms, each with its own "
+                                 "transforms, is required")
+        self.check_keys(spec, WEIGHT_KEYS if whole else WEIGHT_KEYS - {"optional"}, key)
+        stack = spec.get("stack")
+        if stack is not None:
+            if not (isinstance(stack, int) and not isinstance(stack, bool) and stack >= 1
+                    or isinstance(stack, str) and stack.startswith("$") and not stack.startswith("$$")):
+                raise self.fail(f"{key}.stack", f"expected a positive count or a $expression, got {stack!r}")
+            self.check_value(stack, f"{key}.stack", names)
+        sources = spec.get("from")
+        if isinstance(sources, str):
+            sources = [sources]
+        self.expect(sources, list, f"{key}.from", "a checkpoint tensor name or a list of alternatives")
+        if not sources:
+            raise self.fail(f"{key}.from", "needs at least one checkpoint tensor name")
+        for source in sources:
+            self.expect(source, str, f"{key}.from", "checkpoint tensor names")
+            self.check_pattern(source, f"{key}.from", stacked=stack is not None)
+            if PLACEHOLDER in source and PLACEHOLDER not in target:
+                raise self.fail(key, f"{PLACEHOLDER} in the checkpoint name needs {PLACEHOLDER} in the "
+                                     f"canonical name")
+            if stack is not None and STACK_PLACEHOLDER not in source:
+                raise self.fail(f"{key}.from", f"a stacked entry names its pieces with {STACK_PLACEHOLDER} "
+                                               f"(0 .. stack - 1); '{source}' has none")
+        optional = spec.get("optional", False)
+        self.expect(optional, bool, f"{key}.optional", "true or false")
+        transforms = self.parse_transforms(spec.get("transform", []), f"{key}.transform", names)
+        return WeightSpec(target, sources, transforms, optional, stack)
 
     def parse_transforms(self, data: Any, key: str, names: set[str]) -> list[tuple[str, dict[str, Any]]]:
         if isinstance(data, (str, dict)):
