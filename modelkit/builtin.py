@@ -14,7 +14,8 @@ from .plugins.hookspecs import hookimpl
 
 SHIPPED = ("gpt2", "llama", "mistral", "falcon", "granite3", "qwen2", "qwen3", "gemma", "gemma2", "gemma3",
            "phi3", "olmo", "olmo2", "starcoder2", "gpt_neox", "phi", "stablelm",
-           "smollm3", "opt", "gptj", "cohere", "cohere2", "gpt_bigcode", "bloom")
+           "smollm3", "opt", "gptj", "cohere", "cohere2", "gpt_bigcode", "bloom", "mixtral", "qwen3_moe",
+           "granitemoe")
 
 
 def mapping_file(name: str):  # -> importlib.resources Traversable

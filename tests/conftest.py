@@ -60,6 +60,10 @@ SHIPPED_FIXTURES = {
     "gpt_bigcode_mha": "gpt_bigcode",
     "bloom": "bloom",
     "bloom_tp_exact": "bloom",
+    "mixtral": "mixtral",
+    "mixtral_fused": "mixtral",
+    "qwen3_moe": "qwen3_moe",
+    "granitemoe": "granitemoe",
 }
 
 # logits tolerance against the transformers reference

@@ -35,6 +35,9 @@ CONTRACT: dict[str, tuple[str, list[str] | None]] = {
     "mamba_options": ("mamba", None),
     "lfm2": ("lfm2", LFM2),
     "lfm2_hub_config": ("lfm2", ["conv", "attention", "conv", "attention", "conv"]),
+    # dense layers among the routed ones: mlp_only_layers [2]; decoder_sparse_step 2
+    "qwen3_moe": ("qwen3_moe", ["sparse", "sparse", "dense", "sparse"]),
+    "qwen3_moe_fused": ("qwen3_moe", ["dense", "sparse", "dense", "sparse"]),
 }
 NAMES = list(CONTRACT)
 # fixtures with Mamba2 layers, whose decoding keeps steps pending: a variant named for them, or
