@@ -15,8 +15,9 @@ log U(1, 16), D 1, dt_bias N(0, 0.5), Mamba v1 dt_proj.bias -4.6), so generated 
 the sizes are real.
 
 ``granite-4.0-h-350m`` and ``granite-4.0-h-1b`` have 340,332,224 and 1,461,538,368 parameters,
-``smollm2-135m`` 134,515,008, ``mamba-130m`` 129,135,360 and ``lfm2-350m`` 354,483,968 (tied heads
-counted once).
+``smollm2-135m`` 134,515,008, ``mamba-130m`` 129,135,360, ``lfm2-350m`` 354,483,968 and
+``granite-3.0-1b-a400m`` 1,334,628,352 (tied heads counted once; GraniteMoe, 32 routed experts
+with 8 per token in each of 24 layers, so about 400M of them run per token).
 """
 
 from __future__ import annotations
@@ -108,6 +109,23 @@ def _lfm2(hidden: int, layers: int, attention_at: list[int], heads: int, ff_dim:
     }
 
 
+def _granite_moe(hidden: int, layers: int, heads: int, kv_heads: int, expert: int, experts: int, top_k: int,
+                 attention_multiplier: float, residual_multiplier: float, logits_scaling: float) -> dict[str, Any]:
+    """A Granite 3.x MoE config.json (GraniteMoeForCausalLM) as the hub spells it. The sizes are
+    what the bench measures; the multipliers change no cost."""
+    return {
+        "architectures": ["GraniteMoeForCausalLM"], "model_type": "granitemoe",
+        "attention_bias": False, "attention_dropout": 0.1, "attention_multiplier": attention_multiplier,
+        "bos_token_id": 0, "eos_token_id": 0, "pad_token_id": 0, "embedding_multiplier": 12.0,
+        "hidden_act": "silu", "hidden_size": hidden, "intermediate_size": expert,
+        "logits_scaling": logits_scaling, "max_position_embeddings": 4096, "num_attention_heads": heads,
+        "num_experts_per_tok": top_k, "num_hidden_layers": layers, "num_key_value_heads": kv_heads,
+        "num_local_experts": experts, "residual_multiplier": residual_multiplier, "rms_norm_eps": 1e-06,
+        "rope_scaling": None, "rope_theta": 10000, "tie_word_embeddings": True, "torch_dtype": "bfloat16",
+        "use_cache": True, "vocab_size": 49155,
+    }
+
+
 CONFIGS: dict[str, dict[str, Any]] = {
     "granite-4.0-h-350m": _granite_h(768, 32, [10, 13, 17, 27], 12, 2048, 32, 0.015625, 0.246, 3, 32768),
     "granite-4.0-h-1b": _granite_h(1536, 40, [5, 15, 25, 35], 12, 4096, 64, 0.0078125, 0.22, 6, 131072),
@@ -134,6 +152,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
     },
     "mamba-130m": _mamba(768, 24, 50280),
     "lfm2-350m": _lfm2(1024, 16, [2, 5, 8, 10, 12, 14], 16, 6656),
+    "granite-3.0-1b-a400m": _granite_moe(1024, 24, 16, 8, 512, 32, 8, 0.015625, 0.22, 6.0),
 }
 
 # special tokens by model type: id -> text; the first (or only) eos is the config's eos id
@@ -143,14 +162,19 @@ SPECIALS: dict[str, dict[int, str]] = {
     "llama": {0: "<|endoftext|>", 1: "<|im_start|>", 2: "<|im_end|>"},
     "mamba": {0: "<|endoftext|>", 1: "<|padding|>"},
     "lfm2": {0: "<|pad|>", 1: "<|startoftext|>", 6: "<|im_start|>", 7: "<|im_end|>"},
+    "granitemoe": {0: "<|end_of_text|>", 49152: "<|start_of_role|>", 49153: "<|end_of_role|>",
+                   49154: "<|tool_call|>"},
 }
 
+_GRANITE_TEMPLATE = (
+    "{%- for message in messages %}"
+    "{{- '<|start_of_role|>' + message['role'] + '<|end_of_role|>' + message['content'] + '<|end_of_text|>\\n' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|start_of_role|>assistant<|end_of_role|>' }}{%- endif %}")
+
 CHAT_TEMPLATES = {
-    "granitemoehybrid": (
-        "{%- for message in messages %}"
-        "{{- '<|start_of_role|>' + message['role'] + '<|end_of_role|>' + message['content'] + '<|end_of_text|>\\n' }}"
-        "{%- endfor %}"
-        "{%- if add_generation_prompt %}{{- '<|start_of_role|>assistant<|end_of_role|>' }}{%- endif %}"),
+    "granitemoehybrid": _GRANITE_TEMPLATE,
+    "granitemoe": _GRANITE_TEMPLATE,
     "llama": (
         "{%- for message in messages %}"
         "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
@@ -276,7 +300,21 @@ def lfm2_shapes(cfg: dict[str, Any]) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-SHAPES = {"granitemoehybrid": granite_h_shapes, "llama": llama_shapes, "mamba": mamba_shapes, "lfm2": lfm2_shapes}
+def granitemoe_shapes(cfg: dict[str, Any]) -> dict[str, tuple[int, ...]]:
+    """Every tensor of a GraniteMoe checkpoint: Llama's attention and norms, and per layer the
+    experts fused as the hub stores them (input_linear [E, 2I, d], output_linear [E, d, I])."""
+    d, e, inter = cfg["hidden_size"], cfg["num_local_experts"], cfg["intermediate_size"]
+    shapes = {name: shape for name, shape in llama_shapes(cfg).items() if ".mlp." not in name}
+    for i in range(cfg["num_hidden_layers"]):
+        p = f"model.layers.{i}.block_sparse_moe."
+        shapes[p + "router.layer.weight"] = (e, d)
+        shapes[p + "input_linear.weight"] = (e, 2 * inter, d)
+        shapes[p + "output_linear.weight"] = (e, d, inter)
+    return shapes
+
+
+SHAPES = {"granitemoehybrid": granite_h_shapes, "llama": llama_shapes, "mamba": mamba_shapes, "lfm2": lfm2_shapes,
+          "granitemoe": granitemoe_shapes}
 
 
 def tensor_shapes(cfg: dict[str, Any]) -> dict[str, tuple[int, ...]]:

@@ -4,7 +4,7 @@
 
 Prepares the checkpoints (random weights with the exact shapes of granite-4.0-h-350m and
 granite-4.0-h-1b in bf16, and SmolLM2-135M's real weights when its GGUF is at hand; on request
-mamba-130m and lfm2-350m, random, bf16), then runs
+mamba-130m, lfm2-350m and the routed-expert granite-3.0-1b-a400m, random, bf16), then runs
 every (engine, figure group) pair in a fresh subprocess (``bench/worker.py``), alternating
 engines, ``--runs`` times, and prints the medians as a table with modelkit's ratio to each
 reference. The full results go to a JSON file (``--out``).
@@ -38,7 +38,7 @@ GROUPS = ("load", "prefill", "decode", "long")
 # --models keys of random-weight checkpoints -> bench/checkpoints.py names (the first has every
 # figure group by default, the others all but the long prompt)
 RANDOM = {"granite-350m": "granite-4.0-h-350m", "granite-1b": "granite-4.0-h-1b",
-          "mamba-130m": "mamba-130m", "lfm2-350m": "lfm2-350m"}
+          "mamba-130m": "mamba-130m", "lfm2-350m": "lfm2-350m", "granite-moe": "granite-3.0-1b-a400m"}
 
 
 @dataclass
