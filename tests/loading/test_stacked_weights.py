@@ -54,6 +54,17 @@ def test_a_stack_absent_altogether_is_one_line(tmp_path: Path) -> None:
                                         "layers.0.mlp.experts.down.weight", (4, 32, 24))]
 
 
+def test_only_the_first_stored_form_is_read(tmp_path: Path) -> None:
+    """A checkpoint holding both layouts reads the per-expert one (listed first); the fused
+    tensors are left over, so reported as unexpected."""
+    folder = copy_fixture("mixtral", tmp_path / "m")
+    fused = {n: t for n, t in read_tensors(fixture_path("mixtral_fused")).items() if ".mlp.experts." in n}
+    write_tensors(folder, {**read_tensors(folder), **fused})
+    report = _report(folder)
+    assert not report.missing and not report.misshaped
+    assert sorted(name for name, _ in report.unexpected) == sorted(fused)
+
+
 def test_a_misshaped_or_mistyped_piece_is_named(tmp_path: Path) -> None:
     folder = copy_fixture("mixtral", tmp_path / "m")
     tensors = read_tensors(folder)
