@@ -58,7 +58,10 @@ def weight_files(folder: Path) -> list[Path]:
                 raise CheckpointError(f"{index}: shard '{name}' does not exist")
             files.append(path)
         return files
-    files = sorted(p for p in folder.glob("*.safetensors") if p.is_file())
+    found = sorted(folder.glob("*.safetensors"))
+    files = [p for p in found if p.is_file()]
+    if not files and found:
+        raise CheckpointError(f"{found[0]}: not a regular file (a FIFO or a device?); weights must be one")
     if not files:
         pickles = [p for pat in PICKLE_PATTERNS for p in folder.glob(pat)]
         if pickles:

@@ -31,6 +31,8 @@ def open_source(path: str | os.PathLike, registry: Registry | None = None) -> We
     p = Path(path).expanduser()
     if not p.exists():
         raise CheckpointError(f"{p}: no such file or folder")
+    if not p.is_file() and not p.is_dir():
+        raise CheckpointError(f"{p}: not a regular file or a folder (a FIFO or a device?)")
     for cls in registry.weight_sources.values():
         if cls.can_open(p):
             return cls.open(p)

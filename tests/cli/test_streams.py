@@ -244,3 +244,20 @@ def test_symlink_to_a_regular_prompt_file_is_fine(tmp_path: Path, capsys: pytest
     (tmp_path / "real.txt").write_text("Once upon a time\n")
     (tmp_path / "link.txt").symlink_to(tmp_path / "real.txt")
     assert cli_main(["run", "--model", str(LLAMA), "--prompt-file", str(tmp_path / "link.txt"), "-n", "2", "-q"]) == 0
+
+
+@posix_only
+@pytest.mark.parametrize("kind", ["fifo.gguf", "/dev/null", "fifo weights"])
+def test_model_that_is_not_a_regular_file(tmp_path: Path, kind: str) -> None:
+    if kind == "fifo.gguf":
+        model = tmp_path / "m.gguf"
+        os.mkfifo(model)
+    elif kind == "fifo weights":
+        model = tmp_path / "m"
+        model.mkdir()
+        (model / "config.json").write_bytes((LLAMA / "config.json").read_bytes())
+        os.mkfifo(model / "model.safetensors")
+    else:
+        model = Path(kind)
+    proc = modelkit("validate", "--model", model, timeout=60)
+    assert_one_line_error(proc, "not a regular file")
