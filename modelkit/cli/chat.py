@@ -9,7 +9,7 @@ from typing import Any
 
 from ..errors import GenerationError, ModelkitError
 from .common import generation_options, load_model, prepare_stdout, stats_line, utf8_text
-from .streams import stdin_or_error
+from .streams import OutputError, stdin_or_error
 
 HELP = "commands: /reset clears the conversation, /exit (or Ctrl-D) ends the session; Ctrl-C stops a reply"
 
@@ -94,6 +94,8 @@ def run_chat(args: argparse.Namespace) -> int:
                 if piece.text:
                     sys.stdout.write(piece.text)
                     sys.stdout.flush()
+        except OutputError:  # stdout cannot be written: the session cannot go on
+            raise
         except ModelkitError as exc:
             print(f"modelkit: error: {str(exc).splitlines()[0]} (/reset starts over)", file=sys.stderr)
             continue

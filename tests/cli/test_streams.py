@@ -261,3 +261,14 @@ def test_model_that_is_not_a_regular_file(tmp_path: Path, kind: str) -> None:
         model = Path(kind)
     proc = modelkit("validate", "--model", model, timeout=60)
     assert_one_line_error(proc, "not a regular file")
+
+
+@posix_only
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+def test_chat_on_a_full_device_ends_the_session(tmp_path: Path) -> None:
+    # not a failed turn that the next one could survive: one line, exit 1
+    folder = copy_fixture("llama_gqa", tmp_path / "m")
+    (folder / "chat_template.jinja").write_text("{% for m in messages %}{{ m['content'] }}{% endfor %}")
+    with open("/dev/full", "wb") as full:
+        proc = modelkit("chat", "--model", folder, "-n", "4", input=b"hello\nagain\n", stdout=full)
+    assert_one_line_error(proc, "standard output: cannot write")
