@@ -150,9 +150,9 @@ def _fit(array: np.ndarray, np_dtype: Any, dtype: str, name: str, clip: bool) ->
     largest = dtype_max(dtype)
     if not clip:
         worst = float(np.max(np.abs(array[over])))
+        wider = "float32 or bfloat16" if dtype == "float16" else "float32"
         raise CheckpointError(f"tensor '{name}': {count} value(s) beyond {dtype}'s range (up to {worst:.4g}; "
-                              f"{dtype} ends at {largest:.5g}); choose --dtype float32 (or bfloat16), "
-                              f"or --clip to clip them")
+                              f"{dtype} ends at {largest:.5g}); choose --dtype {wider}, or --clip to clip them")
     cast[over] = np.where(array[over] > 0, largest, -largest).astype(np_dtype)
     return cast, count
 
@@ -234,7 +234,10 @@ def _tokenizer_files(source: WeightSource, out: OutputFolder, max_length: Any) -
 def _refuse_overlap(source: WeightSource, out: Path) -> None:
     """Refuse an output folder that is the source, holds it, or lies inside it (also through
     symbolic links): writing there could overwrite the very files being read."""
-    target = out.resolve()
+    try:
+        target = out.resolve()
+    except (OSError, RuntimeError) as exc:  # RuntimeError: a symbolic link loop (before Python 3.13)
+        raise CheckpointError(f"{out}: cannot resolve the output path ({exc})") from None
     given = Path(source.path).resolve()
     files = {given} | {Path(info.file).resolve() for info in source.tensor_infos().values()}
     if given.is_dir():

@@ -348,3 +348,12 @@ def test_a_target_that_is_a_file_is_refused(tmp_path: Path, gguf_gqa: Path) -> N
     with pytest.raises(CheckpointError, match="exists and is not a folder"):
         convert(gguf_gqa, tmp_path / "hf")
     assert (tmp_path / "hf").read_text() == "a file"
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="symbolic links need privileges on Windows")
+def test_a_symlink_loop_as_target_is_one_line(tmp_path: Path, gguf_gqa: Path, capsys: pytest.CaptureFixture) -> None:
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    for out in (tmp_path / "loop", tmp_path / "loop" / "hf"):
+        assert cli_main(["convert", str(gguf_gqa), str(out)]) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "cannot resolve the output path" in err
