@@ -563,16 +563,16 @@ def test_chat_command_refuses_an_escaping_template_before_reading_input(tmp_path
 # ---- generation options --------------------------------------------------------------------------
 
 GENERATION_FLAGS = [
-    (["--temperature", "-0.5"], "temperature must be >= 0"),
-    (["--temperature", "nan"], "temperature must be >= 0"),
-    (["--temperature", "inf"], "temperature must be >= 0"),
-    (["--top-p", "0"], "top_p must be in (0, 1]"),
-    (["--top-p", "1.5"], "top_p must be in (0, 1]"),
-    (["--top-p", "nan"], "top_p must be in (0, 1]"),
-    (["--top-k", "-1"], "top_k must be an integer >= 0"),
-    (["--min-p", "1.5"], "min_p must be in [0, 1]"),
-    (["--repetition-penalty", "-1"], "repetition_penalty must be > 0"),
-    (["--seed", "-1"], "seed must be an integer >= 0"),
+    (["--temperature", "-0.5"], "--temperature must be >= 0"),
+    (["--temperature", "nan"], "--temperature must be >= 0"),
+    (["--temperature", "inf"], "--temperature must be >= 0"),
+    (["--top-p", "0"], "--top-p must be in (0, 1]"),
+    (["--top-p", "1.5"], "--top-p must be in (0, 1]"),
+    (["--top-p", "nan"], "--top-p must be in (0, 1]"),
+    (["--top-k", "-1"], "--top-k must be an integer >= 0"),
+    (["--min-p", "1.5"], "--min-p must be in [0, 1]"),
+    (["--repetition-penalty", "-1"], "--repetition-penalty must be > 0"),
+    (["--seed", "-1"], "--seed must be an integer >= 0"),
     (["--max-tokens", "0"], "--max-tokens must be at least 1"),
     (["--max-tokens", "-5"], "--max-tokens must be at least 1"),
 ]

@@ -11,9 +11,9 @@ from typing import Any
 import numpy as np
 from safetensors import SafetensorError, safe_open
 
-from ..errors import CheckpointError, ModelkitError
+from ..errors import CheckpointError, ConfigError
 from .config_json import read_config_json
-from .files import read_json_if_present
+from .files import MAX_SIDE_FILE_BYTES, read_json_if_present, read_text_file
 from .source import TensorInfo, WeightSource
 
 INDEX = "model.safetensors.index.json"
@@ -37,9 +37,10 @@ def weight_files(folder: Path) -> list[Path]:
     Refuses shard names that leave the folder, missing shards, and pickle-only folders.
     """
     index = folder / INDEX
-    if index.is_file():
+    if index.exists():
+        text = read_text_file(index, MAX_SIDE_FILE_BYTES, CheckpointError, "shard index")
         try:
-            data = json.loads(index.read_text(encoding="utf-8"))
+            data = json.loads(text)
             weight_map = data["weight_map"]
             if not isinstance(weight_map, dict):
                 raise TypeError
@@ -57,7 +58,10 @@ def weight_files(folder: Path) -> list[Path]:
                 raise CheckpointError(f"{index}: shard '{name}' does not exist")
             files.append(path)
         return files
-    files = sorted(p for p in folder.glob("*.safetensors") if p.is_file())
+    found = sorted(folder.glob("*.safetensors"))
+    files = [p for p in found if p.is_file()]
+    if not files and found:
+        raise CheckpointError(f"{found[0]}: not a regular file (a FIFO or a device?); weights must be one")
     if not files:
         pickles = [p for pat in PICKLE_PATTERNS for p in folder.glob(pat)]
         if pickles:
@@ -88,6 +92,11 @@ class SafetensorsSource(WeightSource):
 
     def _handle(self, file: str) -> Any:
         if file not in self._handles:
+            try:
+                with open(file, "rb"):  # the library reports an unreadable file as a missing one
+                    pass
+            except OSError as exc:
+                raise CheckpointError(f"{file}: cannot read ({exc.strerror or exc})") from None
             try:
                 self._handles[file] = safe_open(file, framework="numpy")
             except (SafetensorError, OSError, ValueError) as exc:
@@ -189,11 +198,9 @@ class SafetensorsSource(WeightSource):
         return Tokenizer.from_folder(self.path)
 
     def generation_config(self) -> dict[str, Any]:
-        # a broken generation_config.json only loses sampling defaults: load without them
-        try:
-            return read_json_if_present(self.path / "generation_config.json")
-        except ModelkitError:
-            return {}
+        # an unreadable or malformed file is an error, not ignored: it may name the EOS ids
+        # that end generation
+        return read_json_if_present(self.path / "generation_config.json", ConfigError)
 
     def close(self) -> None:
         self._handles.clear()

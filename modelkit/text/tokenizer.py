@@ -5,8 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from ..checkpoint.files import read_json_if_present, read_side_text
+from ..checkpoint.files import read_json_if_present, read_side_text, read_text_file
 from ..errors import TokenizerError
+
+# tokenizer.json is the one large side file (Gemma 3's is 33 MB); four times that is refused
+# before the tokenizers library parses it
+MAX_TOKENIZER_BYTES = 128 << 20
 
 
 class Tokenizer:
@@ -71,12 +75,13 @@ class Tokenizer:
     def from_folder(cls, folder: Path) -> "Tokenizer | None":
         """The tokenizer of a Hugging Face folder, or None without tokenizer.json."""
         path = folder / "tokenizer.json"
-        if not path.is_file():
+        if not path.exists() and not path.is_symlink():
             return None
+        text = read_text_file(path, MAX_TOKENIZER_BYTES, TokenizerError, "tokenizer.json")
         from tokenizers import Tokenizer as Backend
 
         try:
-            backend = Backend.from_file(str(path))
+            backend = Backend.from_str(text)
         except Exception as exc:  # the tokenizers library raises a bare Exception for bad files
             raise TokenizerError(f"{path}: not a valid tokenizer.json ({str(exc).splitlines()[0][:200]})") from None
         # special_tokens_map.json is the older home of the special tokens; tokenizer_config.json wins

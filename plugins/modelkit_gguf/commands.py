@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import signal
+import sys
 
 
 def configure_convert(p: argparse.ArgumentParser) -> None:
@@ -11,6 +13,8 @@ def configure_convert(p: argparse.ArgumentParser) -> None:
     p.add_argument("out", metavar="OUT", help="output folder (created; must be empty unless --force)")
     p.add_argument("--dtype", default="float32", choices=["float32", "f32", "bfloat16", "bf16", "float16", "f16"],
                    help="tensor dtype in model.safetensors (default float32)")
+    p.add_argument("--clip", action="store_true",
+                   help="clip values beyond --dtype's range (float16 ends at 65504) instead of refusing them")
     p.add_argument("--arch", help="architecture of SRC (default: detected)")
     p.add_argument("--mapping", help="YAML mapping file for SRC instead of the registered ones")
     p.add_argument("--force", action="store_true", help="overwrite files in a non-empty OUT")
@@ -18,10 +22,19 @@ def configure_convert(p: argparse.ArgumentParser) -> None:
 
 def run_convert(args: argparse.Namespace) -> int:
     """Write a checkpoint (a GGUF file) as a Hugging Face folder; print what was written."""
-    from .convert import convert
+    from .convert import convert, dtype_max
 
+    if hasattr(signal, "SIGXFSZ"):
+        # past a file-size limit (ulimit -f) the kernel would kill the process, leaving its
+        # temporary file; ignored, the write fails with EFBIG and is reported and cleaned up
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     done = convert(args.src, args.out, dtype=args.dtype, arch=args.arch, mapping=args.mapping,
-                   force=args.force, progress=True)
+                   force=args.force, clip=args.clip, progress=True)
+    if done["clipped"]:
+        clipped = done["clipped"]
+        names = ", ".join(list(clipped)[:3]) + (", ..." if len(clipped) > 3 else "")
+        print(f"modelkit: note: clipped {sum(clipped.values()):,} value(s) beyond {done['dtype']}'s range to "
+              f"±{dtype_max(done['dtype']):.5g}, in {len(clipped)} tensor(s): {names}", file=sys.stderr)
     print(f"{done['folder']}: {done['parameters']:,} parameters as {done['dtype']} "
           f"({done['source_arch']} -> {done['target_arch']}); {', '.join(done['files'])}")
     return 0
