@@ -49,7 +49,7 @@ def _file_hint(p: Path) -> str:
     """What the user probably meant by giving this file as the checkpoint."""
     if p.suffix == ".safetensors" or p.suffix == ".json":
         folder = p.parent if str(p.parent) not in ("", ".") else Path(".")
-        return f"; give the model folder holding it and its config.json (--model {shlex.quote(str(folder))})"
+        return f"; give the folder holding it and its config.json (--model {shlex.quote(str(folder))})"
     if p.suffix in (".yaml", ".yml"):
         return "; a mapping file goes to --mapping FILE, with --model naming the checkpoint"
     return ""

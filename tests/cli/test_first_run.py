@@ -162,9 +162,9 @@ def test_a_repo_id_that_is_not_here_says_so_before_the_hub(tmp_path: Path) -> No
 # ---- a file where the folder belongs; an architecture modelkit does not know -----------------------
 
 @pytest.mark.parametrize("name, needle", [
-    ("config.json", "give the model folder holding it and its config.json (--model {folder})"),
-    ("model.safetensors", "give the model folder holding it and its config.json (--model {folder})"),
-    ("tokenizer.json", "give the model folder holding it and its config.json (--model {folder})"),
+    ("config.json", "give the folder holding it and its config.json (--model {folder})"),
+    ("model.safetensors", "give the folder holding it and its config.json (--model {folder})"),
+    ("tokenizer.json", "give the folder holding it and its config.json (--model {folder})"),
 ])
 def test_a_file_of_the_folder_given_as_model(capsys: pytest.CaptureFixture, name: str, needle: str) -> None:
     code, _, err = _cli(capsys, "run", "--model", LLAMA / name, "--prompt", "hi")
