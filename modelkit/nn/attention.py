@@ -96,8 +96,8 @@ class Attention(Block):
                                   "each head its own (per_head: StableLM 2 12B, Command R+)",
                                   choices=("shared", "per_head")),
         "softcap": Option("float", None, "scores become softcap * tanh(scores / softcap) (Gemma 2)",
-                          min=1e-6, nullable=True),
-        "query_block": Option("int", QUERY_BLOCK, "queries per block over long prompts", min=1,
+                          min=1e-6, nullable=True, divisor=True),
+        "query_block": Option("int", QUERY_BLOCK, "queries per block over long prompts", min=1, max=4096,
                               tunable=True),
     }
     PARAMETERS = ("q.weight", "k.weight", "v.weight", "o.weight", "q.bias", "k.bias", "v.bias",

@@ -46,7 +46,9 @@ class KVCache:
         if need > self.v.shape[1]:
             cap = max(need, self.v.shape[1] + self.v.shape[1] // 2)
             if self.window is not None:  # room for a window of decoding before the next drop
-                cap = max(cap, need + self.window)
+                # (a window longer than the sequence so far is no window yet: room grows with
+                # the sequence, never with the window's size alone)
+                cap = max(cap, need + min(self.window, need))
             cap = -(-cap // KV_BLOCK) * KV_BLOCK
             kv, hd = self.v.shape[0], self.v.shape[2]
             kt = np.empty((kv, hd, cap), np.float32)
