@@ -86,3 +86,202 @@ def test_a_window_longer_than_any_sequence_allocates_nothing_for_it(tmp_path: Pa
     assert max_abs(a.forward(ids, cache), b.forward(ids)) < 1e-5
     assert a.generate(ids, 5) == b.generate(ids, 5)
     assert cache.nbytes() < 1 << 20
+
+
+# ---- NaN and overflow in the arithmetic --------------------------------------------------------
+
+def _with(tmp: Path, fixture: str, edit: Callable[[dict[str, np.ndarray]], None]) -> Path:
+    tensors = read_tensors(fixture_path(fixture))
+    edit(tensors)
+    folder = copy_fixture(fixture, tmp / "m", weights=False)
+    write_tensors(folder, tensors)
+    return folder
+
+
+def _fill(name: str, value: float, rows: slice = slice(None)) -> Callable[[dict[str, np.ndarray]], None]:
+    def edit(t: dict[str, np.ndarray]) -> None:
+        w = t[name].astype(np.float32)
+        w[rows] = value
+        t[name] = w
+    return edit
+
+
+def _both(*edits: Callable[[dict[str, np.ndarray]], None]) -> Callable[[dict[str, np.ndarray]], None]:
+    return lambda t: [edit(t) for edit in edits] and None
+
+
+def _residual_overflow(t: dict[str, np.ndarray]) -> None:
+    # the attention block's output is exactly its o bias, 3e38, added to embeddings of 3e38
+    t["model.embed_tokens.weight"] = np.full_like(t["model.embed_tokens.weight"], 3e38)
+    t["model.layers.0.self_attn.o_proj.weight"] = np.zeros_like(t["model.layers.0.self_attn.o_proj.weight"])
+    t["model.layers.0.self_attn.o_proj.bias"] = np.full_like(t["model.layers.0.self_attn.o_proj.bias"], 3e38)
+
+
+DIAGNOSED = [
+    ("llama_gqa", _fill("model.layers.0.mlp.up_proj.weight", np.nan, slice(0, 1)),
+     "layer 0, block mlp (gated_mlp) has NaN or infinite weights (`modelkit validate --values`", False),
+    ("llama_gqa", _fill("model.layers.1.mlp.down_proj.weight", 3e38),
+     "the arithmetic overflowed float32 in layer 1, block mlp (gated_mlp): its inputs and weights are finite", True),
+    ("llama_gqa", _both(_fill("model.layers.0.self_attn.q_proj.weight", 1e20),
+                        _fill("model.layers.0.self_attn.k_proj.weight", 1e20)),
+     "the arithmetic overflowed float32 in layer 0, block attn (attention)", True),
+    ("llama_gqa", _fill("model.embed_tokens.weight", np.inf, slice(2, 3)),
+     "the token embedding has NaN or infinite weights", False),
+    ("llama_gqa", _fill("lm_head.weight", np.nan, slice(7, 8)), "the output head has NaN or infinite weights", False),
+    ("llama_gqa", _fill("model.norm.weight", 3e38), "the arithmetic overflowed float32 in the final norm", True),
+    ("llama_biases", _residual_overflow, "the residual stream overflowed float32 in layer 0", True),
+]
+
+
+@pytest.mark.parametrize("fixture,edit,needle,finite", DIAGNOSED, ids=[d[2].split(":")[0][:40] for d in DIAGNOSED])
+def test_non_finite_logits_name_where_they_began(tmp_path: Path, capsys: pytest.CaptureFixture, fixture: str,
+                                                 edit: Callable, needle: str, finite: bool) -> None:
+    folder = _with(tmp_path, fixture, edit)
+    model = modelkit.load(folder)
+    for kwargs in ({}, {"temperature": 0.7, "top_p": 0.9, "seed": 1}, {"repetition_penalty": 1.3}):
+        with pytest.raises(modelkit.GenerationError) as info:
+            model.generate([1, 2, 3], 4, **kwargs)
+        assert str(info.value).startswith("the model produced logits that are NaN or infinite")
+        assert needle in str(info.value) and "\n" not in str(info.value), str(info.value)
+    # what validate --values says agrees: finite weights (an overflow) or the tensor listed
+    code = cli_main(["validate", "--model", str(folder), "--values"])
+    out, _ = capsys.readouterr()
+    assert (code == 0 and "every value is finite" in out) if finite else (code == 1 and "non-finite" in out)
+
+
+def test_an_overflow_prints_no_numpy_warning(tmp_path: Path) -> None:
+    """Through the CLI, with every warning an error: one line on stderr, no RuntimeWarning."""
+    folder = _with(tmp_path, "llama_gqa", _fill("model.layers.1.mlp.down_proj.weight", 3e38))
+    proc = subprocess.run([sys.executable, "-W", "error", "-m", "modelkit", "run", "--model", str(folder),
+                           "--prompt", "hi", "-n", "3"], capture_output=True, text=True, env=cli_env(),
+                          cwd=ROOT, timeout=120)
+    assert proc.returncode == 1 and proc.stdout == "", proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "overflowed float32 in layer 1, block mlp" in lines[0], proc.stderr
+    assert "Warning" not in proc.stderr
+
+
+def test_float64_weights_beyond_float32_load_quietly_and_are_listed(tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture) -> None:
+    def edit(t: dict[str, np.ndarray]) -> None:
+        w = t["model.layers.0.mlp.gate_proj.weight"].astype(np.float64)
+        w[0, 0] = 1e300  # finite in the file, infinite once read as float32
+        t["model.layers.0.mlp.gate_proj.weight"] = w
+
+    folder = _with(tmp_path, "llama_gqa", edit)
+    with np.errstate(all="raise"):  # nothing NumPy would warn about happens while loading
+        model = modelkit.load(folder)
+    with pytest.raises(modelkit.GenerationError, match="layer 0, block mlp .* has NaN or infinite weights"):
+        model.generate([1, 2, 3], 2)
+    assert cli_main(["validate", "--model", str(folder), "--values"]) == 1
+    assert "model.layers.0.mlp.gate_proj.weight  (0 NaN, 1 infinite" in capsys.readouterr().out
+
+
+# ---- out of memory: what was being allocated ---------------------------------------------------
+
+CAPPED = """
+import resource, sys
+import numpy as np
+import modelkit
+from modelkit.nn.kv_cache import KVCache
+
+def vm():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmSize:"):
+            return int(line.split()[1]) * 1024
+
+def cap(extra):
+    resource.setrlimit(resource.RLIMIT_AS, (vm() + extra, resource.RLIM_INFINITY))
+
+{body}
+"""
+
+
+def _capped(body: str, timeout: float = 240) -> str:
+    """stderr's last line of a Python process that caps its own address space and fails."""
+    script = CAPPED.format(body=textwrap.dedent(body))
+    env = {k: v for k, v in cli_env().items() if k != "RUST_BACKTRACE"}  # a backtrace needs memory too
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env,
+                          cwd=ROOT, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.strip()
+
+
+def test_out_of_memory_in_the_forward_pass_names_the_step() -> None:
+    out = _capped(f"""
+        model = modelkit.load({str(fixture_path("llama_gqa"))!r}, prefill_chunk=1 << 20)
+        model.forward([1, 2, 3])  # warm: BLAS buffers exist before the cap
+        ids = np.ones(1 << 20, np.int64)
+        for extra in (64 << 20, 192 << 20):  # too little for the embedding; for the first block
+            cap(extra)
+            try:
+                model.forward(ids)
+            except modelkit.OutOfMemoryError as exc:
+                assert isinstance(exc, MemoryError)
+                print(exc)
+            resource.setrlimit(resource.RLIMIT_AS, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+    """)
+    first, second = out.splitlines()
+    assert first.startswith("out of memory embedding 1,048,576 tokens (Unable to allocate 128."), first
+    assert second.startswith("out of memory in layer 0, block "), second
+    assert "on 1,048,576 tokens after 0 (Unable to allocate" in second, second
+
+
+def test_out_of_memory_growing_the_kv_cache_says_so() -> None:
+    out = _capped("""
+        cache = KVCache(2, 8)
+        k = np.ones((1 << 20, 2, 8), np.float32)
+        cap(32 << 20)
+        try:
+            cache.append(k, k)
+        except modelkit.OutOfMemoryError as exc:
+            print(exc)
+    """)
+    assert out.startswith("out of memory growing the KV cache to 1,048,576 positions (134,217,728 bytes "
+                          "for keys and values) (Unable to allocate"), out
+
+
+def test_out_of_memory_while_loading_names_the_tensor(tmp_path: Path) -> None:
+    folder = copy_fixture("llama_mqa_tied", tmp_path / "m", weights=False)
+    cfg = json.loads((folder / "config.json").read_text())
+    tensors = read_tensors(fixture_path("llama_mqa_tied"))
+    vocab = 1 << 20  # a 64 MB bf16 embedding: 128 MB once float32
+    tensors["model.embed_tokens.weight"] = np.zeros((vocab, cfg["hidden_size"]), np.float16)
+    write_tensors(folder, tensors)
+    edit_config(folder, vocab_size=vocab)
+    out = _capped(f"""
+        modelkit.load({str(fixture_path("llama_mqa_tied"))!r}).forward([1, 2])  # warm
+        # room to map the file once (the safetensors library's map), or twice (modelkit's too), not to read it
+        for extra in (100 << 20, 200 << 20):
+            cap(extra)
+            try:
+                modelkit.load({str(folder)!r})
+            except modelkit.OutOfMemoryError as exc:
+                print(exc)
+            resource.setrlimit(resource.RLIMIT_AS, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+    """)
+    mapping, reading = out.splitlines()
+    assert mapping.startswith("out of memory reading tensor embed.weight ("), mapping
+    assert f", mapping {folder / 'model.safetensors'} (67," in mapping, mapping
+    assert reading.startswith("out of memory reading tensor embed.weight (model.embed_tokens.weight, 1048576x32, "
+                              "134,217,728 bytes as float32)"), reading
+
+
+def test_the_cli_prints_what_ran_out(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    import modelkit.loading
+
+    for raised, want in [
+        (modelkit.OutOfMemoryError("reading tensor embed.weight (x, 8x8, 256 bytes as float32)"),
+         "modelkit: error: out of memory reading tensor embed.weight (x, 8x8, 256 bytes as float32)\n"),
+        (MemoryError("Unable to allocate 3.00 GiB for an array with shape (805306368,) and data type float32"),
+         "modelkit: error: out of memory (Unable to allocate 3.00 GiB for an array with shape (805306368,) and "
+         "data type float32)\n"),
+        (MemoryError(), "modelkit: error: out of memory\n"),
+    ]:
+        def fail(*args: Any, **kwargs: Any) -> None:
+            raise raised
+
+        monkeypatch.setattr(modelkit.loading, "load", fail)
+        assert cli_main(["run", "--model", str(fixture_path("llama_gqa")), "--prompt", "hi"]) == 1
+        out, err = capsys.readouterr()
+        assert out == "" and err == want
