@@ -15,12 +15,15 @@ import json
 import subprocess
 import sys
 import textwrap
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import pytest
 from conftest import ROOT, cli_env, copy_fixture, edit_config, fixture_path, max_abs, read_tensors, write_tensors
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import modelkit
 from modelkit.cli import main as cli_main
@@ -285,3 +288,45 @@ def test_the_cli_prints_what_ran_out(monkeypatch: pytest.MonkeyPatch, capsys: py
         assert cli_main(["run", "--model", str(fixture_path("llama_gqa")), "--prompt", "hi"]) == 1
         out, err = capsys.readouterr()
         assert out == "" and err == want
+
+
+# ---- any numbers: a refusal, a result or a diagnosed stop, never a warning or a traceback ---------
+
+EXTREMES = st.one_of(
+    st.sampled_from([0, 1, -1, 2 ** 31, 2 ** 63, 10 ** 40, 0.0, 1e-300, -1e-39, 1e-38, 3e38, -3.5e38, 1e39,
+                     float("inf"), float("-inf"), float("nan"), 0.5, 6.0]),
+    st.floats(allow_nan=False, allow_infinity=False), st.integers(-10, 10 ** 6))
+# the multipliers most often: each may pass planning and still overflow at run time
+NUMERIC_KEYS = ["embedding_multiplier", "residual_multiplier", "attention_multiplier", "logits_scaling"] * 3 + [
+    "rms_norm_eps", "vocab_size", "num_attention_heads"]
+
+
+@pytest.fixture(scope="module")
+def granite_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return copy_fixture("granite3", tmp_path_factory.mktemp("numbers") / "m")
+
+
+@settings(max_examples=80, deadline=None, derandomize=True, database=None, print_blob=False,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(changes=st.dictionaries(st.sampled_from(NUMERIC_KEYS), EXTREMES, min_size=1, max_size=3),
+       theta=st.one_of(st.none(), EXTREMES))
+def test_any_config_numbers_end_in_a_refusal_a_result_or_a_diagnosis(granite_folder: Path, changes: dict[str, Any],
+                                                                      theta: Any) -> None:
+    original = json.loads((fixture_path("granite3") / "config.json").read_text())
+    config = {**original, **changes}
+    if theta is not None:
+        config["rope_parameters"] = {"rope_type": "default", "rope_theta": theta}
+    (granite_folder / "config.json").write_text(json.dumps(config))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a NumPy RuntimeWarning would be an exception here
+        try:
+            model = modelkit.load(granite_folder)
+        except modelkit.ModelkitError as exc:
+            assert "\n" not in str(exc) or "modelkit validate" in str(exc), str(exc)
+            return
+        try:
+            ids = model.generate([1, 2, 3], 3)
+        except modelkit.GenerationError as exc:
+            assert str(exc).startswith("the model produced logits that are NaN or infinite"), str(exc)
+        else:
+            assert all(0 <= i < model.vocab_size for i in ids)
