@@ -88,8 +88,10 @@ def tokenizer_meta(tokenizer_json: Path, *, pre: str = "gpt-2", add_bos: bool = 
     }
 
 
-def fixture_as_gguf(name: str, path: Path, qtype: Any = None, **tok: Any) -> Path:
-    """A Llama golden fixture written as llama.cpp would write its GGUF (F32 unless ``qtype``)."""
+def fixture_as_gguf(name: str, path: Path, qtype: Any = None, vocab: dict[str, Any] | None = None,
+                    **tok: Any) -> Path:
+    """A Llama golden fixture written as llama.cpp would write its GGUF (F32 unless ``qtype``);
+    ``vocab`` replaces the tokenizer.ggml.* metadata of the fixtures' tokenizer."""
     cfg = json.loads((fixture_path(name) / "config.json").read_text())
     heads, kv = cfg["num_attention_heads"], cfg["num_key_value_heads"]
     tensors = {}
@@ -121,7 +123,7 @@ def fixture_as_gguf(name: str, path: Path, qtype: Any = None, **tok: Any) -> Pat
         "llama.attention.layer_norm_rms_epsilon": float(cfg["rms_norm_eps"]),
         "llama.rope.dimension_count": cfg["head_dim"],
         "llama.vocab_size": cfg["vocab_size"],
-        **tokenizer_meta(FIXTURES / "tokenizer.json", **tok),
+        **(tokenizer_meta(FIXTURES / "tokenizer.json", **tok) if vocab is None else vocab),
     }
     return write_gguf(path, tensors, meta)
 

@@ -747,15 +747,17 @@ def test_nan_logits_stop_generation(tmp_path: Path, capsys: pytest.CaptureFixtur
 
 # ---- planning allocates nothing a config value alone decides -----------------------------------
 
-@pytest.mark.parametrize("changes", [
-    {"head_dim": 2 ** 31, "num_hidden_layers": 100},
-    {"head_dim": 2 ** 40},
-    {"hidden_size": 2 ** 40, "intermediate_size": 2 ** 40},
-    {"num_attention_heads": 2 ** 30, "num_key_value_heads": 2 ** 30},
+@pytest.mark.parametrize("changes,needle", [
+    ({"head_dim": 2 ** 31, "num_hidden_layers": 100}, "head_dim must be at most 2,147,483,647"),
+    ({"head_dim": 2 ** 40}, "head_dim must be at most"),
+    ({"hidden_size": 2 ** 40, "intermediate_size": 2 ** 40}, "hidden_size and vocab_size must be at most"),
+    ({"num_attention_heads": 2 ** 30, "num_key_value_heads": 2 ** 30}, "mis-shaped"),
+    ({"head_dim": 2 ** 31 - 2, "num_hidden_layers": 100}, "mis-shaped"),
 ])
-def test_validate_of_a_tiny_config_with_huge_sizes_stays_small(tmp_path: Path, changes: dict) -> None:
+def test_validate_of_a_tiny_config_with_huge_sizes_stays_small(tmp_path: Path, changes: dict, needle: str) -> None:
     """`validate` reads no tensor data: a 700-byte config.json with huge sizes gets a report of
-    mis-shaped tensors, in a process capped at 1.5 GB of address space."""
+    mis-shaped tensors (or, past 2**31 - 1, the bound's one-line error), in a process capped at
+    1.5 GB of address space."""
     import resource
 
     folder = copy_fixture("llama_gqa", tmp_path / "m")
@@ -767,4 +769,4 @@ def test_validate_of_a_tiny_config_with_huge_sizes_stays_small(tmp_path: Path, c
     proc = subprocess.run([sys.executable, "-m", "modelkit", "validate", "--model", str(folder)],
                           capture_output=True, text=True, env=cli_env(), timeout=120, preexec_fn=cap)
     assert proc.returncode == 1, proc.stderr
-    assert "mis-shaped" in proc.stdout and "out of memory" not in proc.stderr
+    assert needle in proc.stdout + proc.stderr and "out of memory" not in proc.stderr, (proc.stdout, proc.stderr)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import mmap
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -11,7 +13,7 @@ from typing import Any
 import numpy as np
 from safetensors import SafetensorError, safe_open
 
-from ..errors import CheckpointError, ConfigError
+from ..errors import CheckpointError, ConfigError, ModelkitError, out_of_memory
 from .config_json import read_config_json
 from .files import MAX_SIDE_FILE_BYTES, read_json_if_present, read_text_file
 from .source import TensorInfo, WeightSource
@@ -140,7 +142,11 @@ class SafetensorsSource(WeightSource):
                     for entry in header.values():  # offsets from the start of the file
                         entry["data_offsets"] = [8 + n + o for o in entry["data_offsets"]]
                     self._maps[file] = (mapped, header)
-                except (OSError, ValueError, KeyError, TypeError):
+                except OSError as exc:
+                    if exc.errno == errno.ENOMEM:  # no address space left to map it
+                        size = os.path.getsize(file)
+                        raise out_of_memory(f"mapping {file} ({size:,} bytes)", MemoryError()) from None
+                except (ValueError, KeyError, TypeError):
                     pass
         return self._maps[file]
 
@@ -158,8 +164,8 @@ class SafetensorsSource(WeightSource):
         count = int(np.prod(shape, dtype=np.int64))
         if dtype is None or end - start != count * dtype.itemsize or end > len(mm):
             return None
+        out = np.empty(shape, np.float32)  # first: a failure here leaves no view of the map alive
         raw = np.frombuffer(mm, dtype, count, start).reshape(shape)
-        out = np.empty(shape, np.float32)
         if entry["dtype"] == "BF16":  # bfloat16 is the top half of a float32
             np.left_shift(raw, 16, out=out.view(np.uint32), dtype=np.uint32)
         else:
@@ -186,6 +192,14 @@ class SafetensorsSource(WeightSource):
             array = self._handle(info.file).get_tensor(name)
         except (SafetensorError, OSError, ValueError) as exc:
             raise CheckpointError(f"{info.file}: cannot read tensor '{name}' ({exc})") from None
+        except MemoryError as exc:
+            raise out_of_memory(f"reading tensor '{name}' of {info.file}", exc) from None
+        except BaseException as exc:  # noqa: BLE001 - a Rust panic (short of memory, say) is a BaseException
+            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                raise
+            lines = str(exc).strip().splitlines() or [type(exc).__name__]
+            raise CheckpointError(f"{info.file}: cannot read tensor '{name}' (the safetensors library "
+                                  f"failed: {lines[0][:200]})") from None
         # bf16 (an ml_dtypes array) and f16 become float32 here, once, at load
         return np.ascontiguousarray(array, dtype=np.float32)
 

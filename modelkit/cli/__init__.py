@@ -119,8 +119,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Terminated:
         print_error("terminated (SIGTERM)")
         return EXIT_TERMINATED
-    except MemoryError:
-        print_error("out of memory: the model does not fit in this machine's RAM")
+    except MemoryError as exc:  # a shortage no step of modelkit named (those raise OutOfMemoryError)
+        lines = str(exc).strip().splitlines()
+        print_error(f"out of memory ({lines[0][:300]})" if lines else "out of memory")
         return EXIT_USER_ERROR
     except BrokenPipeError:
         # the reader went away (`modelkit validate ... | head`): keep the command's verdict, and
