@@ -176,6 +176,29 @@ def gemma3_fixture_as_gguf(path: Path, *, pattern: Any = "period", **meta_extra:
     return write_gguf(path, tensors, {k: v for k, v in meta.items() if v is not None}, arch=arch)
 
 
+def rewrite_gguf(src: Path, dst: Path, meta: dict[str, Any] | None = None,
+                 tensors: dict[str, Any] | None = None) -> Path:
+    """A copy of float GGUF ``src`` at ``dst`` with metadata keys changed (``None`` drops one)
+    and tensors replaced (an array, or ``None`` to drop it): a file the converter wrote, with
+    one thing wrong."""
+    from modelkit_gguf.reader import open_gguf
+
+    f = open_gguf(src)
+    try:
+        arch = f.metadata["general.architecture"]
+        values = {k: v for k, v in f.metadata.items() if k != "general.architecture"}
+        arrays = {n: np.array(f.tensor_data(n), np.float32).reshape(t.shape) for n, t in f.tensors.items()}
+    finally:
+        f.close()
+    for table, changes in ((values, meta), (arrays, tensors)):
+        for key, value in (changes or {}).items():
+            if value is None:
+                table.pop(key, None)
+            else:
+                table[key] = value
+    return write_gguf(dst, {n: (a, None) for n, a in arrays.items()}, values, arch=arch)
+
+
 # ---- dequantisation -------------------------------------------------------------------------
 
 # per-type bound on |dequantised - original| / max|original| for round-to-nearest quantisers

@@ -23,14 +23,13 @@ from typing import Callable
 
 from modelkit import hookimpl
 
-# architecture name -> mapping file in mappings/ beside this file
-MAPPINGS = {"llama-gguf": "llama.yaml", "gemma3-gguf": "gemma3.yaml"}
-
-
 @hookimpl
 def register_architectures(register: Callable[..., None]) -> None:
-    for name, filename in MAPPINGS.items():
-        register(name, resources.files(__name__) / "mappings" / filename)
+    from .families import FAMILIES
+
+    # one mapping per family, written by derive.py into mappings/ beside this file
+    for family in FAMILIES.values():
+        register(family.name, resources.files(__name__) / "mappings" / f"{family.mapping}.yaml")
 
 
 @hookimpl
@@ -42,9 +41,10 @@ def register_weight_sources(register: Callable[..., None]) -> None:
 
 @hookimpl
 def register_transforms(register: Callable[..., None]) -> None:
-    from .transforms import unpermute_rope, unpermute_rope_shape
+    from .transforms import undo_neg_exp, unpermute_rope, unpermute_rope_shape
 
     register("unpermute_rope", unpermute_rope, unpermute_rope_shape)
+    register("undo_neg_exp", undo_neg_exp)
 
 
 @hookimpl

@@ -99,7 +99,8 @@ class GGUFSource(WeightSource):
 
     def config(self) -> dict[str, Any]:
         if self._config is None:
-            self._config = config_from_metadata(self.reader.metadata, set(self._tensors), self.path)
+            self._config = config_from_metadata(self.reader.metadata,
+                                                {n: t.shape for n, t in self._tensors.items()}, self.path)
         return self._config
 
     def tensor_infos(self) -> dict[str, TensorInfo]:

@@ -226,7 +226,7 @@ def test_config_from_metadata(tmp_path: Path) -> None:
     assert cfg["rope_theta"] == want["rope_parameters"]["rope_theta"]
     assert cfg["model_type"] == "llama" and cfg["architectures"] == ["LlamaForCausalLM"]
     assert cfg["bos_token_id"] == 0 and cfg["eos_token_id"] == 0
-    assert cfg["gguf"]["rope_dimension_count"] == 8
+    assert cfg["gguf"]["rope"]["dimension_count"] == 8
     assert src.generation_config() == {"bos_token_id": 0, "eos_token_id": 0}
 
 
@@ -235,6 +235,8 @@ def test_arch_llama_selects_the_gguf_mapping(tmp_path: Path) -> None:
     assert modelkit.load(path, arch="llama").name == "llama-gguf"
     assert modelkit.load(path, arch="llama-gguf").name == "llama-gguf"
     with pytest.raises(modelkit.UnknownArchitectureError, match="no mapping for gguf"):
+        modelkit.load(path, arch="opt")  # llama.cpp writes no OPT
+    with pytest.raises(modelkit.UnknownArchitectureError, match="which architecture 'llama-gguf' serves"):
         modelkit.load(path, arch="gpt2")
 
 
