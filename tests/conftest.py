@@ -133,6 +133,16 @@ def write_tensors(folder: Path, tensors: dict[str, np.ndarray], filename: str = 
     return path
 
 
+def rename_tensors(folder: Path, renames: dict[str, str]) -> None:
+    """Rewrite the folder's model.safetensors with each name's substrings replaced (old -> new)."""
+    tensors = {}
+    for name, t in read_tensors(folder).items():
+        for old, new in renames.items():
+            name = name.replace(old, new)
+        tensors[name] = t
+    write_tensors(folder, tensors)
+
+
 DELETE = object()  # edit_config(key=DELETE) removes the key
 
 

@@ -62,18 +62,13 @@ def test_mixtral_layouts_give_the_same_logits() -> None:
 
 
 def test_granitemoe_in_memory_names_load(tmp_path: Path) -> None:
-    from conftest import write_tensors
+    from conftest import rename_tensors
 
     folder = copy_fixture("granitemoe", tmp_path / "m")
     renames = {".block_sparse_moe.input_linear.weight": ".block_sparse_moe.experts.gate_up_proj",
                ".block_sparse_moe.output_linear.weight": ".block_sparse_moe.experts.down_proj",
                ".block_sparse_moe.router.layer.weight": ".block_sparse_moe.router.weight"}
-    tensors = {}
-    for name, t in read_tensors(folder).items():
-        for old, new in renames.items():
-            name = name.replace(old, new)
-        tensors[name] = t
-    write_tensors(folder, tensors)
+    rename_tensors(folder, renames)
     ids, ref = reference("granitemoe")
     assert max_abs(modelkit.load(folder).forward(ids), ref) < ATOL
 

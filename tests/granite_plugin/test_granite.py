@@ -11,7 +11,7 @@ import re
 import numpy as np
 import pytest
 from conftest import (ATOL, DELETE, ROOT, copy_fixture, edit_config, fixture_path, load_cached, max_abs,
-                      read_tensors, reference, run_cli, write_tensors)
+                      read_tensors, reference, rename_tensors, run_cli, write_tensors)
 
 import modelkit
 from modelkit import plugins
@@ -189,12 +189,7 @@ def test_moe_checkpoint_with_transformers_tensor_names(tmp_path) -> None:
     renames = {".block_sparse_moe.input_linear.weight": ".block_sparse_moe.experts.gate_up_proj",
                ".block_sparse_moe.output_linear.weight": ".block_sparse_moe.experts.down_proj",
                ".block_sparse_moe.router.layer.weight": ".block_sparse_moe.router.weight"}
-    tensors = {}
-    for name, t in read_tensors(folder).items():
-        for old, new in renames.items():
-            name = name.replace(old, new)
-        tensors[name] = t
-    write_tensors(folder, tensors)
+    rename_tensors(folder, renames)
     ids, ref = reference("gh_moe")
     assert max_abs(modelkit.load(folder).forward(ids), ref) < ATOL
 
