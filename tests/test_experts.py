@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import ATOL, copy_fixture, edit_config, load_cached, max_abs, read_tensors, reference
+from conftest import ATOL, copy_fixture, edit_config, load_cached, max_abs, reference
 
 import modelkit
 from modelkit.nn.mlp import GatedMLP
