@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from gguf import GGMLQuantizationType
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 from gguf.quants import dequantize
 
 from modelkit import CheckpointError, TensorInfo, WeightSource
@@ -43,6 +43,24 @@ def dequantize_tensor(tensor: GGUFTensor, data: np.ndarray) -> np.ndarray:
         raise CheckpointError(f"tensor '{tensor.name}' uses {qtype.name}, which the gguf package "
                               f"cannot dequantise") from None
     return np.ascontiguousarray(values, dtype=np.float32).reshape(tensor.shape)
+
+
+# ggml type -> whether the installed gguf package dequantises it (asked once per type)
+_SUPPORTED: dict[GGMLQuantizationType, bool] = {}
+
+
+def dequantisable(qtype: GGMLQuantizationType) -> bool:
+    """Whether the installed gguf package can dequantise ``qtype`` (tried on one zero block:
+    each release adds types, so the package itself is asked)."""
+    if qtype in _PLAIN or qtype in _INTEGER:
+        return True
+    if qtype not in _SUPPORTED:
+        try:
+            dequantize(np.zeros((1, GGML_QUANT_SIZES[qtype][1]), np.uint8), qtype)
+            _SUPPORTED[qtype] = True
+        except NotImplementedError:
+            _SUPPORTED[qtype] = False
+    return _SUPPORTED[qtype]
 
 
 def gguf_in_folder(folder: Path) -> Path | None:
@@ -104,7 +122,14 @@ class GGUFSource(WeightSource):
         return self._config
 
     def tensor_infos(self) -> dict[str, TensorInfo]:
+        """Every tensor's shape (NumPy order) and type. A type the gguf package cannot
+        dequantise is refused here, before any tensor is read, naming the first tensor of it."""
         if self._infos is None:
+            for name, t in self._tensors.items():
+                if not dequantisable(t.ggml_type):
+                    raise CheckpointError(f"{self.path}: tensor '{name}' is stored as {t.ggml_type.name}, which "
+                                          f"the gguf package cannot dequantise (requantise the file, or "
+                                          f"update the gguf package)")
             self._infos = {name: TensorInfo(t.shape, t.ggml_type.name, str(self.path))
                            for name, t in self._tensors.items()}
         return self._infos

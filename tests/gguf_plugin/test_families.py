@@ -74,8 +74,9 @@ def test_mapping_is_current(arch: str) -> None:
         f"run `python -m modelkit_gguf.derive` ({family.mapping}.yaml is out of date)"
 
 
-def test_every_converted_fixture_is_tested() -> None:
+def test_every_converted_fixture_is_tested_and_every_family_has_one() -> None:
     assert sorted(p.stem for p in GGUF.glob("*.gguf")) == sorted(CONVERTED)
+    assert set(CONVERTED.values()) == {family.name for family in FAMILIES.values()}
 
 
 def folder_model(name: str, tmp_path: Path):  # type: ignore[no-untyped-def]
