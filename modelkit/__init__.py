@@ -16,7 +16,8 @@ import importlib
 from typing import Any
 
 from .errors import (CheckpointError, ConfigError, GenerationError, MappingError, ModelkitError,
-                     PluginError, TokenizerError, UnknownArchitectureError, WeightMismatchError)
+                     OutOfMemoryError, PluginError, TokenizerError, UnknownArchitectureError,
+                     WeightMismatchError)
 from .plugins.hookspecs import hookimpl
 
 __version__ = "0.2.0"
@@ -28,7 +29,7 @@ _LAZY = {
     "Option": "nn.options", "REQUIRED": "nn.options",
     "linear": "nn.linear", "ACTIVATIONS": "nn.activations", "silu": "nn.activations",
     "softplus": "nn.activations", "rms_norm": "nn.norms", "layer_norm": "nn.norms",
-    "GatedMLP": "nn.mlp", "MLP": "nn.mlp",
+    "GatedMLP": "nn.mlp", "MLP": "nn.mlp", "causal_conv": "nn.conv",
     # checkpoints and weight sources
     "WeightSource": "checkpoint.source", "TensorInfo": "checkpoint.source",
     "Tokenizer": "text.tokenizer",
@@ -43,7 +44,7 @@ _LAZY = {
 
 __all__ = ["load", "architectures", "hookimpl", "ModelkitError", "ConfigError", "MappingError",
            "CheckpointError", "WeightMismatchError", "UnknownArchitectureError", "PluginError",
-           "TokenizerError", "GenerationError", "__version__", *_LAZY]
+           "TokenizerError", "GenerationError", "OutOfMemoryError", "__version__", *_LAZY]
 
 
 def __getattr__(name: str) -> Any:

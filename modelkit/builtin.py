@@ -14,7 +14,8 @@ from .plugins.hookspecs import hookimpl
 
 SHIPPED = ("gpt2", "llama", "mistral", "falcon", "granite3", "qwen2", "qwen3", "gemma", "gemma2", "gemma3",
            "phi3", "olmo", "olmo2", "starcoder2", "gpt_neox", "phi", "stablelm",
-           "smollm3", "opt", "gptj", "cohere", "cohere2", "gpt_bigcode", "bloom")
+           "smollm3", "opt", "gptj", "cohere", "cohere2", "gpt_bigcode", "bloom", "mixtral", "qwen3_moe",
+           "granitemoe")
 
 
 def mapping_file(name: str):  # -> importlib.resources Traversable
@@ -32,11 +33,13 @@ def register_architectures(register: Callable[..., None]) -> None:
 def register_block_kinds(register: Callable[..., None]) -> None:
     from .nn.attention import Attention
     from .nn.mlp import MLP, GatedMLP
+    from .nn.moe import MoE
     from .nn.norms import LayerNorm, RMSNorm
 
     register("attention", Attention)
     register("mlp", MLP)
     register("gated_mlp", GatedMLP)
+    register("moe", MoE)
     register("layernorm", LayerNorm)
     register("rmsnorm", RMSNorm)
 

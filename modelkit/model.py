@@ -7,8 +7,8 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from .errors import GenerationError
-from .nn.block import Block, ForwardContext
+from .errors import GenerationError, OutOfMemoryError, out_of_memory
+from .nn.block import Block, ForwardContext, Watch
 from .schema.resolve import Config
 from .schema.spec import LayerSpec, Mapping
 
@@ -24,7 +24,10 @@ class Layer:
     step that start with the same blocks compute them once.
     """
 
-    def __init__(self, spec: LayerSpec, blocks: dict[str, Block], residual_multiplier: float, variant: str):
+    def __init__(self, spec: LayerSpec, blocks: dict[str, Block], residual_multiplier: float, variant: str,
+                 index: int = 0):
+        self.index = index  # the layer's place in the model, for messages
+        self.kinds = {name: b.kind for name, b in spec.blocks.items()}
         self.layout = spec.layout
         self.steps = [[list(branch) for branch in step] for step in spec.steps]
         self.after_add = [list(after) for after in spec.after_add] or [[] for _ in self.steps]
@@ -42,7 +45,7 @@ class Layer:
             if len(step) == 1:
                 y = x
                 for name in step[0]:
-                    y = self.blocks[name].forward(y, states.get(name), ctx)
+                    y = self._run(name, y, states, ctx)
             else:
                 y = self._sum_of_branches(step, x, states, ctx)
             if self.residual != 1.0:
@@ -51,9 +54,22 @@ class Layer:
                 else:
                     y *= self.residual
             x += y
+            if ctx.watch is not None:
+                ctx.watch(self.index, "+", x)
             for name in after:  # post-norm: blocks of the residual stream after the add
-                x = self.blocks[name].forward(x, states.get(name), ctx)
+                x = self._run(name, x, states, ctx)
         return x
+
+    def _run(self, name: str, x: np.ndarray, states: dict[str, Any], ctx: ForwardContext) -> np.ndarray:
+        """Block ``name`` on ``x``; a shortage of memory is reported with the layer and block."""
+        try:
+            y = self.blocks[name].forward(x, states.get(name), ctx)
+        except MemoryError as exc:
+            raise out_of_memory(f"in layer {self.index}, block {name} ({self.kinds.get(name, '?')}), on "
+                                f"{ctx.length:,} tokens after {ctx.pos:,}", exc) from None
+        if ctx.watch is not None:
+            ctx.watch(self.index, name, y)
+        return y
 
     def _sum_of_branches(self, step: list[list[str]], x: np.ndarray, states: dict[str, Any],
                          ctx: ForwardContext) -> np.ndarray:
@@ -65,7 +81,7 @@ class Layer:
             for j, name in enumerate(branch):
                 key = tuple(branch[: j + 1])
                 if key not in memo:
-                    memo[key] = self.blocks[name].forward(y, states.get(name), ctx)
+                    memo[key] = self._run(name, y, states, ctx)
                 y = memo[key]
             if total is None:
                 total = y.copy()
@@ -151,11 +167,16 @@ class Model:
 
     # ---- forward ------------------------------------------------------------------------
     def forward(self, ids: Sequence[int] | np.ndarray, cache: Cache | None = None,
-                last_only: bool = False) -> np.ndarray:
+                last_only: bool = False, *, watch: Watch | None = None) -> np.ndarray:
         """Logits for ``ids`` [T]: float32 [T, vocab], or [1, vocab] with ``last_only``.
 
         With ``cache``, the ids continue the cached sequence and the cache is extended; without,
         a temporary cache is used. Long inputs run in pieces of ``prefill_chunk`` tokens.
+        Values beyond float32 come out as inf or NaN, silently (no NumPy warnings: generation
+        stops at a non-finite logit and says where it began). ``watch(layer, name, values)``,
+        for diagnosis, sees every intermediate result: each block's output (``layer`` None for
+        the embedding, ``embed_norm``, ``final_norm`` and ``head``) and each residual sum
+        (name ``"+"``).
         """
         ids = self._check_ids(ids)
         if cache is None:
@@ -164,13 +185,14 @@ class Model:
             return np.empty((0, self.vocab_size), np.float32)
         pieces = []
         chunk = self.prefill_chunk
-        for start in range(0, ids.size, chunk):
-            piece = ids[start:start + chunk]
-            is_last = start + chunk >= ids.size
-            h = self._run_layers(piece, cache)
-            if last_only and not is_last:
-                continue
-            pieces.append(self._head(h[-1:] if last_only else h))
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
+            for start in range(0, ids.size, chunk):
+                piece = ids[start:start + chunk]
+                is_last = start + chunk >= ids.size
+                h = self._run_layers(piece, cache, watch)
+                if last_only and not is_last:
+                    continue
+                pieces.append(self._head(h[-1:] if last_only else h, watch))
         return pieces[0] if len(pieces) == 1 else np.concatenate(pieces, axis=0)
 
     def hidden_states(self, ids: Sequence[int] | np.ndarray, cache: Cache | None = None) -> np.ndarray:
@@ -178,9 +200,10 @@ class Model:
         ids = self._check_ids(ids)
         cache = cache if cache is not None else self.make_cache()
         chunk = self.prefill_chunk
-        outs = [self._run_layers(ids[s:s + chunk], cache) for s in range(0, ids.size, chunk)]
-        h = np.concatenate(outs, axis=0)
-        return self.final_norm.forward(h, None, ForwardContext(0, h.shape[0])) if self.final_norm else h
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
+            outs = [self._run_layers(ids[s:s + chunk], cache) for s in range(0, ids.size, chunk)]
+            h = np.concatenate(outs, axis=0)
+            return self.final_norm.forward(h, None, ForwardContext(0, h.shape[0])) if self.final_norm else h
 
     def _check_ids(self, ids: Sequence[int] | np.ndarray) -> np.ndarray:
         arr = np.asarray(ids)
@@ -192,34 +215,52 @@ class Model:
             raise GenerationError(f"token id {bad} is outside the vocabulary (0..{self.vocab_size - 1})")
         return arr
 
-    def _run_layers(self, ids: np.ndarray, cache: Cache) -> np.ndarray:
+    def _run_layers(self, ids: np.ndarray, cache: Cache, watch: Watch | None = None) -> np.ndarray:
         t = ids.size
         pos = cache.length
-        h = self.embed[ids]  # [T] -> [T, E] (a copy we own)
-        if self.embedding_multiplier != 1.0:
-            h *= self.embedding_multiplier
-        if self.embed_proj is not None:
-            h = h @ self.embed_proj.T  # [T, E] -> [T, D]
-        if self.pos_embed is not None:
-            if pos + t > self.pos_embed.shape[0]:
-                raise GenerationError(f"sequence of {pos + t} tokens is longer than the model's "
-                                      f"{self.pos_embed.shape[0]} learned positions")
-            h += self.pos_embed[pos:pos + t]
-        ctx = ForwardContext(pos, t)
-        if self.embed_norm is not None:
-            h = self.embed_norm.forward(h, None, ctx)
+        if self.pos_embed is not None and pos + t > self.pos_embed.shape[0]:
+            raise GenerationError(f"sequence of {pos + t} tokens is longer than the model's "
+                                  f"{self.pos_embed.shape[0]} learned positions")
+        ctx = ForwardContext(pos, t, watch=watch)
+        try:
+            h = self.embed[ids]  # [T] -> [T, E] (a copy we own)
+            if self.embedding_multiplier != 1.0:
+                h *= self.embedding_multiplier
+            if self.embed_proj is not None:
+                h = h @ self.embed_proj.T  # [T, E] -> [T, D]
+            if self.pos_embed is not None:
+                h += self.pos_embed[pos:pos + t]
+            if watch is not None:
+                watch(None, "embedding", h)
+            if self.embed_norm is not None:
+                h = self.embed_norm.forward(h, None, ctx)
+                if watch is not None:
+                    watch(None, "embed_norm", h)
+        except MemoryError as exc:
+            raise out_of_memory(f"embedding {t:,} tokens", exc) from None
         for layer, states in zip(self.layers, cache.layers):
-            h = layer.forward(h, states, ctx)
+            try:
+                h = layer.forward(h, states, ctx)
+            except OutOfMemoryError:  # a block's, named by the layer
+                raise
+            except MemoryError as exc:  # the residual stream's
+                raise out_of_memory(f"in layer {layer.index}, on {t:,} tokens after {pos:,}", exc) from None
         cache.length += t
         cache.tokens.extend(int(i) for i in ids)
         return h
 
-    def _head(self, h: np.ndarray) -> np.ndarray:
-        if self.final_norm is not None:
-            h = self.final_norm.forward(h, None, ForwardContext(0, h.shape[0]))
-        if self.head_proj is not None:
-            h = h @ self.head_proj.T  # [T, D] -> [T, E]
-        logits = h @ self.head.T  # [T, E] -> [T, vocab]
+    def _head(self, h: np.ndarray, watch: Watch | None = None) -> np.ndarray:
+        try:
+            if self.final_norm is not None:
+                h = self.final_norm.forward(h, None, ForwardContext(0, h.shape[0]))
+                if watch is not None:
+                    watch(None, "final_norm", h)
+            if self.head_proj is not None:
+                h = h @ self.head_proj.T  # [T, D] -> [T, E]
+            logits = h @ self.head.T  # [T, E] -> [T, vocab]
+        except MemoryError as exc:
+            raise out_of_memory(f"computing the logits of {h.shape[0]:,} tokens over {self.vocab_size:,} "
+                                f"vocabulary entries", exc) from None
         if self.head_bias is not None:
             logits += self.head_bias
         if self.logits_divisor != 1.0:
@@ -228,6 +269,8 @@ class Model:
             logits /= self.logits_softcap
             np.tanh(logits, out=logits)
             logits *= self.logits_softcap
+        if watch is not None:
+            watch(None, "head", logits)
         return logits
 
     # ---- generation ---------------------------------------------------------------------

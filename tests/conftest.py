@@ -60,6 +60,10 @@ SHIPPED_FIXTURES = {
     "gpt_bigcode_mha": "gpt_bigcode",
     "bloom": "bloom",
     "bloom_tp_exact": "bloom",
+    "mixtral": "mixtral",
+    "mixtral_fused": "mixtral",
+    "qwen3_moe": "qwen3_moe",
+    "granitemoe": "granitemoe",
 }
 
 # logits tolerance against the transformers reference
@@ -127,6 +131,16 @@ def write_tensors(folder: Path, tensors: dict[str, np.ndarray], filename: str = 
     path = folder / filename
     save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(path))
     return path
+
+
+def rename_tensors(folder: Path, renames: dict[str, str]) -> None:
+    """Rewrite the folder's model.safetensors with each name's substrings replaced (old -> new)."""
+    tensors = {}
+    for name, t in read_tensors(folder).items():
+        for old, new in renames.items():
+            name = name.replace(old, new)
+        tensors[name] = t
+    write_tensors(folder, tensors)
 
 
 DELETE = object()  # edit_config(key=DELETE) removes the key

@@ -1,8 +1,10 @@
-"""Writing GGUF files for tests: single tensors, and golden fixtures in llama.cpp's layout."""
+"""GGUF files for tests: writing single tensors and golden fixtures in llama.cpp's layout, and finding
+the real model files."""
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -88,8 +90,10 @@ def tokenizer_meta(tokenizer_json: Path, *, pre: str = "gpt-2", add_bos: bool = 
     }
 
 
-def fixture_as_gguf(name: str, path: Path, qtype: Any = None, **tok: Any) -> Path:
-    """A Llama golden fixture written as llama.cpp would write its GGUF (F32 unless ``qtype``)."""
+def fixture_as_gguf(name: str, path: Path, qtype: Any = None, vocab: dict[str, Any] | None = None,
+                    **tok: Any) -> Path:
+    """A Llama golden fixture written as llama.cpp would write its GGUF (F32 unless ``qtype``);
+    ``vocab`` replaces the tokenizer.ggml.* metadata of the fixtures' tokenizer."""
     cfg = json.loads((fixture_path(name) / "config.json").read_text())
     heads, kv = cfg["num_attention_heads"], cfg["num_key_value_heads"]
     tensors = {}
@@ -121,7 +125,7 @@ def fixture_as_gguf(name: str, path: Path, qtype: Any = None, **tok: Any) -> Pat
         "llama.attention.layer_norm_rms_epsilon": float(cfg["rms_norm_eps"]),
         "llama.rope.dimension_count": cfg["head_dim"],
         "llama.vocab_size": cfg["vocab_size"],
-        **tokenizer_meta(FIXTURES / "tokenizer.json", **tok),
+        **(tokenizer_meta(FIXTURES / "tokenizer.json", **tok) if vocab is None else vocab),
     }
     return write_gguf(path, tensors, meta)
 
@@ -200,3 +204,10 @@ def rewrite_gguf(src: Path, dst: Path, meta: dict[str, Any] | None = None,
 # ---- dequantisation -------------------------------------------------------------------------
 
 # per-type bound on |dequantised - original| / max|original| for round-to-nearest quantisers
+
+
+def real_model_file(env_var: str, default: Path) -> Path | None:
+    """A real model file the tests use: ``$env_var`` if set, else ``default``; None when absent."""
+    env = os.environ.get(env_var)
+    path = Path(env).expanduser() if env else default
+    return path if path.is_file() else None

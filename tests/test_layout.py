@@ -8,7 +8,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = {"modelkit": ROOT / "modelkit", "modelkit_granite": ROOT / "plugins" / "modelkit_granite",
-            "modelkit_gguf": ROOT / "plugins" / "modelkit_gguf"}
+            "modelkit_gguf": ROOT / "plugins" / "modelkit_gguf", "modelkit_ssm": ROOT / "plugins" / "modelkit_ssm"}
 MAX_LINES = 420
 
 

@@ -15,6 +15,7 @@ from conftest import ATOL, SHIPPED_FIXTURES, fixture_path, load_cached, max_abs,
 import modelkit
 
 GH_HYBRID = ["mamba", "attention", "mamba", "mamba"]
+LFM2 = ["conv", "conv", "attention", "conv", "attention", "conv"]
 # fixture -> (architecture, each layer's variant or None when the mapping has one kind of layer)
 CONTRACT: dict[str, tuple[str, list[str] | None]] = {
     **{name: (arch, None) for name, arch in SHIPPED_FIXTURES.items()},
@@ -30,12 +31,20 @@ CONTRACT: dict[str, tuple[str, list[str] | None]] = {
     "bamba": ("bamba", ["mamba", "attention", "mamba", "attention"]),
     "falcon_h1": ("falcon_h1", ["hybrid"] * 3),
     "falcon_h1_nonorm": ("falcon_h1", ["hybrid"] * 2),
+    "mamba": ("mamba", None),
+    "mamba_options": ("mamba", None),
+    "lfm2": ("lfm2", LFM2),
+    "lfm2_hub_config": ("lfm2", ["conv", "attention", "conv", "attention", "conv"]),
+    # dense layers among the routed ones: mlp_only_layers [2]; decoder_sparse_step 2
+    "qwen3_moe": ("qwen3_moe", ["sparse", "sparse", "dense", "sparse"]),
+    "qwen3_moe_fused": ("qwen3_moe", ["dense", "sparse", "dense", "sparse"]),
 }
 NAMES = list(CONTRACT)
-# fixtures with Mamba2 layers: a variant named for them, or a family whose every layer has one
-EVERY_LAYER_SSM = {"mamba2", "falcon_h1"}
-WITH_SSM = [name for name, (arch, variants) in CONTRACT.items()
-            if arch in EVERY_LAYER_SSM or (variants and any("mamba" in v for v in variants))]
+# fixtures with Mamba2 layers, whose decoding keeps steps pending: a variant named for them, or
+# a family whose every layer has one (the ssm plugin's Mamba v1 has no such window)
+EVERY_LAYER_MAMBA2 = {"mamba2", "falcon_h1"}
+WITH_MAMBA2 = [name for name, (arch, variants) in CONTRACT.items()
+               if arch in EVERY_LAYER_MAMBA2 or (variants and any("mamba" in v for v in variants))]
 # same-model consistency (cache vs no cache) is far tighter than the reference tolerance ...
 SELF_ATOL = 2e-5
 # ... except where logits are large: gemma3_text's reach 10, and the float32 rounding of six
@@ -127,7 +136,8 @@ def test_chunked_prefill_and_query_blocks(name: str, monkeypatch: pytest.MonkeyP
     small = modelkit.load(fixture_path(name), prefill_chunk=7, tuning={"attention.query_block": 3})
     calls: list[int] = []
     original = small._run_layers
-    monkeypatch.setattr(small, "_run_layers", lambda piece, cache: calls.append(piece.size) or original(piece, cache))
+    monkeypatch.setattr(small, "_run_layers",
+                        lambda piece, cache, *watch: calls.append(piece.size) or original(piece, cache, *watch))
     chunked = small.forward(ids)
     assert calls == [7] * (ids.size // 7) + ([ids.size % 7] if ids.size % 7 else [])
     assert max_abs(chunked, ref) < ATOL
@@ -141,7 +151,7 @@ def test_chunked_prefill_and_query_blocks(name: str, monkeypatch: pytest.MonkeyP
     assert max_abs(np.concatenate([head, *steps]), unchunked_long) < _self_atol(name)
 
 
-@pytest.mark.parametrize("name", WITH_SSM)
+@pytest.mark.parametrize("name", WITH_MAMBA2)
 @pytest.mark.parametrize("window", [1, 3])
 def test_decoding_folds_pending_steps_exactly(name: str, window: int) -> None:
     """With a pending window of 1 or 3 Mamba2 steps, decoding folds many times, and a prompt
@@ -196,6 +206,34 @@ def test_weights_and_activations_are_float32(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", NAMES)
+def test_decoding_a_token_allocates_nothing_model_sized(name: str) -> None:
+    """Each one-token step allocates less than half the largest weight matrix of a layer (plus its
+    logits row): no weight is copied, fused or re-laid out per token (caches are preallocated)."""
+    import tracemalloc
+
+    model = load_cached(name)
+    seen: set[int] = set()
+    matrices = [a.nbytes for layer in model.layers for block in layer.blocks.values()
+                for a in _arrays(block, seen) if a.ndim >= 2]
+    ids = [int(t) for t in reference(name)[0][:8]]
+    cache = model.make_cache()
+    model.forward(ids[:4], cache)
+    model.forward(ids[4:5], cache)  # the first step may set up what later steps reuse
+    tracemalloc.start()
+    try:
+        peaks = []
+        for token in ids[5:8]:
+            tracemalloc.reset_peak()
+            before = tracemalloc.get_traced_memory()[0]
+            model.forward([token], cache, last_only=True)
+            peaks.append(tracemalloc.get_traced_memory()[1] - before)
+    finally:
+        tracemalloc.stop()
+    # the logits row and a few activations of one token stay far below one weight matrix
+    assert max(peaks) < max(matrices) / 2 + 4 * model.vocab_size * 4, (peaks, max(matrices))
+
+
+@pytest.mark.parametrize("name", NAMES)
 def test_greedy_tokens_follow_the_full_forward(name: str) -> None:
     model = load_cached(name)
     prompt = [int(t) for t in reference(name)[0][:6]]
@@ -212,10 +250,10 @@ def test_greedy_tokens_follow_the_full_forward(name: str) -> None:
 
 
 def test_every_registered_architecture_has_a_fixture() -> None:
-    covered = {arch for arch, _ in CONTRACT.values()}
-    # the gguf plugin's mappings are tested through GGUF files llama.cpp's converter wrote from
-    # the golden fixtures (tests/gguf_plugin/test_families.py, which holds every family to one)
-    from modelkit_gguf.families import FAMILIES
+    from gguf_plugin.test_families import CONVERTED
 
-    gguf_only = {family.name for family in FAMILIES.values()}
-    assert set(modelkit.architectures()) - gguf_only == covered
+    covered = {arch for arch, _ in CONTRACT.values()}
+    # the GGUF mappings are tested on files llama.cpp's converter wrote from these fixtures
+    # (tests/gguf_plugin/test_families.py), and on the real SmolLM2 and Gemma 3 270M files
+    gguf = set(CONVERTED.values())
+    assert set(modelkit.architectures()) - gguf == covered

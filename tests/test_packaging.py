@@ -93,13 +93,17 @@ def test_wheel_contents(built: dict[str, Path]) -> None:
         assert f"modelkit/mappings/{arch}.yaml" in names
     assert "modelkit/mappings/__init__.py" in names
     assert "modelkit_granite/__init__.py" in names and "modelkit_gguf/__init__.py" in names
+    assert "modelkit_ssm/__init__.py" in names
     assert "modelkit/nn/attention.py" in names and "modelkit/checkpoint/safetensors.py" in names
     # each plugin's mappings ship beside its code
     assert "modelkit_granite/mappings/granite.yaml" in names and "modelkit_gguf/mappings/llama.yaml" in names
+    assert "modelkit_ssm/mappings/mamba.yaml" in names and "modelkit_ssm/mappings/lfm2.yaml" in names
     tops = {n.split("/")[0] for n in names}
     assert "plugins" not in tops and "mappings" not in tops and "tests" not in tops
-    assert tops - {n for n in tops if n.endswith(".dist-info")} == {"modelkit", "modelkit_granite", "modelkit_gguf"}
+    assert tops - {n for n in tops if n.endswith(".dist-info")} == {"modelkit", "modelkit_granite", "modelkit_gguf",
+                                                                   "modelkit_ssm"}
     assert "[modelkit]" in entry_points and "core = modelkit.builtin" in entry_points
+    assert "ssm = modelkit_ssm" in entry_points
     assert "[console_scripts]" in entry_points and "modelkit = modelkit.cli:main" in entry_points
     # every shipped mapping file is in the wheel
     for f in (ROOT / "mappings").glob("*.yaml"):
@@ -127,6 +131,7 @@ def test_archs_from_the_venv(built: dict[str, Path]) -> None:
         expected.add("granite")
     if "llama-gguf" in modelkit.architectures():  # the GGUF plugin's mapping
         expected.add("llama-gguf")
+    expected |= {"mamba", "lfm2"}  # the ssm plugin's
     assert expected <= set(rows), proc.stdout
     venv = str(built["venv"].resolve())
     for arch in SHIPPED_YAML:

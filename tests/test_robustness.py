@@ -563,16 +563,16 @@ def test_chat_command_refuses_an_escaping_template_before_reading_input(tmp_path
 # ---- generation options --------------------------------------------------------------------------
 
 GENERATION_FLAGS = [
-    (["--temperature", "-0.5"], "temperature must be >= 0"),
-    (["--temperature", "nan"], "temperature must be >= 0"),
-    (["--temperature", "inf"], "temperature must be >= 0"),
-    (["--top-p", "0"], "top_p must be in (0, 1]"),
-    (["--top-p", "1.5"], "top_p must be in (0, 1]"),
-    (["--top-p", "nan"], "top_p must be in (0, 1]"),
-    (["--top-k", "-1"], "top_k must be an integer >= 0"),
-    (["--min-p", "1.5"], "min_p must be in [0, 1]"),
-    (["--repetition-penalty", "-1"], "repetition_penalty must be > 0"),
-    (["--seed", "-1"], "seed must be an integer >= 0"),
+    (["--temperature", "-0.5"], "--temperature must be >= 0"),
+    (["--temperature", "nan"], "--temperature must be >= 0"),
+    (["--temperature", "inf"], "--temperature must be >= 0"),
+    (["--top-p", "0"], "--top-p must be in (0, 1]"),
+    (["--top-p", "1.5"], "--top-p must be in (0, 1]"),
+    (["--top-p", "nan"], "--top-p must be in (0, 1]"),
+    (["--top-k", "-1"], "--top-k must be an integer >= 0"),
+    (["--min-p", "1.5"], "--min-p must be in [0, 1]"),
+    (["--repetition-penalty", "-1"], "--repetition-penalty must be > 0"),
+    (["--seed", "-1"], "--seed must be an integer >= 0"),
     (["--max-tokens", "0"], "--max-tokens must be at least 1"),
     (["--max-tokens", "-5"], "--max-tokens must be at least 1"),
 ]
@@ -747,15 +747,17 @@ def test_nan_logits_stop_generation(tmp_path: Path, capsys: pytest.CaptureFixtur
 
 # ---- planning allocates nothing a config value alone decides -----------------------------------
 
-@pytest.mark.parametrize("changes", [
-    {"head_dim": 2 ** 31, "num_hidden_layers": 100},
-    {"head_dim": 2 ** 40},
-    {"hidden_size": 2 ** 40, "intermediate_size": 2 ** 40},
-    {"num_attention_heads": 2 ** 30, "num_key_value_heads": 2 ** 30},
+@pytest.mark.parametrize("changes,needle", [
+    ({"head_dim": 2 ** 31, "num_hidden_layers": 100}, "head_dim must be at most 2,147,483,647"),
+    ({"head_dim": 2 ** 40}, "head_dim must be at most"),
+    ({"hidden_size": 2 ** 40, "intermediate_size": 2 ** 40}, "hidden_size and vocab_size must be at most"),
+    ({"num_attention_heads": 2 ** 30, "num_key_value_heads": 2 ** 30}, "mis-shaped"),
+    ({"head_dim": 2 ** 31 - 2, "num_hidden_layers": 100}, "mis-shaped"),
 ])
-def test_validate_of_a_tiny_config_with_huge_sizes_stays_small(tmp_path: Path, changes: dict) -> None:
+def test_validate_of_a_tiny_config_with_huge_sizes_stays_small(tmp_path: Path, changes: dict, needle: str) -> None:
     """`validate` reads no tensor data: a 700-byte config.json with huge sizes gets a report of
-    mis-shaped tensors, in a process capped at 1.5 GB of address space."""
+    mis-shaped tensors (or, past 2**31 - 1, the bound's one-line error), in a process capped at
+    1.5 GB of address space."""
     import resource
 
     folder = copy_fixture("llama_gqa", tmp_path / "m")
@@ -767,4 +769,4 @@ def test_validate_of_a_tiny_config_with_huge_sizes_stays_small(tmp_path: Path, c
     proc = subprocess.run([sys.executable, "-m", "modelkit", "validate", "--model", str(folder)],
                           capture_output=True, text=True, env=cli_env(), timeout=120, preexec_fn=cap)
     assert proc.returncode == 1, proc.stderr
-    assert "mis-shaped" in proc.stdout and "out of memory" not in proc.stderr
+    assert needle in proc.stdout + proc.stderr and "out of memory" not in proc.stderr, (proc.stdout, proc.stderr)

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from .files import MAX_SIDE_FILE_BYTES, read_regular_file
 
 
 def _decode_special_float(obj: dict[str, Any]) -> Any:
@@ -26,11 +27,13 @@ def _reject_constant(name: str) -> float:
 
 
 def read_config_json(path: Path) -> dict[str, Any]:
-    """Read a config.json; a missing or malformed file is a :class:`ConfigError` naming it."""
-    if not path.is_file():
+    """Read a config.json (a regular file of at most MAX_SIDE_FILE_BYTES); a missing,
+    unreadable or malformed file is a :class:`ConfigError` naming it."""
+    if not path.exists():
         raise ConfigError(f"{path}: config.json not found")
+    raw = read_regular_file(path, MAX_SIDE_FILE_BYTES, ConfigError, "config.json")
     try:
-        text = path.read_text(encoding="utf-8")
+        text = raw.decode("utf-8")
         data = json.loads(text, parse_constant=_reject_constant, object_hook=_decode_special_float)
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not UTF-8 text") from None
@@ -40,8 +43,6 @@ def read_config_json(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
     except ValueError as exc:  # an integer of thousands of digits
         raise ConfigError(f"{path}: not valid JSON ({exc})") from None
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a JSON object at the top level")
     return data

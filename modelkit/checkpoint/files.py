@@ -7,6 +7,8 @@ on) and never more than :data:`MAX_SIDE_FILE_BYTES`.
 from __future__ import annotations
 
 import json
+import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -16,44 +18,72 @@ from ..errors import ModelkitError, TokenizerError
 MAX_SIDE_FILE_BYTES = 16 << 20
 
 
-def read_text_file(path: Path, limit: int, error: type[ModelkitError], what: str = "file") -> str:
-    """A regular file's UTF-8 text, at most ``limit`` bytes; anything else (a FIFO or a device,
-    a larger file, unreadable bytes, a missing file) is one ``error`` line naming ``path``."""
-    if path.exists() and not path.is_file():
-        raise error(f"{path}: not a regular file")
+def read_regular_file(path: Path, limit: int, error: type[ModelkitError], what: str = "file") -> bytes:
+    """A regular file's bytes, at most ``limit`` of them; anything else (a FIFO, a device, a
+    folder, a larger file, a missing or unreadable file) is one ``error`` line naming ``path``.
+
+    The file is opened without blocking and checked on the open descriptor, so a FIFO is
+    refused, not waited on, even one that appears after a check by name.
+    """
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
     try:
-        with open(path, "rb") as fh:
-            data = fh.read(limit + 1)
+        fd = os.open(path, flags)
     except FileNotFoundError:
         raise error(f"{path}: {what} not found") from None
+    except IsADirectoryError:
+        raise error(f"{path}: is a folder, not a {what}") from None
     except OSError as exc:
         raise error(f"{path}: cannot read the {what} ({exc.strerror or exc})") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise error(f"{path}: is a folder, not a {what}")
+        if not stat.S_ISREG(mode):
+            raise error(f"{path}: not a regular file (a FIFO or a device?); a {what} must be one")
+        with os.fdopen(fd, "rb", closefd=False) as fh:
+            data = fh.read(limit + 1)
+    except OSError as exc:
+        raise error(f"{path}: cannot read the {what} ({exc.strerror or exc})") from None
+    finally:
+        os.close(fd)
     if len(data) > limit:
-        raise error(f"{path}: larger than {limit} bytes; not a {what}")
+        raise error(f"{path}: larger than {_size(limit)}; too large for a {what}")
+    return data
+
+
+def _size(n: int) -> str:
+    return f"{n >> 20} MB" if n >= 1 << 20 and n % (1 << 20) == 0 else f"{n} bytes"
+
+
+def read_text_file(path: Path, limit: int, error: type[ModelkitError], what: str = "file") -> str:
+    """A regular file's UTF-8 text, at most ``limit`` bytes (see :func:`read_regular_file`);
+    bytes that are not UTF-8 are an ``error`` too."""
+    data = read_regular_file(path, limit, error, what)
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError:
         raise error(f"{path}: not UTF-8 text") from None
 
 
-def read_side_text(path: Path) -> str | None:
-    """A side file's UTF-8 text, or None when it does not exist; errors are TokenizerErrors."""
-    if not path.exists():
+def read_side_text(path: Path, error: type[ModelkitError] = TokenizerError) -> str | None:
+    """A side file's UTF-8 text, or None when it does not exist; other problems are ``error``s."""
+    if not path.exists() and not path.is_symlink():
         return None
-    return read_text_file(path, MAX_SIDE_FILE_BYTES, TokenizerError, "side file")
+    return read_text_file(path, MAX_SIDE_FILE_BYTES, error, "side file")
 
 
-def read_json_if_present(path: Path) -> dict[str, Any]:
-    """A JSON object from ``path``, {} when absent; a malformed file is a TokenizerError."""
-    text = read_side_text(path)
+def read_json_if_present(path: Path, error: type[ModelkitError] = TokenizerError) -> dict[str, Any]:
+    """A JSON object from ``path``, {} when absent; an unreadable or malformed file is an
+    ``error`` (a TokenizerError unless told) naming it."""
+    text = read_side_text(path, error)
     if text is None:
         return {}
     try:
         data = json.loads(text)
     except ValueError as exc:  # JSONDecodeError, or an integer of thousands of digits
-        raise TokenizerError(f"{path}: not valid JSON ({exc})") from None
+        raise error(f"{path}: not valid JSON ({exc})") from None
     except RecursionError:
-        raise TokenizerError(f"{path}: JSON nested too deeply") from None
+        raise error(f"{path}: JSON nested too deeply") from None
     if not isinstance(data, dict):
-        raise TokenizerError(f"{path}: expected a JSON object")
+        raise error(f"{path}: expected a JSON object")
     return data

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from ..errors import CheckpointError
 
@@ -18,6 +18,8 @@ ALLOW_PATTERNS = ["config.json", "generation_config.json", "*.safetensors", "mod
                   "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                   "chat_template.jinja", "chat_template.json"]
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+# names of files, not of hub repos: a missing "models/x.gguf" is a local path
+LOCAL_SUFFIXES = (".gguf", ".safetensors", ".json", ".yaml", ".yml", ".bin", ".pt", ".pth", ".jinja")
 
 
 def looks_like_repo_id(text: str) -> bool:
@@ -25,18 +27,37 @@ def looks_like_repo_id(text: str) -> bool:
     return bool(_REPO_ID.match(text)) and not Path(text).exists()
 
 
-def resolve_model_path(model: str, revision: str | None = None) -> Path:
+def resolve_model_path(model: str, revision: str | None = None,
+                       notice: Callable[[str], None] | None = None) -> Path:
     """A local path for ``model``: as given when it exists, else the hub repo's snapshot from the
-    local Hugging Face cache (offline), else downloaded (safetensors and tokenizer files only)."""
+    local Hugging Face cache (offline), else downloaded (safetensors and tokenizer files only).
+
+    A missing path that is plainly local (``./x``, a file name such as ``x.gguf``, or under a
+    folder that exists here) is an error at once, never a hub look-up. ``notice`` is told, before
+    anything is downloaded, that ``model`` is not a local path.
+    """
     path = Path(model).expanduser()
     if path.exists():
         return path
     if not looks_like_repo_id(model):
         raise CheckpointError(f"{model}: no such file or folder")
+    first = Path(model).parts[0]
+    if Path(first).is_dir():
+        raise CheckpointError(f"{model}: no such file or folder (as '{first}' is a folder here, this is "
+                              f"read as a path, not as a hub repo id)")
+    if model.lower().endswith(LOCAL_SUFFIXES):
+        raise CheckpointError(f"{model}: no such file or folder")
     cached = cached_snapshot(model, revision)
     if cached is not None:
         return cached
-    return download(model, revision=revision)
+    if notice is not None:
+        notice(f"{model}: no such file or folder here; looking for the hub repo {model}")
+    try:
+        return download(model, revision=revision)
+    except CheckpointError as exc:
+        message = str(exc)
+        rest = message.split(": ", 1)[1] if ": " in message else message
+        raise CheckpointError(f"{model}: no such file or folder here; as a hub repo id: {rest}") from None
 
 
 def cached_snapshot(repo_id: str, revision: str | None = None) -> Path | None:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import mmap
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -11,9 +13,9 @@ from typing import Any
 import numpy as np
 from safetensors import SafetensorError, safe_open
 
-from ..errors import CheckpointError, ModelkitError
+from ..errors import CheckpointError, ConfigError, ModelkitError, out_of_memory
 from .config_json import read_config_json
-from .files import read_json_if_present
+from .files import MAX_SIDE_FILE_BYTES, read_json_if_present, read_text_file
 from .source import TensorInfo, WeightSource
 
 INDEX = "model.safetensors.index.json"
@@ -37,9 +39,10 @@ def weight_files(folder: Path) -> list[Path]:
     Refuses shard names that leave the folder, missing shards, and pickle-only folders.
     """
     index = folder / INDEX
-    if index.is_file():
+    if index.exists():
+        text = read_text_file(index, MAX_SIDE_FILE_BYTES, CheckpointError, "shard index")
         try:
-            data = json.loads(index.read_text(encoding="utf-8"))
+            data = json.loads(text)
             weight_map = data["weight_map"]
             if not isinstance(weight_map, dict):
                 raise TypeError
@@ -57,7 +60,10 @@ def weight_files(folder: Path) -> list[Path]:
                 raise CheckpointError(f"{index}: shard '{name}' does not exist")
             files.append(path)
         return files
-    files = sorted(p for p in folder.glob("*.safetensors") if p.is_file())
+    found = sorted(folder.glob("*.safetensors"))
+    files = [p for p in found if p.is_file()]
+    if not files and found:
+        raise CheckpointError(f"{found[0]}: not a regular file (a FIFO or a device?); weights must be one")
     if not files:
         pickles = [p for pat in PICKLE_PATTERNS for p in folder.glob(pat)]
         if pickles:
@@ -88,6 +94,11 @@ class SafetensorsSource(WeightSource):
 
     def _handle(self, file: str) -> Any:
         if file not in self._handles:
+            try:
+                with open(file, "rb"):  # the library reports an unreadable file as a missing one
+                    pass
+            except OSError as exc:
+                raise CheckpointError(f"{file}: cannot read ({exc.strerror or exc})") from None
             try:
                 self._handles[file] = safe_open(file, framework="numpy")
             except (SafetensorError, OSError, ValueError) as exc:
@@ -131,7 +142,11 @@ class SafetensorsSource(WeightSource):
                     for entry in header.values():  # offsets from the start of the file
                         entry["data_offsets"] = [8 + n + o for o in entry["data_offsets"]]
                     self._maps[file] = (mapped, header)
-                except (OSError, ValueError, KeyError, TypeError):
+                except OSError as exc:
+                    if exc.errno == errno.ENOMEM:  # no address space left to map it
+                        size = os.path.getsize(file)
+                        raise out_of_memory(f"mapping {file} ({size:,} bytes)", MemoryError()) from None
+                except (ValueError, KeyError, TypeError):
                     pass
         return self._maps[file]
 
@@ -149,8 +164,8 @@ class SafetensorsSource(WeightSource):
         count = int(np.prod(shape, dtype=np.int64))
         if dtype is None or end - start != count * dtype.itemsize or end > len(mm):
             return None
+        out = np.empty(shape, np.float32)  # first: a failure here leaves no view of the map alive
         raw = np.frombuffer(mm, dtype, count, start).reshape(shape)
-        out = np.empty(shape, np.float32)
         if entry["dtype"] == "BF16":  # bfloat16 is the top half of a float32
             np.left_shift(raw, 16, out=out.view(np.uint32), dtype=np.uint32)
         else:
@@ -177,6 +192,14 @@ class SafetensorsSource(WeightSource):
             array = self._handle(info.file).get_tensor(name)
         except (SafetensorError, OSError, ValueError) as exc:
             raise CheckpointError(f"{info.file}: cannot read tensor '{name}' ({exc})") from None
+        except MemoryError as exc:
+            raise out_of_memory(f"reading tensor '{name}' of {info.file}", exc) from None
+        except BaseException as exc:  # noqa: BLE001 - a Rust panic (short of memory, say) is a BaseException
+            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                raise
+            lines = str(exc).strip().splitlines() or [type(exc).__name__]
+            raise CheckpointError(f"{info.file}: cannot read tensor '{name}' (the safetensors library "
+                                  f"failed: {lines[0][:200]})") from None
         # bf16 (an ml_dtypes array) and f16 become float32 here, once, at load
         return np.ascontiguousarray(array, dtype=np.float32)
 
@@ -189,11 +212,9 @@ class SafetensorsSource(WeightSource):
         return Tokenizer.from_folder(self.path)
 
     def generation_config(self) -> dict[str, Any]:
-        # a broken generation_config.json only loses sampling defaults: load without them
-        try:
-            return read_json_if_present(self.path / "generation_config.json")
-        except ModelkitError:
-            return {}
+        # an unreadable or malformed file is an error, not ignored: it may name the EOS ids
+        # that end generation
+        return read_json_if_present(self.path / "generation_config.json", ConfigError)
 
     def close(self) -> None:
         self._handles.clear()

@@ -15,9 +15,11 @@ from typing import Callable, Sequence
 
 from ..errors import ModelkitError
 from .commands import cmd_archs, cmd_download, cmd_validate
-from .common import add_generation_args, add_model_args, add_run_args
+from .common import EXIT_INTERRUPTED, add_generation_args, add_model_args, add_run_args, print_error
+from .streams import Terminated, fill_closed_descriptors, guarded_streams
 
 EXIT_USER_ERROR = 1
+EXIT_TERMINATED = 128 + 15  # as a shell reports a process SIGTERM ended
 BUILTIN_COMMANDS = {"archs", "validate", "run", "chat", "download"}
 
 
@@ -91,26 +93,35 @@ def _version() -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``modelkit`` command; returns the exit code."""
+    fill_closed_descriptors()
     try:
         parser = build_parser()
     except ModelkitError as exc:  # a broken plugin
-        _error(str(exc))
+        print_error(str(exc))
         return EXIT_USER_ERROR
-    args = parser.parse_args(argv)
-    func: Callable[[argparse.Namespace], int] | None = getattr(args, "func", None)
-    if func is None:
-        parser.print_help()
-        return 0
+    args: argparse.Namespace | None = None
     try:
-        return func(args)
+        with guarded_streams():
+            args = parser.parse_args(argv)  # --help and --version print here, then exit
+            func: Callable[[argparse.Namespace], int] | None = getattr(args, "func", None)
+            if func is None:
+                parser.print_help()
+                return 0
+            return func(args)
     except ModelkitError as exc:
-        _error(str(exc))
+        print_error(str(exc))
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
-        _error("interrupted")
-        return 130
-    except MemoryError:
-        _error("out of memory: the model does not fit in this machine's RAM")
+        if sys.stderr.isatty():
+            print(file=sys.stderr)  # the terminal echoed ^C mid-line
+        print_error("interrupted")
+        return EXIT_INTERRUPTED
+    except Terminated:
+        print_error("terminated (SIGTERM)")
+        return EXIT_TERMINATED
+    except MemoryError as exc:  # a shortage no step of modelkit named (those raise OutOfMemoryError)
+        lines = str(exc).strip().splitlines()
+        print_error(f"out of memory ({lines[0][:300]})" if lines else "out of memory")
         return EXIT_USER_ERROR
     except BrokenPipeError:
         # the reader went away (`modelkit validate ... | head`): keep the command's verdict, and
@@ -121,11 +132,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         except (OSError, ValueError):
             pass
         return int(getattr(args, "exit_status", 0))
-
-
-def _error(message: str) -> None:
-    lines = message.strip().splitlines() or ["error"]
-    # one line, except a tensor report, which may use up to five
-    limit = 5 if len(lines) > 1 and "modelkit validate" in message else 1
-    shown = lines[:limit]
-    print("modelkit: error: " + "\n  ".join(s.strip() for s in shown), file=sys.stderr)

@@ -9,6 +9,7 @@ from typing import Any
 
 from ..errors import GenerationError, ModelkitError
 from .common import generation_options, load_model, prepare_stdout, stats_line, utf8_text
+from .streams import OutputError, stdin_or_error
 
 HELP = "commands: /reset clears the conversation, /exit (or Ctrl-D) ends the session; Ctrl-C stops a reply"
 
@@ -37,6 +38,7 @@ def run_chat(args: argparse.Namespace) -> int:
     from ..generation.loop import GenerationStats
     from ..text.chat_template import apply_chat_template
 
+    stdin_or_error("chat reads its messages there (for one prompt: modelkit run --prompt TEXT)")
     options = generation_options(args)
     system = utf8_text(args.system, "--system") if args.system is not None else None
     model, load_s = load_model(args)
@@ -92,6 +94,8 @@ def run_chat(args: argparse.Namespace) -> int:
                 if piece.text:
                     sys.stdout.write(piece.text)
                     sys.stdout.flush()
+        except OutputError:  # stdout cannot be written: the session cannot go on
+            raise
         except ModelkitError as exc:
             print(f"modelkit: error: {str(exc).splitlines()[0]} (/reset starts over)", file=sys.stderr)
             continue

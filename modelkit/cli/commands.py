@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
 
 def cmd_archs(args: argparse.Namespace) -> int:
@@ -24,10 +25,11 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from ..loading import inspect, resolve_path
     from ..loading.values import non_finite_values
 
-    source, choice, plan = inspect(resolve_path(args.model, args.revision), args.arch, args.mapping)
+    source, choice, plan = inspect(resolve_path(args.model, args.revision, progress=True), args.arch, args.mapping)
     try:
         bad_values = non_finite_values(source, plan) if args.values else []
         unread = choice.mapping.unread_config_keys(source.config())
+        tokenizer_problem = _tokenizer_problem(source)
     finally:
         source.close()
     report = plan.report
@@ -39,6 +41,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
         # not an error (most unknown keys are harmless), but a key that changes the math and that
         # the mapping does not read is one it silently ignores: worth a reader's look
         print(f"note: config keys this mapping does not read: {', '.join(unread)}")
+    if tokenizer_problem:
+        print(f"warning: {tokenizer_problem}")
     if ok:
         checked = "; every value is finite" if args.values else ""
         print(f"ok: every tensor is mapped, present and of the expected shape{checked}")
@@ -48,6 +52,20 @@ def cmd_validate(args: argparse.Namespace) -> int:
     counts = report.counts() + (f", {len(bad_values)} with NaN or infinite values" if bad_values else "")
     print(counts, file=sys.stderr)
     return 1
+
+
+def _tokenizer_problem(source: Any) -> str | None:
+    """Why `run` and `chat` could not encode text with this checkpoint, or None."""
+    from ..errors import ModelkitError
+
+    try:
+        tokenizer = source.tokenizer()
+    except ModelkitError as exc:
+        return f"the tokenizer cannot be used, so `modelkit run` and `chat` would fail: {str(exc).splitlines()[0]}"
+    if tokenizer is None:
+        return (f"{source.path}: no tokenizer (tokenizer.json), so `modelkit run` and `chat` cannot encode "
+                f"text; copy the model's tokenizer files into the folder (the weights load without them)")
+    return None
 
 
 def cmd_download(args: argparse.Namespace) -> int:

@@ -9,9 +9,27 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..checkpoint.files import read_regular_file
 from ..errors import GenerationError, TokenizerError
+from .streams import stdin_or_error
 
 DEFAULT_MAX_TOKENS = 256
+EXIT_INTERRUPTED = 130  # as a shell reports a process Ctrl-C (SIGINT) ended
+# a prompt larger than this is refused before it is decoded (about 4 million tokens, beyond
+# every model's context); a prompt file must be a regular file
+MAX_PROMPT_BYTES = 16 << 20
+# flag -> the SamplingOptions field it sets, so an error names what the user typed
+SAMPLING_FLAGS = {"--temperature": "temperature", "--top-k": "top_k", "--top-p": "top_p", "--min-p": "min_p",
+                  "--repetition-penalty": "repetition_penalty", "--seed": "seed"}
+
+
+def print_error(message: str) -> None:
+    """``modelkit: error: MESSAGE`` on stderr: one line, except a tensor report, which may use
+    up to five."""
+    lines = message.strip().splitlines() or ["error"]
+    limit = 5 if len(lines) > 1 and "modelkit validate" in message else 1
+    shown = lines[:limit]
+    print("modelkit: error: " + "\n  ".join(s.strip() for s in shown), file=sys.stderr)
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
@@ -56,8 +74,14 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
 
 def generation_options(args: argparse.Namespace) -> dict[str, Any]:
     """Keyword options for :func:`modelkit.generation.loop.stream` from parsed flags."""
+    from ..generation.options import check_option
+
     if args.max_tokens < 1:
         raise GenerationError(f"--max-tokens must be at least 1, got {args.max_tokens}")
+    for flag, field in SAMPLING_FLAGS.items():
+        value = getattr(args, field)
+        if value is not None:
+            check_option(field, value, flag)
     return dict(max_new_tokens=args.max_tokens, temperature=args.temperature, top_k=args.top_k,
                 top_p=args.top_p, min_p=args.min_p, repetition_penalty=args.repetition_penalty,
                 seed=args.seed, stop_strings=args.stop or None)
@@ -70,18 +94,15 @@ def read_prompt(args: argparse.Namespace) -> str:
     if args.prompt is not None and args.prompt != "-":
         return utf8_text(args.prompt, "--prompt")
     if args.prompt == "-" or args.prompt_file == "-":
-        data, where = sys.stdin.buffer.read(), "standard input"
+        where = "standard input"
+        stdin = stdin_or_error("give the prompt with --prompt TEXT or --prompt-file PATH")
+        data = stdin.buffer.read(MAX_PROMPT_BYTES + 1)
+        if len(data) > MAX_PROMPT_BYTES:
+            raise GenerationError(f"standard input: the prompt is larger than {MAX_PROMPT_BYTES >> 20} MB")
     else:
         path = Path(args.prompt_file).expanduser()
         where = str(path)
-        try:
-            data = path.read_bytes()
-        except FileNotFoundError:
-            raise GenerationError(f"{path}: prompt file not found") from None
-        except IsADirectoryError:
-            raise GenerationError(f"{path}: is a folder, not a prompt file") from None
-        except OSError as exc:
-            raise GenerationError(f"{path}: cannot read the prompt file ({exc.strerror})") from None
+        data = read_regular_file(path, MAX_PROMPT_BYTES, GenerationError, "prompt file")
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
 from ..errors import GenerationError
-from .common import generation_options, load_model, prepare_stdout, read_prompt, stats_line, utf8_text
+from .common import (EXIT_INTERRUPTED, generation_options, load_model, prepare_stdout, print_error, read_prompt,
+                     stats_line, utf8_text)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -30,12 +32,31 @@ def run(args: argparse.Namespace) -> int:
         raise GenerationError("the prompt encodes to no tokens; give some text")
     stats = GenerationStats()
     prepare_stdout()
-    for piece in model.stream(ids, stats=stats, **options):
-        if piece.text:
-            sys.stdout.write(piece.text)
-            sys.stdout.flush()
+    pieces = model.stream(ids, stats=stats, **options)
+    try:
+        for piece in pieces:
+            if piece.text:
+                sys.stdout.write(piece.text)
+                sys.stdout.flush()
+    except KeyboardInterrupt:
+        return _interrupted(args, pieces, stats, load_s)
     sys.stdout.write("\n")
     sys.stdout.flush()
     if not args.quiet:
         print(stats_line(stats, load_s), file=sys.stderr)
     return 0
+
+
+def _interrupted(args: argparse.Namespace, pieces: Any, stats: Any, load_s: float) -> int:
+    """Ctrl-C while generating: end the text's line (the terminal echoed ^C after it), show the
+    timing of what was done, then say why it stopped."""
+    pieces.close()  # the generator's own cleanup fills in the decode time
+    stats.stop_reason = "interrupted"
+    sys.stdout.write("\n")
+    sys.stdout.flush()
+    if sys.stderr.isatty() and not sys.stdout.isatty():
+        print(file=sys.stderr)  # the text went elsewhere; the ^C is on the terminal's line
+    if not args.quiet:
+        print(stats_line(stats, load_s), file=sys.stderr)
+    print_error("interrupted")
+    return EXIT_INTERRUPTED

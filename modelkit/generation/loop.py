@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, NamedTuple, Sequence
 import numpy as np
 
 from ..errors import GenerationError, TokenizerError
+from .diagnose import explain_non_finite
 from .options import SamplingOptions
-from .sampling import Sampler
+from .sampling import NonFiniteLogits, Sampler
 from .stop import StopStrings
 
 if TYPE_CHECKING:
@@ -107,7 +108,10 @@ def _tokens(model: Model, prompt: list[int], max_new_tokens: int, options: Sampl
             if should_stop is not None and should_stop():
                 stats.stop_reason = "interrupted"
                 return
-            token = sampler(logits, history[:seen] if history is not None else ())
+            try:
+                token = sampler(logits, history[:seen] if history is not None else ())
+            except NonFiniteLogits:
+                raise GenerationError(explain_non_finite(model, cache.tokens)) from None
             stats.new_tokens += 1
             # a token fed back at position cache.length needs a position embedding for it
             full = limit is not None and cache.length >= limit

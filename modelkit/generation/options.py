@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -15,6 +15,35 @@ from ..errors import GenerationError
 # HUGE overflow to infinity
 _TINY = float(np.finfo(np.float32).tiny)
 _HUGE = float(np.finfo(np.float32).max)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+# field -> (is the value in range, the rule the message states)
+RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "temperature": (lambda v: math.isfinite(v) and 0 <= v <= _HUGE,
+                    f"must be >= 0 and at most {_HUGE:.4g} (float32's largest)"),
+    "top_k": (lambda v: _is_int(v) and v >= 0, "must be an integer >= 0 (0 is off)"),
+    "top_p": (lambda v: 0.0 < v <= 1.0, "must be in (0, 1] (1 is off)"),
+    "min_p": (lambda v: 0.0 <= v <= 1.0, "must be in [0, 1] (0 is off)"),
+    "repetition_penalty": (lambda v: _TINY <= v <= _HUGE,
+                           f"must be > 0 (1 is off) and within float32's range ({_TINY:.4g} to {_HUGE:.4g})"),
+    "seed": (lambda v: v is None or (_is_int(v) and v >= 0), "must be an integer >= 0"),
+}
+
+
+def check_option(name: str, value: Any, label: str | None = None) -> None:
+    """Raise a GenerationError when sampling option ``name`` cannot take ``value``; the message
+    calls it ``label`` (a flag such as ``--top-p``, or a file's key) when given."""
+    ok, rule = RULES[name]
+    try:
+        good = bool(ok(value))
+    except TypeError:  # not a number at all
+        good = False
+    if not good:
+        raise GenerationError(f"{label or name} {rule}, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -30,21 +59,8 @@ class SamplingOptions:
     seed: int | None = None
 
     def __post_init__(self) -> None:
-        checks = [
-            ("temperature", math.isfinite(self.temperature) and 0 <= self.temperature <= _HUGE,
-             f"must be >= 0 and at most {_HUGE:.4g} (float32's largest)"),
-            ("top_k", isinstance(self.top_k, (int, np.integer)) and self.top_k >= 0,
-             "must be an integer >= 0 (0 is off)"),
-            ("top_p", 0.0 < self.top_p <= 1.0, "must be in (0, 1] (1 is off)"),
-            ("min_p", 0.0 <= self.min_p <= 1.0, "must be in [0, 1] (0 is off)"),
-            ("repetition_penalty", _TINY <= self.repetition_penalty <= _HUGE,
-             f"must be > 0 (1 is off) and within float32's range ({_TINY:.4g} to {_HUGE:.4g})"),
-            ("seed", self.seed is None or (isinstance(self.seed, (int, np.integer)) and self.seed >= 0),
-             "must be an integer >= 0"),
-        ]
-        for name, ok, rule in checks:
-            if not ok:
-                raise GenerationError(f"{name} {rule}, got {getattr(self, name)!r}")
+        for name in RULES:
+            check_option(name, getattr(self, name))
 
     @property
     def greedy(self) -> bool:
@@ -71,11 +87,19 @@ class SamplingOptions:
                 values["temperature"] = gc["temperature"] if _is_number(gc.get("temperature")) else 1.0
         if _is_number(gc.get("repetition_penalty")):
             values["repetition_penalty"] = gc["repetition_penalty"]
-        values.update({k: v for k, v in overrides.items() if v is not None})
+        given = {k: v for k, v in overrides.items() if v is not None}
+        from_file = set(values) - set(given)
+        values.update(given)
         unknown = set(values) - {f for f in cls.__dataclass_fields__}
         if unknown:
             raise GenerationError(f"unknown sampling option(s): {', '.join(sorted(unknown))}")
-        return cls(**{k: (_integer(k, v) if k in ("top_k", "seed") else float(v)) for k, v in values.items()})
+        final = {}
+        for key, value in values.items():
+            label = f"generation_config.json: {key}" if key in from_file else key
+            final[key] = _integer(label, value) if key in ("top_k", "seed") else float(value)
+            if key in from_file:  # the error names the file, not a flag the user never gave
+                check_option(key, final[key], label)
+        return cls(**final)
 
     def with_(self, **changes: Any) -> "SamplingOptions":
         """A copy with some fields changed."""

@@ -27,12 +27,18 @@ _TOP_P_RTOL = 1e-7
 _BLOCK = 256
 
 
+class NonFiniteLogits(GenerationError):
+    """A logits row whose largest value is NaN or infinite: no token can be chosen. Generation
+    replaces the message with where the forward pass first went non-finite
+    (:func:`modelkit.generation.diagnose.explain_non_finite`)."""
+
+
 def _check_finite(best: Any) -> None:
     """Refuse a logits row whose largest value is NaN or infinite (NaN anywhere makes it NaN)."""
     if not math.isfinite(best):
-        raise GenerationError("the model produced logits that are NaN or infinite, so no token can be "
+        raise NonFiniteLogits("the model produced logits that are NaN or infinite, so no token can be "
                               "chosen; its weights may hold NaN or inf (`modelkit validate --values` "
-                              "checks them)")
+                              "checks them) or its arithmetic may overflow float32")
 
 
 # ---- the steps ---------------------------------------------------------------------------

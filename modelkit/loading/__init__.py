@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any
 
 from ..checkpoint.source import WeightSource
@@ -29,12 +30,14 @@ __all__ = ["Plan", "MappingChoice", "architectures", "describe_architectures", "
            "resolve_path"]
 
 
-def resolve_path(path: str | os.PathLike, revision: str | None = None) -> Any:
+def resolve_path(path: str | os.PathLike, revision: str | None = None, progress: bool = False) -> Any:
     """A local path for ``path``: as given when it exists, else a hub repo id's snapshot (the
-    local Hugging Face cache first, then downloaded)."""
+    local Hugging Face cache first, then downloaded). With ``progress``, a line on stderr says
+    so before a download starts (its progress bars follow)."""
     from ..checkpoint.hub import resolve_model_path
 
-    return resolve_model_path(os.fspath(path), revision)
+    notice = (lambda text: print(f"modelkit: {text}", file=sys.stderr)) if progress else None
+    return resolve_model_path(os.fspath(path), revision, notice)
 
 
 def inspect(path: str | os.PathLike, arch: str | None = None, mapping: str | os.PathLike | None = None, *,
@@ -72,7 +75,7 @@ def load(path: str | os.PathLike, arch: str | None = None, *, mapping: str | os.
 
     if isinstance(prefill_chunk, bool) or not isinstance(prefill_chunk, int) or prefill_chunk < 1:
         raise GenerationError(f"prefill_chunk must be a positive integer, got {prefill_chunk!r}")
-    source, choice, plan = inspect(resolve_path(path, revision), arch, mapping, tuning=tuning)
+    source, choice, plan = inspect(resolve_path(path, revision, progress), arch, mapping, tuning=tuning)
     try:
         report = plan.report
         if not report.ok and (strict or report.missing or report.misshaped or report.mistyped):

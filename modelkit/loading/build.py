@@ -6,13 +6,14 @@ they are made and peak memory stays near the model's own size.
 
 from __future__ import annotations
 
+import math
 import sys
 from typing import Any
 
 import numpy as np
 
 from ..checkpoint.source import WeightSource
-from ..errors import CheckpointError, MappingError
+from ..errors import CheckpointError, MappingError, out_of_memory
 from ..model import Layer, Model
 from ..nn.block import Block
 from .plan import Plan, PlannedBlock, PlannedTensor
@@ -29,17 +30,35 @@ class TensorReader:
         self._memo: dict[str, np.ndarray] = {}
 
     def read(self, planned: PlannedTensor) -> np.ndarray:
-        """The canonical tensor ``planned`` describes."""
+        """The canonical tensor ``planned`` describes. Values beyond float32 (in an F64 tensor,
+        or from a dequantiser's scales) become inf, silently: ``validate --values`` lists them."""
         assert planned.source is not None
-        if planned.parts:  # a stacked entry: each piece transformed, then stacked on a new axis
-            array = np.stack([self._transformed(name, planned) for name in planned.parts])
+        try:
+            with np.errstate(over="ignore", invalid="ignore"):
+                array = self._read(planned)
+        except MemoryError as exc:
+            shape = "x".join(map(str, planned.shape)) or "scalar"
+            size = 4 * math.prod(planned.shape)
+            raise out_of_memory(f"reading tensor {planned.canonical} ({planned.source}, {shape}, "
+                                f"{size:,} bytes as float32)", exc) from None
+        if tuple(array.shape) != tuple(planned.shape):
+            raise CheckpointError(f"{planned.source}: transforms produced shape {list(array.shape)}, "
+                                  f"expected {list(planned.shape)}")
+        return array
+
+    def _read(self, planned: PlannedTensor) -> np.ndarray:
+        if planned.parts:  # a stacked entry: each piece transformed, then written into its row
+            array = np.empty(planned.shape, np.float32)
+            for j, name in enumerate(planned.parts):
+                piece = self._transformed(name, planned)
+                if piece.shape != array.shape[1:]:  # assignment would broadcast
+                    raise CheckpointError(f"{name}: transforms produced shape {list(piece.shape)}, "
+                                          f"expected {list(array.shape[1:])}")
+                array[j] = piece
         else:
             array = self._transformed(planned.source, planned)
         if array.dtype != np.float32 or not array.flags.c_contiguous:
             array = np.ascontiguousarray(array, dtype=np.float32)
-        if tuple(array.shape) != tuple(planned.shape):
-            raise CheckpointError(f"{planned.source}: transforms produced shape {list(array.shape)}, "
-                                  f"expected {list(planned.shape)}")
         return array
 
     def _transformed(self, name: str, planned: PlannedTensor) -> np.ndarray:
@@ -91,7 +110,10 @@ def build_model(source: WeightSource, plan: Plan, *, file: str = "", progress: b
 
     def block(planned: PlannedBlock, prefix: str) -> Block:
         params = {pname: get(f"{prefix}{pname}") for pname in planned.params}
-        return planned.cls(planned.options, params)
+        try:
+            return planned.cls(planned.options, params)
+        except MemoryError as exc:  # fusing q/k/v or gate/up, rotary tables
+            raise out_of_memory(f"building block {prefix.rstrip('.')} ({planned.kind})", exc) from None
 
     try:
         embed = get("embed.weight")
@@ -100,7 +122,7 @@ def build_model(source: WeightSource, plan: Plan, *, file: str = "", progress: b
         embed_proj = get("embed_proj.weight")
         embed_norm = block(plan.embed_norm, "embed_norm.") if plan.embed_norm is not None else None
         layers = [Layer(pl.spec, {name: block(pb, f"layers.{i}.{name}.") for name, pb in pl.blocks.items()},
-                        pl.residual_multiplier, pl.variant)
+                        pl.residual_multiplier, pl.variant, index=i)
                   for i, pl in enumerate(plan.layers)]
         final_norm = block(plan.final_norm, "final_norm.") if plan.final_norm is not None else None
         head_proj = get("head_proj.weight")
@@ -111,11 +133,15 @@ def build_model(source: WeightSource, plan: Plan, *, file: str = "", progress: b
         if bar is not None:
             bar.close()
     assert head is not None
+    try:
+        tokenizer = source.tokenizer()
+    except MemoryError as exc:
+        raise out_of_memory(f"loading the tokenizer of {source.path}", exc) from None
     return Model(name=plan.mapping.name, config=plan.config, mapping=plan.mapping, layers=layers,
                  embed=embed, pos_embed=pos_embed, final_norm=final_norm, head=head, head_bias=head_bias,
                  embedding_multiplier=plan.embedding_multiplier, logits_divisor=plan.logits_divisor,
                  logits_softcap=plan.logits_softcap, embed_norm=embed_norm, embed_proj=embed_proj,
                  head_proj=head_proj,
-                 tokenizer=source.tokenizer(), generation_config=source.generation_config(),
+                 tokenizer=tokenizer, generation_config=source.generation_config(),
                  source=str(source.path), tied=plan.tied, n_params=n_params, mapping_file=file,
                  prefill_chunk=prefill_chunk)

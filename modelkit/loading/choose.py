@@ -8,6 +8,7 @@ parsed once per process (:func:`modelkit.schema.read_mapping`).
 from __future__ import annotations
 
 import dataclasses
+import shlex
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,8 @@ def open_source(path: str | os.PathLike, registry: Registry | None = None) -> We
     p = Path(path).expanduser()
     if not p.exists():
         raise CheckpointError(f"{p}: no such file or folder")
+    if not p.is_file() and not p.is_dir():
+        raise CheckpointError(f"{p}: not a regular file or a folder (a FIFO or a device?)")
     for cls in registry.weight_sources.values():
         if cls.can_open(p):
             return cls.open(p)
@@ -39,8 +42,17 @@ def open_source(path: str | os.PathLike, registry: Registry | None = None) -> We
     if p.is_dir():
         raise CheckpointError(f"{p}: no *.safetensors weight files, nor weights of another format a "
                               f"weight source reads (known sources: {kinds})")
-    hint = "; give the folder holding it and its config.json" if p.suffix == ".safetensors" else ""
-    raise CheckpointError(f"{p}: no weight source can read this (known sources: {kinds}){hint}")
+    raise CheckpointError(f"{p}: no weight source can read this (known sources: {kinds}){_file_hint(p)}")
+
+
+def _file_hint(p: Path) -> str:
+    """What the user probably meant by giving this file as the checkpoint."""
+    if p.suffix == ".safetensors" or p.suffix == ".json":
+        folder = p.parent if str(p.parent) not in ("", ".") else Path(".")
+        return f"; give the folder holding it and its config.json (--model {shlex.quote(str(folder))})"
+    if p.suffix in (".yaml", ".yml"):
+        return "; a mapping file goes to --mapping FILE, with --model naming the checkpoint"
+    return ""
 
 
 @dataclass(frozen=True)
@@ -113,7 +125,9 @@ def choose_mapping(raw: dict[str, Any], source_kind: str, arch: str | None = Non
                 raise UnknownArchitectureError(
                     f"architecture '{arch}' has no mapping for {source_kind} checkpoints")
             names = sorted({c.mapping.name for c in choices})
-            raise UnknownArchitectureError(f"unknown architecture '{arch}'; known: {', '.join(names)}")
+            raise UnknownArchitectureError(
+                f"unknown architecture '{arch}' (`modelkit archs` lists them; a new one is a mapping file: "
+                f"--mapping FILE, see docs/adding-an-architecture.md); known: {', '.join(names)}")
         chosen = fitting[0]
         if serving and chosen not in serving and not chosen.mapping.matches(raw, source_kind):
             # the checkpoint is another architecture's: say which, instead of failing on its config
@@ -128,10 +142,12 @@ def choose_mapping(raw: dict[str, Any], source_kind: str, arch: str | None = Non
     archs = raw.get("architectures")
     known_types = sorted({t for c in choices for t in c.mapping.match.get("model_type", [])})
     names = sorted({c.mapping.name for c in choices})
+    # the fix first: the lists that follow are long
     raise UnknownArchitectureError(
-        f"no architecture matches model_type {model_type!r} (architectures {archs!r}); "
-        f"known architectures: {', '.join(names)}; known model_types: {', '.join(known_types)}; "
-        f"a mapping of your own can serve it (--mapping FILE, see docs/adding-an-architecture.md)")
+        f"no architecture matches model_type {model_type!r} (architectures {archs!r}); a mapping of your "
+        f"own can serve it: --mapping FILE, see docs/adding-an-architecture.md (or --arch NAME for a "
+        f"known architecture); known architectures: {', '.join(names)}; known model_types: "
+        f"{', '.join(known_types)}")
 
 
 def describe_architectures(registry: Registry | None = None) -> list[dict[str, str]]:

@@ -15,7 +15,7 @@ from typing import Any
 from ..checkpoint.source import TensorInfo
 from ..errors import CheckpointError, ConfigError, MappingError
 from ..nn.block import ParamSpec
-from ..nn.options import REQUIRED
+from ..nn.options import INT_MAX, REQUIRED, float32_scalar
 from ..plugins.registry import Registry, Transform
 from ..schema.resolve import Config, layer_variants, resolve_config, resolve_value
 from ..schema.spec import PLACEHOLDER, STACK_PLACEHOLDER, BlockSpec, LayerSpec, Mapping, WeightSpec
@@ -25,6 +25,8 @@ from .report import Report
 # and safetensors' 8-, 6- and 4-bit floats; found from the headers, before any data is read
 UNREADABLE_DTYPES = {"BOOL", "U8", "I8", "U16", "I16", "U32", "I32", "U64", "I64", "F8_E4M3", "F8_E5M2",
                      "F8_E8M0", "F8_E4M3FNUZ", "F8_E5M2FNUZ", "F6_E2M3", "F6_E3M2", "F4"}
+# pieces in one stacked entry at most (published MoE models have a few hundred experts a layer)
+MAX_STACK = 1 << 16
 
 
 @dataclass(frozen=True)
@@ -96,17 +98,31 @@ class Plan:
         return [layer.variant for layer in self.layers]
 
 
-def _number(value: Any, label: str, where: str) -> float:
+def _number(value: Any, label: str, where: str, divisor: bool = False) -> float:
+    """A model scalar as a float, checked for what float32 (where it is used) can hold."""
     if not isinstance(value, (int, float)) or isinstance(value, bool) or value != value:
         raise ConfigError(f"{where}: {label} must be a number, got {value!r}")
-    return float(value)
+    return float32_scalar(value, f"{where}: {label}", divisor=divisor)
+
+
+def _check_transform_args(args: Any, key: str, where: str) -> None:
+    """Every float among a transform's arguments (a factor to scale by, a value to add; nested
+    in lists too) must be finite in float32: the weights it touches are float32."""
+    if isinstance(args, float):
+        float32_scalar(args, f"{where}: {key}")
+    elif isinstance(args, dict):
+        for name, value in args.items():
+            _check_transform_args(value, f"{key}.{name}", where)
+    elif isinstance(args, (list, tuple)):
+        for value in args:
+            _check_transform_args(value, key, where)
 
 
 def _embed_dim(value: Any, hidden: int, where: str) -> int:
     """The embedding's width: ``model.embed_dim`` when given, else the hidden size."""
     if value is None:
         return hidden
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 < value <= INT_MAX:
         raise ConfigError(f"{where}: embed_dim must be a positive integer (or null: hidden_size), got {value!r}")
     return value
 
@@ -152,9 +168,14 @@ def _check_width(block: PlannedBlock, hidden: int, layer: str, where: str) -> No
                           f"but the model's hidden_size is {hidden}")
 
 
-def _plan_transforms(w: WeightSpec, cfg: Config, registry: Registry, key: str) -> list[PlannedTransform]:
-    return [PlannedTransform(registry.transforms[name], resolve_value(args, cfg, f"{key}.{name}"))
-            for name, args in w.transforms]
+def _plan_transforms(w: WeightSpec, cfg: Config, registry: Registry, key: str, where: str
+                     ) -> list[PlannedTransform]:
+    planned = []
+    for name, args in w.transforms:
+        resolved = resolve_value(args, cfg, f"{key}.{name}")
+        _check_transform_args(resolved, f"{key.rpartition(': ')[2]}.{name}", where)
+        planned.append(PlannedTransform(registry.transforms[name], resolved))
+    return planned
 
 
 def _shape_after(shape: tuple, transforms: list[PlannedTransform], key: str) -> tuple:
@@ -174,9 +195,22 @@ def _stack_count(w: WeightSpec, cfg: Config, key: str, where: str) -> int | None
     if w.stack is None:
         return None
     n = resolve_value(w.stack, cfg, f"{key}.stack")
-    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-        raise ConfigError(f"{where}: weights.{w.target}.stack must be a positive integer, got {n!r}")
+    if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= MAX_STACK:
+        raise ConfigError(f"{where}: weights.{w.target}.stack must be a positive integer (at most "
+                          f"{MAX_STACK}), got {n!r}")
     return n
+
+
+def _stored_form(mapping: Mapping, w: WeightSpec, layer_index: str, cfg: Config, infos: dict[str, TensorInfo],
+                 key: str, where: str) -> WeightSpec:
+    """The first of an entry's forms (the entry, then its fallbacks) with a tensor in the
+    checkpoint; the entry itself when no form has one (its tensors are then reported missing)."""
+    for form in (w, *w.fallbacks):
+        names = mapping.checkpoint_names(form.sources, layer_index)
+        count = _stack_count(form, cfg, key, where) or 1
+        if any(n.replace(STACK_PLACEHOLDER, str(j)) in infos for n in names for j in range(count)):
+            return form
+    return w
 
 
 def _plan_tensor(mapping: Mapping, w: WeightSpec, canonical: str, ps: ParamSpec, layer_index: str,
@@ -184,7 +218,7 @@ def _plan_tensor(mapping: Mapping, w: WeightSpec, canonical: str, ps: ParamSpec,
                  used: set[str], key: str, where: str) -> PlannedTensor | None:
     """One canonical parameter's checkpoint tensor(s), checked from their headers; what does not
     fit goes to ``report`` (None is returned)."""
-    transforms = _plan_transforms(w, cfg, registry, key)
+    transforms = _plan_transforms(w, cfg, registry, key, where)
     candidates = mapping.checkpoint_names(w.sources, layer_index)
     count = _stack_count(w, cfg, key, where)
     required = ps.required or not w.optional
@@ -196,6 +230,15 @@ def _plan_tensor(mapping: Mapping, w: WeightSpec, canonical: str, ps: ParamSpec,
     sources = [next((c for c in names if c in infos), names[0]) for names in pieces]
     used.update(s for s in sources if s in infos)  # mapped, even when the stack lacks a piece
     absent = [s for s in sources if s not in infos]
+    if count is not None:  # a stack absent altogether, or of another count, is one line
+        shown = candidates[0].replace(STACK_PLACEHOLDER, f"{{0..{count - 1}}}")
+        if len(absent) == count:
+            if required:
+                report.missing.append((shown, canonical, ps.shape))
+            return None
+        if not absent and ps.shape[:1] != (count,):
+            report.misshaped.append((shown, canonical, (count, *piece_shape), ps.shape, f"{count} stacked"))
+            return None
     if absent and (required or len(absent) < len(sources)):  # a stack is complete or absent
         report.missing.extend((s, canonical, piece_shape) for s in absent)
     if absent:
@@ -244,6 +287,8 @@ def make_plan(mapping: Mapping, raw: dict[str, Any], infos: dict[str, TensorInfo
     d, vocab = cfg["hidden_size"], cfg["vocab_size"]
     if not isinstance(d, int) or d <= 0 or not isinstance(vocab, int) or vocab <= 0:
         raise ConfigError(f"{where}: hidden_size and vocab_size must be positive integers")
+    if max(d, vocab) > INT_MAX:
+        raise ConfigError(f"{where}: hidden_size and vocab_size must be at most {INT_MAX:,}, got {d} and {vocab}")
     tunes = _check_tuning(tuning or {}, registry)
     kinds = registry.block_kinds
     path = mapping.path
@@ -252,15 +297,15 @@ def make_plan(mapping: Mapping, raw: dict[str, Any], infos: dict[str, TensorInfo
     tied = bool(resolve_value(model.tie_head, cfg, f"{path}: model.tie_head"))
     emb_mult = _number(resolve_value(model.embedding_multiplier, cfg, f"{path}: model.embedding_multiplier"),
                        "embedding_multiplier", where)
-    divisor = _number(resolve_value(model.logits_divisor, cfg, f"{path}: model.logits_divisor"),
-                      "logits_divisor", where)
+    divisor = resolve_value(model.logits_divisor, cfg, f"{path}: model.logits_divisor")
     if divisor == 0:
         raise ConfigError(f"{where}: logits_divisor must not be zero")
+    divisor = _number(divisor, "logits_divisor", where, divisor=True)
     softcap = resolve_value(model.logits_softcap, cfg, f"{path}: model.logits_softcap")
     if softcap is not None:
-        softcap = _number(softcap, "logits_softcap", where)
-        if not softcap > 0:
+        if not _number(softcap, "logits_softcap", where) > 0:
             raise ConfigError(f"{where}: logits_softcap must be positive (or null: off), got {softcap!r}")
+        softcap = _number(softcap, "logits_softcap", where, divisor=True)
 
     needed: dict[str, tuple[ParamSpec, str]] = {}  # canonical -> (spec, weights template)
     e = _embed_dim(resolve_value(model.embed_dim, cfg, f"{path}: model.embed_dim"), d, where)
@@ -271,8 +316,9 @@ def make_plan(mapping: Mapping, raw: dict[str, Any], infos: dict[str, TensorInfo
     max_pos = None
     if model.positions == "learned":
         max_pos = resolve_value(model.max_positions, cfg, f"{path}: model.max_positions")
-        if not isinstance(max_pos, int) or isinstance(max_pos, bool) or max_pos <= 0:
-            raise ConfigError(f"{where}: learned positions need a positive max_positions, got {max_pos!r}")
+        if not isinstance(max_pos, int) or isinstance(max_pos, bool) or not 0 < max_pos <= INT_MAX:
+            raise ConfigError(f"{where}: learned positions need a positive max_positions (at most "
+                              f"{INT_MAX:,}), got {max_pos!r}")
         needed["pos_embed.weight"] = (ParamSpec((max_pos, d)), "pos_embed.weight")
     model_blocks: dict[str, PlannedBlock | None] = {}
     for name in ("embed_norm", "final_norm"):
@@ -321,14 +367,16 @@ def make_plan(mapping: Mapping, raw: dict[str, Any], infos: dict[str, TensorInfo
         layer_index = canonical.split(".")[1] if template.startswith("layers.") else ""
         key = f"{path}: weights.{template}"
         entry_cfg = cfg if not layer_index else cfg.with_layer(int(layer_index))
-        planned = _plan_tensor(mapping, w, canonical, ps, layer_index, entry_cfg, registry, infos,
+        form = _stored_form(mapping, w, layer_index, entry_cfg, infos, key, where) if w.fallbacks else w
+        planned = _plan_tensor(mapping, form, canonical, ps, layer_index, entry_cfg, registry, infos,
                                report, used, key, where)
         if planned is not None:
             tensors[canonical] = planned
 
     # a tied head may still be stored (transformers writes it sometimes): accept and ignore it
-    tied_head_sources = (set(mapping.checkpoint_names(by_target["head.weight"].sources))
-                         if tied and "head.weight" in by_target else set())
+    head = by_target.get("head.weight")
+    tied_head_sources = (set(mapping.checkpoint_names([n for form in (head, *head.fallbacks) for n in form.sources]))
+                         if tied and head is not None else set())
     for name, info in infos.items():
         if name in used or name in tied_head_sources:
             continue

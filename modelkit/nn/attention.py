@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ConfigError
+from ..errors import ConfigError, out_of_memory
 from .block import Block, ForwardContext, ParamSpec
 from .kv_cache import KV_BLOCK, KVCache
 from .linear import linear
@@ -96,8 +96,8 @@ class Attention(Block):
                                   "each head its own (per_head: StableLM 2 12B, Command R+)",
                                   choices=("shared", "per_head")),
         "softcap": Option("float", None, "scores become softcap * tanh(scores / softcap) (Gemma 2)",
-                          min=1e-6, nullable=True),
-        "query_block": Option("int", QUERY_BLOCK, "queries per block over long prompts", min=1,
+                          min=1e-6, nullable=True, divisor=True),
+        "query_block": Option("int", QUERY_BLOCK, "queries per block over long prompts", min=1, max=4096,
                               tunable=True),
     }
     PARAMETERS = ("q.weight", "k.weight", "v.weight", "o.weight", "q.bias", "k.bias", "v.bias",
@@ -193,7 +193,11 @@ class Attention(Block):
             state = self.new_state()
         start = state.length
         state.append(k, v)
-        out = self.attend(q, state, start)  # [T, H * hd]
+        try:
+            out = self.attend(q, state, start)  # [T, H * hd]
+        except MemoryError as exc:
+            raise out_of_memory(f"computing attention scores of {t:,} queries over {state.length:,} keys",
+                                exc) from None
         y = linear(out, self.w_o)  # [T, H * hd] -> [T, D]
         if self.b_o is not None:
             y += self.b_o

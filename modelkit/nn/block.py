@@ -11,13 +11,16 @@ stateless blocks).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Mapping
+from typing import Any, Callable, ClassVar, Mapping, Optional
 
 import numpy as np
 
 from .options import REQUIRED, Option
 
-__all__ = ["Block", "ParamSpec", "ForwardContext", "Option", "REQUIRED"]
+__all__ = ["Block", "ParamSpec", "ForwardContext", "Option", "REQUIRED", "Watch"]
+
+# a diagnostic callback: (layer index or None, block name, the block's output)
+Watch = Callable[[Optional[int], str, np.ndarray], None]
 
 
 @dataclass(frozen=True)
@@ -34,11 +37,13 @@ class ForwardContext:
 
     ``pos`` is the position of the first of the ``length`` tokens in this call (the cache length
     before it). ``shared`` lets blocks memoise per-call work (rotary tables) across layers.
+    ``watch``, when set, sees every block's output (see :meth:`modelkit.Model.forward`).
     """
 
     pos: int
     length: int
     shared: dict[str, Any] = field(default_factory=dict)
+    watch: Watch | None = None
 
 
 class Block:

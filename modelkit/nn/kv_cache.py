@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import out_of_memory
+
 # the KV cache grows in steps of this many positions (and at least by half its size)
 KV_BLOCK = 256
 
@@ -46,13 +48,19 @@ class KVCache:
         if need > self.v.shape[1]:
             cap = max(need, self.v.shape[1] + self.v.shape[1] // 2)
             if self.window is not None:  # room for a window of decoding before the next drop
-                cap = max(cap, need + self.window)
+                # (a window longer than the sequence so far is no window yet: room grows with
+                # the sequence, never with the window's size alone)
+                cap = max(cap, need + min(self.window, need))
             cap = -(-cap // KV_BLOCK) * KV_BLOCK
             kv, hd = self.v.shape[0], self.v.shape[2]
-            kt = np.empty((kv, hd, cap), np.float32)
-            kt[:, :, :held] = self.kt[:, :, :held]
-            v_new = np.empty((kv, cap, hd), np.float32)
-            v_new[:, :held] = self.v[:, :held]
+            try:
+                kt = np.empty((kv, hd, cap), np.float32)
+                kt[:, :, :held] = self.kt[:, :, :held]
+                v_new = np.empty((kv, cap, hd), np.float32)
+                v_new[:, :held] = self.v[:, :held]
+            except MemoryError as exc:
+                raise out_of_memory(f"growing the KV cache to {cap:,} positions ({2 * kv * hd * cap * 4:,} "
+                                    f"bytes for keys and values)", exc) from None
             self.kt, self.k, self.v = kt, kt.transpose(0, 2, 1), v_new
         self.kt[:, :, held:need] = k.transpose(1, 2, 0)
         self.v[:, held:need] = v.transpose(1, 0, 2)

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError
+from .options import float32_scalar
 
 _tables: dict[tuple, "RotaryTable"] = {}
 _tables_lock = threading.Lock()
@@ -27,6 +28,9 @@ def inverse_frequencies(dim: int, theta: float, scaling: dict[str, Any] | None) 
     """
     if isinstance(theta, bool) or not isinstance(theta, numbers.Real) or not theta > 0:
         raise ConfigError(f"rope_theta must be a positive number, got {theta!r}")
+    if theta < 1:  # 1 / theta ** x then exceeds 1 and grows with the positions past float32's range
+        raise ConfigError(f"rope_theta must be at least 1 (rotary bases are 10,000 and more), got {theta!r}")
+    float32_scalar(theta, "rope_theta")
     inv = (np.float32(1.0) / (np.float32(theta) ** (np.arange(0, dim, 2, dtype=np.int64).astype(np.float32)
                                                    / np.float32(dim)))).astype(np.float32)
     kind = None
@@ -41,9 +45,11 @@ def inverse_frequencies(dim: int, theta: float, scaling: dict[str, Any] | None) 
         low = _positive(scaling, kind, "low_freq_factor", 1.0)
         high = _positive(scaling, kind, "high_freq_factor", 4.0)
         old_ctx = _positive(scaling, kind, "original_max_position_embeddings")
-        if not high > low:
+        if not np.float32(high) > np.float32(low):
             raise ConfigError(f"rope scaling llama3: high_freq_factor ({high:g}) must exceed "
                               f"low_freq_factor ({low:g})")
+        float32_scalar(float(np.float32(high) - np.float32(low)),
+                       "rope scaling llama3: high_freq_factor - low_freq_factor", divisor=True)
         low_wavelen = old_ctx / low
         high_wavelen = old_ctx / high
         wavelen = np.float32(2 * math.pi) / inv
@@ -61,7 +67,8 @@ def _positive(scaling: dict[str, Any], kind: str, key: str, default: float | Non
     value = scaling.get(key, default)
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value > 0:
         raise ConfigError(f"rope scaling {kind}: '{key}' must be a positive number, got {value!r}")
-    return float(value)
+    # every one of them divides something, in float32
+    return float32_scalar(value, f"rope scaling {kind}: '{key}'", divisor=True)
 
 
 class RotaryTable:
@@ -119,7 +126,11 @@ def rotary_table(dim: int, theta: float, scaling: dict[str, Any] | None,
                 if factors.shape != inv.shape or not np.all(factors > 0):
                     raise ConfigError(f"rope frequency factors: expected {inv.size} positive values, "
                                       f"got shape {list(factors.shape)}")
-                inv = (inv / factors).astype(np.float32)
+                with np.errstate(over="ignore"):
+                    inv = (inv / factors).astype(np.float32)
+                if not np.isfinite(inv).all():
+                    raise ConfigError("rope frequency factors: a factor is so small (subnormal in float32) "
+                                      "that the frequency it divides overflows")
             _tables[key] = RotaryTable(inv, bool(interleaved))
         return _tables[key]
 

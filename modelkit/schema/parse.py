@@ -16,6 +16,7 @@ from ..errors import MappingError
 from .expr import ExprError, names_in
 from .spec import PLACEHOLDER, STACK_PLACEHOLDER, BlockSpec, FieldSpec, LayerSpec, Mapping, ModelSpec, WeightSpec
 from .vocabulary import BLOCK_NAMES, MODEL_TENSORS
+from .weights import WEIGHT_KEYS, WeightsSection  # noqa: F401  (WEIGHT_KEYS: one table of the YAML keys)
 
 TYPES = {"int", "float", "bool", "str", "list", "dict", "any", "float_pair"}
 LAYOUTS = {"sequential", "parallel"}
@@ -32,13 +33,12 @@ WHEN = "when"  # on a model-level block: it exists only when this is true
 ADD = "+"  # in a flow branch: the blocks after it apply to the residual stream after the add
 LAYER_KEYS = {"layout", "residual_multiplier", "blocks", "flow"}
 FLOW_STEP_KEYS = {"parallel"}  # a flow entry that is an object: branches summed off one input
-WEIGHT_KEYS = {"from", "transform", "optional", "stack"}
 # the functions and constants expressions may name besides config fields
 EXPR_BUILTINS = {"true", "false", "null", "True", "False", "None", "inf", "infinity", "min", "max",
                  "abs", "int", "float", "bool", "len", "sqrt", "round", "str", "all", "any", "list"}
 
 
-class _Parser:
+class _Parser(WeightsSection):
     def __init__(self, path: str, known_kinds: dict[str, type] | None,
                  known_transforms: Collection[str] | None):
         self.path = path
@@ -345,66 +345,6 @@ class _Parser:
         self.check_keys(data, LAYER_KEYS | {"count"}, "layers")
         layer = self.parse_layer({k: v for k, v in data.items() if k != "count"}, "layers", names)
         return count, None, {"default": layer}
-
-    def parse_weights(self, data: Any, names: set[str]) -> list[WeightSpec]:
-        self.expect(data, dict, "weights", "an object: canonical name -> checkpoint name")
-        out = []
-        for target, spec in data.items():
-            key = f"weights.{target}"
-            self.expect(target, str, "weights", "canonical names")
-            self.check_pattern(target, key)
-            if isinstance(spec, (str, list)):
-                spec = {"from": spec}
-            self.expect(spec, dict, key, "a checkpoint name or {from, transform, optional, stack}")
-            self.check_keys(spec, WEIGHT_KEYS, key)
-            stack = spec.get("stack")
-            if stack is not None:
-                if not (isinstance(stack, int) and not isinstance(stack, bool) and stack >= 1
-                        or isinstance(stack, str) and stack.startswith("$") and not stack.startswith("$$")):
-                    raise self.fail(f"{key}.stack", f"expected a positive count or a $expression, got {stack!r}")
-                self.check_value(stack, f"{key}.stack", names)
-            sources = spec.get("from")
-            if isinstance(sources, str):
-                sources = [sources]
-            self.expect(sources, list, f"{key}.from", "a checkpoint tensor name or a list of alternatives")
-            if not sources:
-                raise self.fail(f"{key}.from", "needs at least one checkpoint tensor name")
-            for source in sources:
-                self.expect(source, str, f"{key}.from", "checkpoint tensor names")
-                self.check_pattern(source, f"{key}.from", stacked=stack is not None)
-                if PLACEHOLDER in source and PLACEHOLDER not in target:
-                    raise self.fail(key, f"{PLACEHOLDER} in the checkpoint name needs {PLACEHOLDER} in the "
-                                         f"canonical name")
-                if stack is not None and STACK_PLACEHOLDER not in source:
-                    raise self.fail(f"{key}.from", f"a stacked entry names its pieces with {STACK_PLACEHOLDER} "
-                                                   f"(0 .. stack - 1); '{source}' has none")
-            optional = spec.get("optional", False)
-            self.expect(optional, bool, f"{key}.optional", "true or false")
-            transforms = self.parse_transforms(spec.get("transform", []), f"{key}.transform", names)
-            out.append(WeightSpec(target, sources, transforms, optional, stack))
-        return out
-
-    def parse_transforms(self, data: Any, key: str, names: set[str]) -> list[tuple[str, dict[str, Any]]]:
-        if isinstance(data, (str, dict)):
-            data = [data]
-        self.expect(data, list, key, "a transform name, {name: {args}}, or a list of them")
-        out = []
-        for n, item in enumerate(data):
-            k = f"{key}[{n}]"
-            if isinstance(item, str):
-                tname, args = item, {}
-            elif isinstance(item, dict) and len(item) == 1:
-                ((tname, args),) = item.items()
-                args = {} if args is None else args
-                self.expect(args, dict, f"{k}.{tname}", "an object of arguments")
-            else:
-                raise self.fail(k, "expected a transform name or {name: {args}}")
-            if self.transforms is not None and tname not in self.transforms:
-                raise self.fail(k, f"unknown transform {tname!r}; known transforms: "
-                                   f"{', '.join(sorted(self.transforms))}")
-            self.check_value(args, f"{k}.{tname}", names)
-            out.append((tname, args))
-        return out
 
     def check_weight_targets(self, weights: list[WeightSpec], model: ModelSpec,
                              variants: dict[str, LayerSpec]) -> None:

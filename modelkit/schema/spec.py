@@ -70,6 +70,10 @@ class WeightSpec:
     # a count (or $expr): the parameter is that many checkpoint tensors, {j} = 0..count-1 in
     # their names, each transformed, stacked along a new first axis (StableLM's per-head norms)
     stack: Any = None
+    # other forms the checkpoint may store the parameter in, each with its own names, transforms
+    # and stack, tried in order when none of this one's tensors is stored (a YAML list of
+    # objects: Mixtral's experts one tensor per expert, or fused as transformers 5 holds them)
+    fallbacks: list["WeightSpec"] = field(default_factory=list)
 
 
 @dataclass

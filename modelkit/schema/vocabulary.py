@@ -13,8 +13,8 @@ from __future__ import annotations
 BLOCK_NAMES: dict[str, str] = {
     "attn_norm": "the norm before the layer's token mixer (attention, SSM or convolution)",
     "attn": "self-attention",
-    "ssm": "a state-space mixer (Mamba2)",
-    "conv": "a short-convolution mixer",
+    "ssm": "a state-space mixer (Mamba2, Mamba)",
+    "conv": "a short-convolution mixer (LFM2)",
     "post_attn_norm": "a norm of the mixer's output before the residual add",
     "mlp_norm": "the norm before the feed-forward block",
     "mlp": "the feed-forward block (dense, gated, or with routed experts)",

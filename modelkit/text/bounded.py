@@ -1,12 +1,15 @@
-"""Running untrusted template code under hard limits: time, memory and output size.
+"""Running work that model data controls under hard limits: time, memory and output size.
 
 A chat template is code from the model folder. jinja2's sandbox stops it from reaching Python,
 but not from looping for hours (``{% for i in range(10**5) %}`` three deep), allocating without
 bound or writing a gigabyte prompt. Counting inside the renderer cannot catch every loop (a
 ``for`` over a list runs no hook), so the render runs in a forked child process: the child
-caps its own address space, the parent kills it at the deadline, and the text comes back through
-a pipe read no further than the output limit. Where ``fork`` is missing (Windows) the render
-runs in-process with the sandbox's own guards only.
+caps its own address space, the parent kills it at the deadline, and the result comes back
+through a pipe read no further than the output limit. Encoding text runs the same way: a
+tokenizer.json's regexes can backtrack for minutes, and the ``tokenizers`` library panics (a
+Rust panic, printed on stderr) when one gives up. The child's stdout and stderr go to the null
+device, so nothing it prints reaches the terminal; what it raises comes back as data. Where
+``fork`` is missing (Windows) the work runs in-process with its own guards only.
 """
 
 from __future__ import annotations
@@ -17,12 +20,16 @@ import select
 import signal
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, TypeVar
+
+# what the child hands back: text (a rendered template) or token ids; JSON carries either
+Result = TypeVar("Result", str, list)
 
 
 @dataclass(frozen=True)
 class Limits:
-    """What one render may use: wall-clock seconds, extra memory and output characters."""
+    """What one run may use: wall-clock seconds, extra memory, and output size (characters of
+    text, or items of a list)."""
 
     seconds: float
     memory_bytes: int
@@ -41,8 +48,8 @@ class ChildFailed(Exception):
         self.kind = kind
 
 
-def run_bounded(fn: Callable[[], str], limits: Limits) -> str:
-    """``fn()`` (which returns text) in a child process held to ``limits``.
+def run_bounded(fn: Callable[[], Result], limits: Limits) -> Result:
+    """``fn()`` (which returns text or a list of numbers) in a child process held to ``limits``.
 
     Raises :class:`LimitExceeded` when a limit is hit and :class:`ChildFailed` with the
     exception's name and message when ``fn`` raises."""
@@ -66,18 +73,20 @@ def run_bounded(fn: Callable[[], str], limits: Limits) -> str:
     raise ChildFailed(reply["kind"], reply["message"])
 
 
-def _checked_output(text: str, limits: Limits) -> str:
-    if len(text) > limits.output_chars:
-        raise LimitExceeded(f"it wrote more than {limits.output_chars:,} characters")
-    return text
+def _checked_output(result: Result, limits: Limits) -> Result:
+    if len(result) > limits.output_chars:
+        what = "characters" if isinstance(result, str) else "items"
+        raise LimitExceeded(f"it wrote more than {limits.output_chars:,} {what}")
+    return result
 
 
-def _child(fn: Callable[[], str], limits: Limits, write_end: int) -> None:
+def _child(fn: Callable[[], Result], limits: Limits, write_end: int) -> None:
     """Run ``fn`` with the memory cap set, send the reply as JSON and exit without running the
     parent's exit handlers or flushing its buffers (which would print their contents twice)."""
     status = 0
     try:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+        _silence_output()
         _cap_memory(limits.memory_bytes)
         try:
             reply = {"text": _checked_output(fn(), limits)}
@@ -97,6 +106,18 @@ def _child(fn: Callable[[], str], limits: Limits, write_end: int) -> None:
         status = 1
     finally:
         os._exit(status)
+
+
+def _silence_output() -> None:
+    """Point the child's stdout and stderr at the null device: a library's own printing (a Rust
+    panic message, a warning) must not reach the terminal; errors come back in the reply."""
+    import faulthandler
+
+    faulthandler.disable()  # it writes to a descriptor of its own; the parent reports a crash
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    os.dup2(devnull, 2)
+    os.close(devnull)
 
 
 def _cap_memory(extra: int) -> None:
@@ -132,8 +153,9 @@ def _read_until(fd: int, pid: int, limits: Limits) -> bytes:
     """The child's reply, read until it closes the pipe; the child is killed at the deadline or
     when it sends more than the output limit allows."""
     deadline = time.monotonic() + limits.seconds
-    # JSON escapes at most 6 bytes per character (\uXXXX), plus the envelope
-    most = 6 * limits.output_chars + 4096
+    # JSON takes at most 6 bytes per character (\uXXXX) or 12 per token id ("4294967295, "),
+    # plus the envelope
+    most = 12 * limits.output_chars + 4096
     chunks: list[bytes] = []
     size = 0
     try:
@@ -156,9 +178,13 @@ def _read_until(fd: int, pid: int, limits: Limits) -> bytes:
         raise
     _, status = os.waitpid(pid, 0)
     if not chunks:
+        if os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGABRT:
+            # what Rust code (the tokenizers library) does when an allocation fails
+            raise LimitExceeded(f"it aborted, most likely for want of memory (it may use "
+                                f"{limits.memory_bytes >> 20:,} MiB more)")
         if os.WIFSIGNALED(status):
-            raise LimitExceeded(f"the renderer was killed by signal {os.WTERMSIG(status)}")
-        raise LimitExceeded("the renderer died without an answer")
+            raise LimitExceeded(f"it was killed by signal {os.WTERMSIG(status)}")
+        raise LimitExceeded("it died without an answer")
     return b"".join(chunks)
 
 

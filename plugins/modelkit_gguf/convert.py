@@ -27,6 +27,8 @@ import numpy as np
 from modelkit import (PLACEHOLDER, CheckpointError, MappingError, Plan, TensorReader, UnknownArchitectureError,
                       WeightMismatchError, WeightSource, find_mapping, inspect, resolve_path)
 
+from .output import OutputFolder
+
 # --dtype value -> (NumPy dtype, safetensors dtype name, config.json torch_dtype)
 DTYPES: dict[str, tuple[Any, str, str]] = {
     "float32": (np.float32, "F32", "float32"),
@@ -118,10 +120,6 @@ def _hf_config(raw: dict[str, Any], torch_dtype: str) -> dict[str, Any]:
     return cfg
 
 
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-
-
 def _safetensors_header(entries: list[tuple[str, tuple[int, ...]]], dtype_name: str,
                         itemsize: int) -> tuple[bytes, int]:
     """The safetensors header for tensors written in this order, and the data size."""
@@ -136,29 +134,63 @@ def _safetensors_header(entries: list[tuple[str, tuple[int, ...]]], dtype_name: 
     return struct.pack("<Q", len(text)) + text, offset
 
 
-def write_weights(source: WeightSource, plan: Plan, names: dict[str, Destination], path: Path,
-                  dtype: str, progress: bool = False) -> int:
-    """Stream every planned tensor into one safetensors file; returns the parameter count."""
+def _fit(array: np.ndarray, np_dtype: Any, dtype: str, name: str, clip: bool) -> tuple[np.ndarray, int]:
+    """``array`` (float32) cast to ``np_dtype``, and how many values were clipped.
+
+    A finite value beyond the dtype's range would become infinity (float16 ends at 65504):
+    refused by tensor name, or with ``clip`` set to the largest finite value of its sign."""
+    if np_dtype is np.float32:
+        return array, 0
+    with np.errstate(over="ignore"):
+        cast = array.astype(np_dtype)
+    over = np.isinf(cast) & np.isfinite(array)  # [same shape] values the cast made infinite
+    count = int(np.count_nonzero(over))
+    if not count:
+        return cast, 0
+    largest = dtype_max(dtype)
+    if not clip:
+        worst = float(np.max(np.abs(array[over])))
+        wider = "float32 or bfloat16" if dtype == "float16" else "float32"
+        raise CheckpointError(f"tensor '{name}': {count} value(s) beyond {dtype}'s range (up to {worst:.4g}; "
+                              f"{dtype} ends at {largest:.5g}); choose --dtype {wider}, or --clip to clip them")
+    cast[over] = np.where(array[over] > 0, largest, -largest).astype(np_dtype)
+    return cast, count
+
+
+def dtype_max(dtype: str) -> float:
+    """The largest finite value of a --dtype (65504 for float16)."""
+    import ml_dtypes  # its finfo knows bfloat16 as well as NumPy's types
+
+    return float(ml_dtypes.finfo(_numpy_dtype(dtype)).max)
+
+
+def write_weights(source: WeightSource, plan: Plan, names: dict[str, Destination], f: BinaryIO,
+                  dtype: str, progress: bool = False, clip: bool = False) -> tuple[int, dict[str, int]]:
+    """Stream every planned tensor into one safetensors file open as ``f``; returns the parameter
+    count and, with ``clip``, how many values were clipped in each tensor that needed it."""
     np_dtype = _numpy_dtype(dtype)
     entries = [(names[c].name, tuple(p.shape)) for c, p in plan.tensors.items()]
     header, _ = _safetensors_header(entries, DTYPES[dtype][1], np.dtype(np_dtype).itemsize)
     reader = TensorReader(source)
     bar = _progress_bar(len(entries), progress)
-    count = 0
+    count, clipped = 0, {}
     try:
-        with open(path, "wb") as f:
-            f.write(header)
-            for canonical, planned in plan.tensors.items():
-                array = names[canonical].apply(reader.read(planned))  # float32, in the folder's form
-                _write_array(f, array.astype(np_dtype) if np_dtype is not np.float32 else array)
-                count += array.size
-                if bar is not None:
-                    bar.update(1)
+        f.write(header)
+        for canonical, planned in plan.tensors.items():
+            name = names[canonical].name
+            array = names[canonical].apply(reader.read(planned))  # float32, in the folder's form
+            array, n_clipped = _fit(array, np_dtype, dtype, name, clip)
+            if n_clipped:
+                clipped[name] = n_clipped
+            _write_array(f, array)
+            count += array.size
+            if bar is not None:
+                bar.update(1)
     finally:
         reader.close()
         if bar is not None:
             bar.close()
-    return count
+    return count, clipped
 
 
 def _write_array(f: BinaryIO, array: np.ndarray) -> None:
@@ -177,11 +209,11 @@ def _progress_bar(total: int, enabled: bool) -> Any:
     return tqdm(total=total, desc="converting", unit="tensor", leave=False, file=sys.stderr)
 
 
-def _tokenizer_files(source: WeightSource, out: Path, max_length: Any) -> bool:
+def _tokenizer_files(source: WeightSource, out: OutputFolder, max_length: Any) -> bool:
     tok = source.tokenizer()
     if tok is None:
         return False
-    tok.backend.save(str(out / "tokenizer.json"), pretty=True)
+    out.write_by_path("tokenizer.json", lambda path: tok.backend.save(path, pretty=True))
     config: dict[str, Any] = {"tokenizer_class": "PreTrainedTokenizerFast",
                               "clean_up_tokenization_spaces": False}
     for key in ("bos_token", "eos_token", "unk_token", "pad_token"):
@@ -195,32 +227,52 @@ def _tokenizer_files(source: WeightSource, out: Path, max_length: Any) -> bool:
         config["model_max_length"] = max_length
     if tok.chat_template:
         config["chat_template"] = tok.chat_template
-    _write_json(out / "tokenizer_config.json", config)
+    out.write_json("tokenizer_config.json", config)
     return True
 
 
-def _prepare_output(out: Path, force: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise CheckpointError(f"{out}: exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not force:
-        raise CheckpointError(f"{out}: folder is not empty (use --force to overwrite its files)")
-    out.mkdir(parents=True, exist_ok=True)
+def _refuse_overlap(source: WeightSource, out: Path) -> None:
+    """Refuse an output folder that is the source, holds it, or lies inside it (also through
+    symbolic links): writing there could overwrite the very files being read."""
+    try:
+        target = out.resolve()
+    except (OSError, RuntimeError) as exc:  # RuntimeError: a symbolic link loop (before Python 3.13)
+        raise CheckpointError(f"{out}: cannot resolve the output path ({exc})") from None
+    given = Path(source.path).resolve()
+    files = {given} | {Path(info.file).resolve() for info in source.tensor_infos().values()}
+    if given.is_dir():
+        files |= {p.resolve() for p in given.iterdir()}
+    if given == target:
+        raise CheckpointError(f"{out}: is the checkpoint being converted; choose a new folder")
+    for path in sorted(files):
+        if path == target or path.is_relative_to(target):
+            raise CheckpointError(f"{out}: holds the checkpoint being converted ({path}); choose a new "
+                                  f"folder, outside the source")
+    if given.is_dir() and target.is_relative_to(given):
+        raise CheckpointError(f"{out}: inside the checkpoint folder being converted ({given}); choose a "
+                              f"folder outside it")
 
 
 def convert(src: str | os.PathLike, out: str | os.PathLike, *, dtype: str = "float32",
             arch: str | None = None, mapping: str | os.PathLike | None = None, force: bool = False,
-            progress: bool = False) -> dict[str, Any]:
+            clip: bool = False, progress: bool = False) -> dict[str, Any]:
     """Write checkpoint ``src`` (a GGUF file, or anything modelkit loads) to folder ``out`` in
     the Hugging Face layout, tensors as ``dtype`` (float32, bfloat16 or float16).
 
-    Returns a summary: the folder, the architecture of each side, the parameter count and the
-    files written.
+    A value beyond ``dtype``'s range (float16 ends at 65504) is an error naming its tensor,
+    unless ``clip`` (then it becomes the largest finite value of its sign). ``out`` must not be,
+    hold or lie inside the source. Files are written through temporary files and renamed into
+    place at the end (:class:`OutputFolder`), so a failed or interrupted convert leaves no
+    partial file under a real name.
+
+    Returns a summary: the folder, the architecture of each side, the parameter count, the
+    files written and the values clipped per tensor.
     """
     dtype = DTYPE_ALIASES.get(dtype, dtype)
     if dtype not in DTYPES:
         raise CheckpointError(f"--dtype {dtype!r}: expected one of float32 (f32), bfloat16 (bf16), float16 (f16)")
     out = Path(out).expanduser()
-    source, choice, plan = inspect(resolve_path(src), arch, mapping)
+    source, choice, plan = inspect(resolve_path(src, progress=progress), arch, mapping)
     try:
         if not plan.report.ok:
             raise WeightMismatchError(plan.report, plan.report.summary(str(source.path)))
@@ -233,24 +285,20 @@ def convert(src: str | os.PathLike, out: str | os.PathLike, *, dtype: str = "flo
                 f"{source.path}: no safetensors mapping matches model_type {raw.get('model_type')!r}, "
                 f"so there is no Hugging Face layout to write") from None
         names = hf_names(plan, target.mapping)
-        _prepare_output(out, force)
-        weights = out / "model.safetensors"
-        partial = out / "model.safetensors.partial"
-        try:
-            n_params = write_weights(source, plan, names, partial, dtype, progress)
-            partial.replace(weights)
-        finally:
-            if partial.exists():
-                partial.unlink()
-        _write_json(out / "config.json", hf_raw)
-        files = ["config.json", "model.safetensors"]
-        if _tokenizer_files(source, out, raw.get("max_position_embeddings")):
-            files += ["tokenizer.json", "tokenizer_config.json"]
-        gen = source.generation_config()
-        if gen:
-            _write_json(out / "generation_config.json", gen)
-            files.append("generation_config.json")
+        _refuse_overlap(source, out)
+        with OutputFolder(out, force) as folder:
+            n_params, clipped = folder.write(
+                "model.safetensors", lambda f: write_weights(source, plan, names, f, dtype, progress, clip))
+            folder.write_json("config.json", hf_raw)
+            files = ["config.json", "model.safetensors"]
+            if _tokenizer_files(source, folder, raw.get("max_position_embeddings")):
+                files += ["tokenizer.json", "tokenizer_config.json"]
+            gen = source.generation_config()
+            if gen:
+                folder.write_json("generation_config.json", gen)
+                files.append("generation_config.json")
+            folder.publish()
     finally:
         source.close()
     return {"folder": out, "source_arch": choice.mapping.name, "target_arch": target.mapping.name,
-            "parameters": n_params, "dtype": dtype, "files": files}
+            "parameters": n_params, "dtype": dtype, "files": files, "clipped": clipped}

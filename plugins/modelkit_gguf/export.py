@@ -29,7 +29,7 @@ from gguf import LlamaFileType
 
 from modelkit import PLACEHOLDER, CheckpointError, TensorReader, find_mapping, inspect, resolve_path
 
-from .export_check import SPLIT_PARAMS, differences
+from .export_check import differences
 from .export_meta import float32_safe, model_metadata, tokenizer_metadata
 from .families import FAMILIES, Family
 
@@ -61,7 +61,6 @@ class Part:
 
     canonical: str
     undo: list[Callable[[np.ndarray], np.ndarray]] = field(default_factory=list)
-    half: int | None = None  # for SPLIT_PARAMS: which half along axis 1
 
 
 @dataclass
@@ -146,54 +145,48 @@ def layout(plan: Any, gguf_mapping: Any) -> list[Stored]:
         layer = parts[1] if parts[0] == "layers" else ""
         block_name, local = (parts[2], ".".join(parts[3:])) if layer else ("", canonical)
         block = plan.layers[int(layer)].blocks[block_name] if layer else None
-        targets: list[tuple[str, int | None]] = [(local, None)]
-        if local in SPLIT_PARAMS and f"layers.{PLACEHOLDER}.{block_name}.{local}" not in entries:
-            targets = list(SPLIT_PARAMS[local])
-        for target_local, half in targets:
-            template = f"layers.{PLACEHOLDER}.{block_name}.{target_local}" if layer else target_local
-            w = entries.get(template)
-            if w is None or w.stack is not None:
-                raise CheckpointError(f"cannot write {canonical}: the {gguf_mapping.name} mapping has no "
-                                      f"single GGUF tensor for it")
-            blocks = plan.layers[int(layer)].blocks if layer else {}
-            name = _pick(w.sources, blocks).replace(PLACEHOLDER, layer)
-            shape = tuple(planned.shape)
-            if half is not None:
-                shape = (shape[0], shape[1] // 2, *shape[2:])
-            part = Part(canonical, half=half)
-            axis, fused = 0, False
-            for tname, args in reversed(w.transforms):
-                if tname == "unpermute_rope":
-                    heads = _value(args["heads"], plan.config, canonical)
-                    part.undo.append(lambda a, h=heads: llama_cpp_permute(a, h))
-                elif tname == "scale":
-                    factor = float(_value(args["factor"], plan.config, canonical))
-                    if factor == 0:
-                        raise CheckpointError(f"cannot write {canonical}: the folder's mapping multiplies it by 0, "
-                                              f"so its stored value is lost")
-                    part.undo.append(lambda a, f=factor: (a / np.float32(f)).astype(np.float32))
-                elif tname == "undo_neg_exp":
-                    part.undo.append(lambda a: (-np.exp(a.astype(np.float64))).astype(np.float32))
-                elif tname == "reshape" and _kind(name) in STORED_SHAPES:
-                    to = STORED_SHAPES[_kind(name)](shape, block.options if block is not None else {})
-                    part.undo.append(lambda a, s=to: a.reshape(s))
-                    shape = to
-                elif tname in ("split", "slice"):
-                    axis, fused = int(args.get("axis", 0)), True
-                elif tname == "falcon_qkv" and _value(args["layout"], plan.config, canonical) == "multi_query":
-                    fused = True  # all queries, then the key head, then the value head: q, k, v joined
-                else:
-                    raise CheckpointError(f"cannot write {canonical}: llama.cpp stores it in a form ({tname} "
-                                          f"on loading) this writer cannot make")
-            if name in stored:
-                if not fused:
-                    raise CheckpointError(f"cannot write {canonical}: {name} already holds another tensor")
-                s = stored[name]
-                s.parts.append(part)
-                s.parts.sort(key=lambda p: order[_template(p.canonical)])
-                s.shape = tuple(d + shape[i] if i == axis else d for i, d in enumerate(s.shape))
+        template = f"layers.{PLACEHOLDER}.{block_name}.{local}" if layer else local
+        w = entries.get(template)
+        if w is None or w.stack is not None:
+            raise CheckpointError(f"cannot write {canonical}: the {gguf_mapping.name} mapping has no "
+                                  f"single GGUF tensor for it")
+        blocks = plan.layers[int(layer)].blocks if layer else {}
+        name = _pick(w.sources, blocks).replace(PLACEHOLDER, layer)
+        shape = tuple(planned.shape)
+        part = Part(canonical)
+        axis, fused = 0, False
+        for tname, args in reversed(w.transforms):
+            if tname == "unpermute_rope":
+                heads = _value(args["heads"], plan.config, canonical)
+                part.undo.append(lambda a, h=heads: llama_cpp_permute(a, h))
+            elif tname == "scale":
+                factor = float(_value(args["factor"], plan.config, canonical))
+                if factor == 0:
+                    raise CheckpointError(f"cannot write {canonical}: the folder's mapping multiplies it by 0, "
+                                          f"so its stored value is lost")
+                part.undo.append(lambda a, f=factor: (a / np.float32(f)).astype(np.float32))
+            elif tname == "undo_neg_exp":
+                part.undo.append(lambda a: (-np.exp(a.astype(np.float64))).astype(np.float32))
+            elif tname == "reshape" and _kind(name) in STORED_SHAPES:
+                to = STORED_SHAPES[_kind(name)](shape, block.options if block is not None else {})
+                part.undo.append(lambda a, s=to: a.reshape(s))
+                shape = to
+            elif tname in ("split", "slice"):
+                axis, fused = int(args.get("axis", 0)), True
+            elif tname == "falcon_qkv" and _value(args["layout"], plan.config, canonical) == "multi_query":
+                fused = True  # all queries, then the key head, then the value head: q, k, v joined
             else:
-                stored[name] = Stored(name, shape, [part], axis)
+                raise CheckpointError(f"cannot write {canonical}: llama.cpp stores it in a form ({tname} "
+                                      f"on loading) this writer cannot make")
+        if name in stored:
+            if not fused:
+                raise CheckpointError(f"cannot write {canonical}: {name} already holds another tensor")
+            s = stored[name]
+            s.parts.append(part)
+            s.parts.sort(key=lambda p: order[_template(p.canonical)])
+            s.shape = tuple(d + shape[i] if i == axis else d for i, d in enumerate(s.shape))
+        else:
+            stored[name] = Stored(name, shape, [part], axis)
     return list(stored.values())
 
 
@@ -241,9 +234,6 @@ def _make(stored: Stored, reader: TensorReader, plan: Any) -> np.ndarray:
     arrays = []
     for part in stored.parts:
         a = reader.read(plan.tensors[part.canonical])
-        if part.half is not None:
-            half = a.shape[1] // 2
-            a = a[:, :half] if part.half == 0 else a[:, half:]
         for fn in part.undo:
             a = fn(a)
         arrays.append(a)

@@ -8,21 +8,18 @@ from typing import Any
 
 # block options that change only float rounding, not the model (the scan's chunk length)
 ROUNDING_ONLY = {"chunk_size"}
-# a canonical parameter of the folder that the GGUF mapping reads as two (the moe block's experts
-# with fused_experts false): folder name -> (GGUF-side name, which half along axis 1)
-SPLIT_PARAMS = {"experts.gate_up.weight": (("experts.gate.weight", 0), ("experts.up.weight", 1))}
 LLAMA3 = "llama3 (one divisor per frequency)"
 
 
 def _describe(plan: Any) -> dict[str, Any]:
     """What makes the model: scalars, each block's kind and options (not the tunable ones), and
-    each parameter's shape; the moe block's split experts are counted as the fused tensor."""
+    each parameter's shape."""
     out: dict[str, Any] = {"tied head": plan.tied, "embedding multiplier": plan.embedding_multiplier,
                            "logits divisor": plan.logits_divisor, "logits soft cap": plan.logits_softcap,
                            "embedding width": plan.embed_dim, "layers": len(plan.layers)}
 
     def block(where: str, b: Any) -> None:
-        options = {k: v for k, v in b.options.items() if k not in ROUNDING_ONLY and k != "fused_experts"
+        options = {k: v for k, v in b.options.items() if k not in ROUNDING_ONLY
                    and not getattr(b.cls.OPTIONS.get(k), "tunable", False)}
         if "rope_scaling" in options:
             options["rope_scaling"] = _scaling(options["rope_scaling"])
@@ -40,15 +37,7 @@ def _describe(plan: Any) -> dict[str, Any]:
     for canonical, planned in plan.tensors.items():
         if canonical.endswith(".rope_freq_factors"):
             continue  # the llama3 scaling, compared as an option
-        shape = tuple(planned.shape)
-        for local, ((gate, _), (up, _)) in SPLIT_PARAMS.items():
-            if canonical.endswith("." + gate):
-                canonical, shape = canonical[:-len(gate)] + local, (shape[0], 2 * shape[1], *shape[2:])
-            elif canonical.endswith("." + up):
-                canonical = None  # counted with the gate half
-                break
-        if canonical is not None:
-            out[f"tensor {canonical}"] = shape
+        out[f"tensor {canonical}"] = tuple(planned.shape)
     return out
 
 

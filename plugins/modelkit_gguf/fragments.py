@@ -119,20 +119,13 @@ gguf_rope_dim: {from: gguf.rope.dimension_count, type: int, min: 2, derive: head
     "checks": """\
 - {expr: "position_embedding_type != 'rope' or gguf_rope_dim == head_dim", message: "granitehybrid.rope.dimension_count differs from the head size (partial rotary is not supported)"}
 """,
-    # llama.cpp keeps the experts' gate and up projections apart (ffn_gate_exps, ffn_up_exps)
-    "layers": """\
-variants:
-  mamba_moe: {blocks: {mlp: {fused_experts: false}}}
-  attention_moe: {blocks: {mlp: {fused_experts: false}}}
-""",
     "weights": """\
 # GraniteMoeModel splits shared_mlp.input_linear into gate and up: ffn_*_shexp beside routed
 # experts, plain ffn_* without them
 layers.{i}.mlp.gate.weight: ["blk.{i}.ffn_gate_shexp.weight", "blk.{i}.ffn_gate.weight"]
 layers.{i}.mlp.up.weight: ["blk.{i}.ffn_up_shexp.weight", "blk.{i}.ffn_up.weight"]
 layers.{i}.mlp.down.weight: ["blk.{i}.ffn_down_shexp.weight", "blk.{i}.ffn_down.weight"]
-# and the experts' input_linear into gate and up, each [E, I, hidden] (fused_experts: false)
-layers.{i}.mlp.experts.gate_up.weight: null
+# and the experts' input_linear into gate and up, each [E, I, hidden], as the moe kind reads them
 layers.{i}.mlp.experts.gate.weight: blk.{i}.ffn_gate_exps.weight
 layers.{i}.mlp.experts.up.weight: blk.{i}.ffn_up_exps.weight
 """,

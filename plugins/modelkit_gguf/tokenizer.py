@@ -25,6 +25,13 @@ from .reader import first_line
 
 CONTROL, USER_DEFINED, UNKNOWN = 3, 4, 2
 
+# The work of building a tokenizer grows with its tokens' lengths (every cut of every
+# SentencePiece token is tried, below), so both are bounded. Real vocabularies' longest tokens
+# are a few hundred bytes (SmolLM2: 162, Gemma 3: 48); llama.cpp itself only caps a string at
+# 1 GiB. Gemma 3's 262,144 SentencePiece tokens have 1.2 million cuts in all.
+MAX_TOKEN_BYTES = 1024
+MAX_SENTENCEPIECE_CUTS = 8_000_000
+
 # llama.cpp's split regexes (llama-vocab.cpp, llm_tokenizer_bpe), applied one after the other;
 # each keeps the text between its matches as pieces too (tokenizers' "isolated" Split)
 GPT2 = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)"
@@ -109,18 +116,42 @@ def _byte_level(meta: Mapping[str, Any], tokens: list[str], where: str) -> tuple
     return backend, spec["add_bos"]
 
 
-def _sentencepiece_merges(tokens: list[str], scores: list[float]) -> list[tuple[str, str]]:
+def _check_tokens(tokens: list[Any], where: str) -> None:
+    """Every token a string of at most :data:`MAX_TOKEN_BYTES` UTF-8 bytes."""
+    for i, token in enumerate(tokens):
+        if not isinstance(token, str):
+            raise TokenizerError(f"{where}: tokenizer.ggml.tokens[{i}] is not a string ({type(token).__name__})")
+        if len(token) * 4 <= MAX_TOKEN_BYTES:  # short enough in any encoding: skip the count
+            continue
+        size = len(token.encode("utf-8", "surrogatepass"))
+        if size > MAX_TOKEN_BYTES:
+            raise TokenizerError(f"{where}: tokenizer.ggml.tokens[{i}] is {size:,} bytes long; modelkit reads "
+                                 f"tokens of at most {MAX_TOKEN_BYTES:,} bytes (real vocabularies' longest are "
+                                 f"a few hundred)")
+
+
+def _sentencepiece_merges(tokens: list[str], scores: list[float], where: str) -> list[tuple[str, str]]:
     """BPE merges implied by a SentencePiece vocabulary: every split of a token into two tokens,
-    best-scored merged token first (what transformers' converters do)."""
+    best-scored merged token first (what transformers' converters do). Every cut of every token
+    is tried, so the cuts in all are bounded by :data:`MAX_SENTENCEPIECE_CUTS`."""
+    cuts = sum(map(len, tokens)) - len(tokens)
+    if cuts > MAX_SENTENCEPIECE_CUTS:
+        raise TokenizerError(f"{where}: tokenizer.ggml.tokens: deriving merges from this SentencePiece "
+                             f"vocabulary means trying {cuts:,} cuts; modelkit tries at most "
+                             f"{MAX_SENTENCEPIECE_CUTS:,} (Gemma 3's 262,144 tokens have 1.2 million)")
     vocab = {token: i for i, token in enumerate(tokens)}
+    get = vocab.get
     found = []
     for token, score in zip(tokens, scores):
         for cut in range(1, len(token)):
-            left, right = token[:cut], token[cut:]
-            if left in vocab and right in vocab:
-                found.append((-score, vocab[left], vocab[right], left, right))
+            left = get(token[:cut])
+            if left is None:  # most cuts end here: the right half is never sliced
+                continue
+            right = get(token[cut:])
+            if right is not None:
+                found.append((-score, left, right))
     found.sort()
-    return [(left, right) for _, _, _, left, right in found]
+    return [(tokens[left], tokens[right]) for _, left, right in found]
 
 
 def _sentencepiece(meta: Mapping[str, Any], tokens: list[str], ids: dict[str, int | None],
@@ -133,7 +164,7 @@ def _sentencepiece(meta: Mapping[str, Any], tokens: list[str], ids: dict[str, in
         raise TokenizerError(f"{where}: a SentencePiece vocabulary needs one tokenizer.ggml.scores "
                              f"entry per token")
     unk = tokens[ids["unknown"]] if ids["unknown"] is not None else None
-    bpe = models.BPE(vocab={t: i for i, t in enumerate(tokens)}, merges=_sentencepiece_merges(tokens, scores),
+    bpe = models.BPE(vocab={t: i for i, t in enumerate(tokens)}, merges=_sentencepiece_merges(tokens, scores, where),
                      unk_token=unk, fuse_unk=True, byte_fallback=True)
     backend = Backend(bpe)
     prefix = meta.get("tokenizer.ggml.add_space_prefix", True)
@@ -188,6 +219,7 @@ def tokenizer_from_metadata(meta: Mapping[str, Any], path: Path) -> Tokenizer | 
     if len(types) != len(tokens):
         raise TokenizerError(f"{where}: tokenizer.ggml.token_type has {len(types)} entries for "
                              f"{len(tokens)} tokens")
+    _check_tokens(tokens, where)
     ids = _token_ids(meta)
     try:
         if model == "gpt2":
@@ -216,4 +248,5 @@ def tokenizer_from_metadata(meta: Mapping[str, Any], path: Path) -> Tokenizer | 
              "tokenizer_pre": meta.get("tokenizer.ggml.pre"),
              "pad_token": text("padding"), "unk_token": text("unknown")}
     return Tokenizer(backend, chat_template=template if isinstance(template, str) else None,
-                     bos_token=text("bos"), eos_token=text("eos"), extra=extra)
+                     bos_token=text("bos"), eos_token=text("eos"), extra=extra, source=where,
+                     bounded=False)  # llama.cpp's own regexes over a BPE model: linear work

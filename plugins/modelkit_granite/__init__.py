@@ -6,11 +6,10 @@ what ``modelkit`` exports:
 * the architecture ``granite`` (``mappings/granite.yaml`` beside this file), and ``mamba2``,
   ``bamba`` and ``falcon_h1``, the other families built on the mamba2 block;
 * the block kind ``mamba2`` (:mod:`modelkit_granite.mamba2_block`, math in
-  :mod:`modelkit_granite.mamba2`);
-* the block kind ``moe`` (routed experts beside the shared MLP, :mod:`modelkit_granite.moe`).
+  :mod:`modelkit_granite.mamba2`).
 
-Attention, the shared MLP, the norms and every weight transform are the core's. See
-docs/granite.md.
+Attention, the shared MLP, the routed experts (the core's ``moe`` kind), the norms and every
+weight transform are the core's. See docs/granite.md.
 """
 
 from __future__ import annotations
@@ -34,7 +33,5 @@ def register_architectures(register: Callable[..., None]) -> None:
 @hookimpl
 def register_block_kinds(register: Callable[..., None]) -> None:
     from .mamba2_block import Mamba2
-    from .moe import MoE
 
     register("mamba2", Mamba2)
-    register("moe", MoE)

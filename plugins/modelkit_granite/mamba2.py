@@ -20,7 +20,6 @@ picks up where prefill stopped.
 from __future__ import annotations
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
 
 from modelkit import silu, softplus
 
@@ -70,30 +69,6 @@ def state_shape(heads: int, head_dim: int, groups: int, d_state: int) -> tuple[i
     broadcasting loops are slow over short ones), and the readouts (``C @ state``) and the
     additions of new steps (``B^T @ (dt x)``) are plain matrix products."""
     return groups, d_state, heads // groups * head_dim
-
-
-def causal_conv(x: np.ndarray, history: np.ndarray, weight_t: np.ndarray,
-                bias: np.ndarray | None) -> np.ndarray:
-    """Causal depthwise convolution over time, continuing from ``history``.
-
-    ``x`` [T, C] raw inputs; ``history`` [K-1, C] the K-1 raw inputs before them (zeros at the
-    start of a sequence), overwritten in place with the last K-1 raw inputs; ``weight_t`` [K, C]
-    (tap k multiplies the input K-1-k steps back); ``bias`` [C]. Returns [T, C], before the
-    activation.
-    """
-    t = x.shape[0]
-    k = weight_t.shape[0]
-    padded = np.concatenate([history, x], axis=0)  # [K-1+T, C]
-    if t == 1:  # decoding: the padded rows are the one window
-        out = np.einsum("kc,kc->c", padded, weight_t)[None]
-    else:  # one pass over a view of every window (row t = inputs t..t+K-1); 2.6x faster
-        windows = sliding_window_view(padded, k, axis=0)  # [T, C, K]  than tap by tap
-        out = np.einsum("tck,kc->tc", windows, weight_t)
-    if bias is not None:
-        out += bias
-    if k > 1:
-        history[:] = padded[t:]
-    return out
 
 
 # decoding steps kept aside before they are folded into the state (see PendingSteps; the

@@ -19,9 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from modelkit import ACTIVATIONS, Block, ConfigError, ForwardContext, Option, ParamSpec, linear
+from modelkit import ACTIVATIONS, Block, ConfigError, ForwardContext, Option, ParamSpec, causal_conv, linear
 
-from .mamba2 import (PENDING_WINDOW, PendingSteps, causal_conv, decay_rates, fold_pending, gated,
+from .mamba2 import (PENDING_WINDOW, PendingSteps, decay_rates, fold_pending, gated,
                      gated_rms_norm, ssd_chunked, ssd_step, state_shape, time_steps)
 
 
@@ -88,7 +88,7 @@ class Mamba2(Block):
         "time_step_limit": Option("float_pair", (0.0, float("inf")), "dt is clamped into it", min=0.0),
         "activation": Option("str", "silu", "activation after the conv", choices=tuple(sorted(ACTIVATIONS))),
         "pending_window": Option("int", PENDING_WINDOW, "decoding steps kept before folding", min=1,
-                                 tunable=True),
+                                 max=1024, tunable=True),  # each state preallocates this many steps
     }
     PARAMETERS = ("in_proj.weight", "in_proj.bias", "conv.weight", "conv.bias", "dt_bias", "A_log", "D",
                   "norm.weight", "out_proj.weight", "out_proj.bias")

@@ -142,9 +142,9 @@ def test_non_utf8_stdin_is_a_clear_error():
 
 @pytest.mark.parametrize("args,needle", [
     (["--prompt", "hi", "--max-tokens", "0"], "--max-tokens must be at least 1"),
-    (["--prompt", "hi", "--top-p", "0"], "top_p must be in (0, 1]"),
-    (["--prompt", "hi", "--temperature", "-1"], "temperature must be >= 0"),
-    (["--prompt", "hi", "--repetition-penalty", "0"], "repetition_penalty must be > 0"),
+    (["--prompt", "hi", "--top-p", "0"], "--top-p must be in (0, 1]"),
+    (["--prompt", "hi", "--temperature", "-1"], "--temperature must be >= 0"),
+    (["--prompt", "hi", "--repetition-penalty", "0"], "--repetition-penalty must be > 0"),
     (["--prompt", "hi", "--stop", ""], "stop strings must be non-empty"),
     (["--prompt", "hi", "--system", "x"], "--system needs --chat"),
     (["--prompt", ""], "encodes to no tokens"),

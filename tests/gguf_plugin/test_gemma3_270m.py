@@ -11,7 +11,6 @@ The tests that load the whole model (about 1 GB in float32) are marked slow.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -19,18 +18,13 @@ import numpy as np
 import pytest
 
 import modelkit
+from gguf_files import real_model_file
 from conftest import FIXTURES
 
 DEFAULT_GGUF = Path.home() / ".cache/modelkit/gemma3-270m/gemma-3-270m-q4_k_m.gguf"
 
 
-def gemma3_path() -> Path | None:
-    env = os.environ.get("MODELKIT_GEMMA3_GGUF")
-    path = Path(env).expanduser() if env else DEFAULT_GGUF
-    return path if path.is_file() else None
-
-
-GGUF = gemma3_path()
+GGUF = real_model_file("MODELKIT_GEMMA3_GGUF", DEFAULT_GGUF)
 pytestmark = pytest.mark.skipif(
     GGUF is None, reason="Gemma 3 270M GGUF not found: set MODELKIT_GEMMA3_GGUF or assemble it into "
                          "~/.cache/modelkit/gemma3-270m (see .ci/run)")

@@ -9,6 +9,7 @@ still match the transformers reference.
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -397,6 +398,57 @@ def test_sentencepiece_vocabulary(tmp_path: Path) -> None:
     assert tok.decode(ids) == "hello world!"
 
 
+def _sentencepiece_meta(words: list[str]) -> dict[str, Any]:
+    pieces = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)]
+    tokens = pieces + words
+    return {"tokenizer.ggml.model": "llama", "tokenizer.ggml.tokens": tokens,
+            "tokenizer.ggml.scores": [0.0] * len(pieces) + [-1.0 - i for i in range(len(words))],
+            "tokenizer.ggml.token_type": ([2, 3, 3] + [6] * 256 + [1] * len(words), gguf.GGUFValueType.ARRAY),
+            "tokenizer.ggml.bos_token_id": 1, "tokenizer.ggml.eos_token_id": 2,
+            "tokenizer.ggml.unknown_token_id": 0}
+
+
+@pytest.mark.parametrize("words,needle", [
+    (["▁a", "a" * 1_000_000], "tokenizer.ggml.tokens[260] is 1,000,000 bytes long"),  # 1 MB: used to hang
+    (["▁", "é" * 600], "tokenizer.ggml.tokens[260] is 1,200 bytes long"),  # 600 characters, 1,200 bytes
+])
+def test_overlong_tokens_are_refused_at_once(tmp_path: Path, words: list[str], needle: str) -> None:
+    path = fixture_as_gguf("llama_gqa", tmp_path / "t.gguf", vocab=_sentencepiece_meta(words))
+    t0 = time.perf_counter()
+    with pytest.raises(TokenizerError) as info:
+        modelkit.load(path)
+    assert time.perf_counter() - t0 < 5.0
+    assert str(info.value).startswith(f"{path}: ") and needle in str(info.value), str(info.value)
+    _assert_one_line_cli_error(path, needle, run=True)
+
+
+def test_the_work_of_deriving_merges_is_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import modelkit_gguf.tokenizer as gguf_tokenizer
+
+    # a thousand tokens of a thousand bytes: within the per-token limit, a million cuts in all
+    words = ["▁"] + [("ab" * 500)[:1000 - k % 7] + str(k) for k in range(1000)]
+    tensors, model_meta = _tiny_llama_meta()
+    path = write_gguf(tmp_path / "t.gguf", tensors, {**model_meta, **_sentencepiece_meta(words)})
+    monkeypatch.setattr(gguf_tokenizer, "MAX_SENTENCEPIECE_CUTS", 100_000)
+    with pytest.raises(TokenizerError, match=r"tokenizer.ggml.tokens: deriving merges .* means trying [\d,]+ cuts; "
+                                             r"modelkit tries at most 100,000"):
+        GGUFSource.open(path).tokenizer()
+    monkeypatch.undo()
+    t0 = time.perf_counter()
+    tok = GGUFSource.open(path).tokenizer()  # under the real limit: derived, in bounded time
+    assert time.perf_counter() - t0 < 30.0
+    assert tok.decode(tok.encode(words[3])) == words[3]
+
+
+def test_tokens_that_are_not_strings_are_refused(tmp_path: Path) -> None:
+    meta = _sentencepiece_meta(["▁a"])
+    meta["tokenizer.ggml.tokens"] = ([7] * len(meta["tokenizer.ggml.tokens"]), gguf.GGUFValueType.ARRAY)
+    tensors, model_meta = _tiny_llama_meta()
+    path = write_gguf(tmp_path / "t.gguf", tensors, {**model_meta, **meta})
+    with pytest.raises(TokenizerError, match=r"tokenizer.ggml.tokens\[0\] is not a string"):
+        GGUFSource.open(path).tokenizer()
+
+
 def test_no_vocabulary_means_no_tokenizer(tmp_path: Path) -> None:
     tensors, meta = _tiny_llama_meta()
     assert GGUFSource.open(write_gguf(tmp_path / "m.gguf", tensors, meta)).tokenizer() is None
@@ -416,8 +468,8 @@ def test_chat_template_and_special_tokens_from_metadata(tmp_path: Path) -> None:
 # ---- broken files ---------------------------------------------------------------------------
 
 
-def _assert_one_line_cli_error(path: Path, *needles: str) -> None:
-    proc = run_cli("validate", "--model", path)
+def _assert_one_line_cli_error(path: Path, *needles: str, run: bool = False) -> None:
+    proc = run_cli("run", "--model", path, "--prompt", "hi", "-n", "1") if run else run_cli("validate", "--model", path)
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr
     lines = proc.stderr.strip().splitlines()

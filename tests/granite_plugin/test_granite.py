@@ -11,14 +11,14 @@ import re
 import numpy as np
 import pytest
 from conftest import (ATOL, DELETE, ROOT, copy_fixture, edit_config, fixture_path, load_cached, max_abs,
-                      read_tensors, reference, run_cli, write_tensors)
+                      read_tensors, reference, rename_tensors, run_cli, write_tensors)
 
 import modelkit
 from modelkit import plugins
 from modelkit.loading.choose import choose_mapping
+from modelkit.nn.moe import MoE, route
 from modelkit_granite import mamba2_block
 from modelkit_granite.mamba2_block import Mamba2, Mamba2State
-from modelkit_granite.moe import MoE, route
 
 # fixture -> the kind of each layer
 GH_FIXTURES = {
@@ -170,28 +170,16 @@ def test_misshaped_conv_weight_is_reported(tmp_path) -> None:
 
 # ---- routed experts ------------------------------------------------------------------------------
 
-def test_router_is_a_softmax_over_the_top_k() -> None:
-    logits = np.random.default_rng(0).standard_normal((7, 6)).astype(np.float32)
-    idx, w = route(logits, 2)
-    probs = np.exp(logits - logits.max(1, keepdims=True))
-    probs /= probs.sum(1, keepdims=True)
-    for t in range(7):
-        top = np.argsort(-logits[t])[:2]
-        assert set(idx[t]) == set(top)
-        expected = probs[t, idx[t]] / probs[t, idx[t]].sum()  # softmax, top-k, renormalised
-        np.testing.assert_allclose(w[t], expected, rtol=1e-6)
-    assert w.dtype == np.float32
-
-
 def test_moe_fixture_uses_several_experts() -> None:
     model = load_cached("gh_moe")
     mlp = model.layers[0].blocks["mlp"]
-    assert isinstance(mlp, MoE) and mlp.top_k == 2
+    assert isinstance(mlp, MoE) and mlp.top_k == 2 and mlp.routing == "topk_softmax"
+    assert mlp.shared is not None  # the shared MLP runs beside the experts
     cfg = json.loads((fixture_path("gh_moe") / "config.json").read_text())
     assert cfg["num_local_experts"] == 4 and cfg["num_experts_per_tok"] == 2
     ids, _ = reference("gh_moe")
     x = model.embed[ids] * model.embedding_multiplier
-    idx, _ = route(x @ mlp.router.T, 2)
+    idx, _ = route(x @ mlp.router.T, 2, "topk_softmax")
     assert len(np.unique(idx)) == 4
 
 
@@ -201,12 +189,7 @@ def test_moe_checkpoint_with_transformers_tensor_names(tmp_path) -> None:
     renames = {".block_sparse_moe.input_linear.weight": ".block_sparse_moe.experts.gate_up_proj",
                ".block_sparse_moe.output_linear.weight": ".block_sparse_moe.experts.down_proj",
                ".block_sparse_moe.router.layer.weight": ".block_sparse_moe.router.weight"}
-    tensors = {}
-    for name, t in read_tensors(folder).items():
-        for old, new in renames.items():
-            name = name.replace(old, new)
-        tensors[name] = t
-    write_tensors(folder, tensors)
+    rename_tensors(folder, renames)
     ids, ref = reference("gh_moe")
     assert max_abs(modelkit.load(folder).forward(ids), ref) < ATOL
 
@@ -225,7 +208,7 @@ def test_plugin_registers_the_architecture_and_block_kinds() -> None:
     reg = plugins.registry()
     assert reg.architectures["granite"].plugin == "granite"
     assert reg.block_kinds["mamba2"] is Mamba2 and reg.block_plugins["mamba2"] == "granite"
-    assert reg.block_kinds["moe"] is MoE and reg.block_plugins["moe"] == "granite"
+    assert reg.block_kinds["moe"] is MoE and reg.block_plugins["moe"] == "core"  # routed experts are the core's
     assert "granite" in modelkit.architectures()
 
 

@@ -10,8 +10,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from modelkit import causal_conv
 from modelkit.nn.block import ForwardContext
-from modelkit_granite.mamba2 import (PendingSteps, causal_conv, decay_rates, fold_pending, gated,
+from modelkit_granite.mamba2 import (PendingSteps, decay_rates, fold_pending, gated,
                                      gated_rms_norm, ssd_chunked, ssd_step, time_steps)
 from modelkit_granite.mamba2_block import Mamba2
 

@@ -27,9 +27,11 @@ from modelkit.nn.attention import softmax_inplace
 
 # one fixture per family and layout: rope (default, llama3 scaling, linear), sliding window,
 # Falcon's three layouts (multi-query parallel, new decoder, ALiBi sequential), Granite 3 and
-# Granite 4.0-H (hybrid NoPE, MoE, all Mamba, rope + untied, attention only)
+# Granite 4.0-H (hybrid NoPE, MoE, all Mamba, rope + untied, attention only), Mixtral (routed
+# experts, windowed)
 FAMILIES = ["llama_gqa", "llama3_rope_headdim", "llama_linear_rope", "mistral_window", "falcon_7b", "falcon_40b",
-            "falcon_rw", "granite3", "gh_hybrid", "gh_moe", "gh_all_mamba", "gh_rope_untied", "gh_attention_only"]
+            "falcon_rw", "granite3", "gh_hybrid", "gh_moe", "gh_all_mamba", "gh_rope_untied", "gh_attention_only",
+            "mixtral"]
 LONG = 4096
 STEPS = 4  # decoded one at a time after the prefill, compared with the full forward
 
@@ -82,7 +84,7 @@ def test_4096_tokens_stay_finite(name: str, gpt2_long: Path) -> None:
     _check_sequence(_model(name, gpt2_long), LONG)
 
 
-@pytest.mark.parametrize("name", ["llama_gqa", "falcon_rw", "granite3", "gh_hybrid"])
+@pytest.mark.parametrize("name", ["llama_gqa", "falcon_rw", "granite3", "gh_hybrid", "qwen3_moe", "granitemoe"])
 def test_large_activations_stay_finite(name: str) -> None:
     """Embeddings scaled by 1000 (activations of a few thousand occur in real models): softmax
     and the norms see scores and squares far from 1 and must still give finite logits."""

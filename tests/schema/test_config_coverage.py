@@ -93,6 +93,7 @@ REFUSALS = [
     ("bloom", {"apply_residual_connection_post_layernorm": True},
      "apply_residual_connection_post_layernorm: true (the normed input as the residual) is not supported"),
     ("falcon_h1", {"lm_head_multiplier": 0}, "lm_head_multiplier 0 is not supported"),
+    ("mamba", {"rms_norm": False}, "rms_norm: false (LayerNorm Mamba) is not supported"),
     ("gpt_bigcode", {"add_cross_attention": True}, "add_cross_attention: true (cross-attention to an encoder) is not supported"),
 ]
 
