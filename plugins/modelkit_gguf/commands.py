@@ -30,11 +30,12 @@ def _ignore_file_size_signal() -> None:
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 
 
-def _note_clipped(clipped: dict[str, int], dtype: str, largest: float) -> None:
+def _note_clipped(clipped: dict[str, int], dtype: str, largest: float | None) -> None:
     if clipped:
         names = ", ".join(list(clipped)[:3]) + (", ..." if len(clipped) > 3 else "")
-        print(f"modelkit: note: clipped {sum(clipped.values()):,} value(s) beyond {dtype}'s range to "
-              f"±{largest:.5g}, in {len(clipped)} tensor(s): {names}", file=sys.stderr)
+        to = f" to ±{largest:.5g}" if largest is not None else " to their type's largest value"
+        print(f"modelkit: note: clipped {sum(clipped.values()):,} value(s) beyond {dtype}'s range{to}, "
+              f"in {len(clipped)} tensor(s): {names}", file=sys.stderr)
 
 
 def run_convert(args: argparse.Namespace) -> int:
@@ -46,7 +47,10 @@ def run_convert(args: argparse.Namespace) -> int:
     if args.out.lower().endswith(".gguf"):
         from .export import export
 
-        done = export(args.src, args.out, dtype=args.dtype, force=args.force)
+        done = export(args.src, args.out, dtype=args.dtype, arch=args.arch, mapping=args.mapping,
+                      force=args.force, clip=args.clip)
+        limits = sorted(set(done["limits"].values()))
+        _note_clipped(done["clipped"], "its type", limits[0] if len(limits) == 1 else None)
         print(f"{done['file']}: {done['tensors']} tensors as {done['dtype']} "
               f"({done['source_arch']} -> {done['target_arch']})")
         return 0

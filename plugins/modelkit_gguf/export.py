@@ -9,9 +9,11 @@ the stored shape, split or sliced parts joined into one tensor), so the file is 
 Q8_0 (gguf-py's quantiser); norms, biases and the tensors llama.cpp keeps in float32 stay F32,
 as the converter keeps them.
 
-Before the file takes its name it is opened and planned like any GGUF file: a model the file
-would describe differently from the folder (a setting no GGUF key carries, such as a sliding
-window llama.cpp's llama does not have) is refused, naming the setting, and the file removed.
+The file is written through :class:`~.output.OutputFile` (its folder locked, a temporary file
+beside it, renamed into place only when complete; never into or over the source). Before it
+takes its name it is opened and planned like any GGUF file: a model the file would describe
+differently from the folder (a setting no GGUF key carries, such as a sliding window llama.cpp's
+llama does not have) is refused in words, and the temporary file removed.
 """
 
 from __future__ import annotations
@@ -27,11 +29,15 @@ import numpy as np
 from gguf import GGMLQuantizationType as Q
 from gguf import LlamaFileType
 
-from modelkit import PLACEHOLDER, CheckpointError, TensorReader, find_mapping, inspect, resolve_path
+from modelkit import (PLACEHOLDER, CheckpointError, TensorReader, WeightMismatchError, find_mapping, inspect,
+                      resolve_path)
 
 from .export_check import differences
-from .export_meta import float32_safe, model_metadata, tokenizer_metadata
+from .export_meta import model_metadata, tokenizer_metadata
+from .export_write import type_max, write_gguf
 from .families import FAMILIES, Family
+from .output import OutputFile, refuse_overlap
+from .wording import form_words, tensor_words
 
 # --dtype -> (the type of quantisable tensors, general.file_type)
 TYPES = {"f32": (Q.F32, LlamaFileType.ALL_F32), "f16": (Q.F16, LlamaFileType.MOSTLY_F16),
@@ -109,17 +115,17 @@ def family_of(mapping_name: str, plan: Any = None) -> Family:
         if family.mapping == mapping_name:
             return family
     known = ", ".join(sorted({f.mapping for f in FAMILIES.values()}))
-    raise CheckpointError(f"modelkit writes GGUF files only for the families llama.cpp reads ({known}); "
-                          f"the folder is '{mapping_name}'")
+    raise CheckpointError(f"cannot convert this {mapping_name} folder to a GGUF file: modelkit writes GGUF files "
+                          f"only for the families llama.cpp reads ({known})")
 
 
-def _value(arg: Any, cfg: Any, what: str) -> Any:
+def _value(arg: Any, cfg: Any, what: str, arch: str) -> Any:
     if isinstance(arg, str) and arg.startswith("$"):
         name = arg[1:].strip()
         if name.isidentifier() and name in cfg:
             return cfg[name]
-        raise CheckpointError(f"cannot write {what}: its GGUF form depends on '{arg}', which this writer "
-                              f"does not work out")
+        raise _cannot(arch, f"how it stores {what} depends on a setting modelkit does not work out "
+                            f"({name})")
     return arg
 
 
@@ -135,8 +141,13 @@ def _pick(sources: list[str], blocks: dict[str, Any]) -> str:
     return sources[0]
 
 
-def layout(plan: Any, gguf_mapping: Any) -> list[Stored]:
-    """Every tensor of the GGUF file, in the folder plan's order, with how to make it."""
+def _cannot(arch: str, what: str) -> CheckpointError:
+    return CheckpointError(f"cannot convert this folder to a GGUF file of llama.cpp's {arch} architecture: {what}")
+
+
+def layout(plan: Any, gguf_mapping: Any, arch: str) -> list[Stored]:
+    """Every tensor of the GGUF file, in the folder plan's order, with how to make it; a tensor
+    llama.cpp's ``arch`` has no place or form for is refused in plain words."""
     entries = {w.target: w for w in gguf_mapping.weights}
     order = {w.target: n for n, w in enumerate(gguf_mapping.weights)}
     stored: dict[str, Stored] = {}
@@ -147,9 +158,11 @@ def layout(plan: Any, gguf_mapping: Any) -> list[Stored]:
         block = plan.layers[int(layer)].blocks[block_name] if layer else None
         template = f"layers.{PLACEHOLDER}.{block_name}.{local}" if layer else local
         w = entries.get(template)
+        shown = planned.source or canonical
         if w is None or w.stack is not None:
-            raise CheckpointError(f"cannot write {canonical}: the {gguf_mapping.name} mapping has no "
-                                  f"single GGUF tensor for it")
+            what = f"the folder's {tensor_words(template)} ({shown})"
+            raise _cannot(arch, f"it has no place for {what}" if w is None else
+                          f"it keeps {what} as one tensor per piece, which modelkit does not write")
         blocks = plan.layers[int(layer)].blocks if layer else {}
         name = _pick(w.sources, blocks).replace(PLACEHOLDER, layer)
         shape = tuple(planned.shape)
@@ -157,13 +170,13 @@ def layout(plan: Any, gguf_mapping: Any) -> list[Stored]:
         axis, fused = 0, False
         for tname, args in reversed(w.transforms):
             if tname == "unpermute_rope":
-                heads = _value(args["heads"], plan.config, canonical)
+                heads = _value(args["heads"], plan.config, shown, arch)
                 part.undo.append(lambda a, h=heads: llama_cpp_permute(a, h))
             elif tname == "scale":
-                factor = float(_value(args["factor"], plan.config, canonical))
+                factor = float(_value(args["factor"], plan.config, shown, arch))
                 if factor == 0:
-                    raise CheckpointError(f"cannot write {canonical}: the folder's mapping multiplies it by 0, "
-                                          f"so its stored value is lost")
+                    raise _cannot(arch, f"it stores {shown} divided by a setting that is 0 in this folder, so "
+                                        f"the value cannot be written")
                 part.undo.append(lambda a, f=factor: (a / np.float32(f)).astype(np.float32))
             elif tname == "undo_neg_exp":
                 part.undo.append(lambda a: (-np.exp(a.astype(np.float64))).astype(np.float32))
@@ -173,14 +186,15 @@ def layout(plan: Any, gguf_mapping: Any) -> list[Stored]:
                 shape = to
             elif tname in ("split", "slice"):
                 axis, fused = int(args.get("axis", 0)), True
-            elif tname == "falcon_qkv" and _value(args["layout"], plan.config, canonical) == "multi_query":
+            elif tname == "falcon_qkv" and _value(args["layout"], plan.config, shown, arch) == "multi_query":
                 fused = True  # all queries, then the key head, then the value head: q, k, v joined
             else:
-                raise CheckpointError(f"cannot write {canonical}: llama.cpp stores it in a form ({tname} "
-                                      f"on loading) this writer cannot make")
+                raise _cannot(arch, f"it stores the folder's {tensor_words(template)} ({shown}) "
+                                    f"{form_words([tname])}, and modelkit does not write that form")
         if name in stored:
             if not fused:
-                raise CheckpointError(f"cannot write {canonical}: {name} already holds another tensor")
+                raise _cannot(arch, f"two of the folder's tensors ({shown} and another) would both be "
+                                    f"its tensor {name}")
             s = stored[name]
             s.parts.append(part)
             s.parts.sort(key=lambda p: order[_template(p.canonical)])
@@ -210,24 +224,6 @@ def storage_type(stored: Stored, qtype: Q) -> Q:
     return qtype
 
 
-def encode(array: np.ndarray, qtype: Q) -> np.ndarray:
-    """A float32 tensor as ``qtype`` data: float32/float16 arrays, or gguf-py's quantised blocks."""
-    if qtype == Q.F32:
-        return np.ascontiguousarray(array, np.float32)
-    if qtype == Q.F16:
-        return np.ascontiguousarray(array, np.float16)
-    return gguf.quants.quantize(np.ascontiguousarray(array, np.float32), qtype)
-
-
-def _byte_shape(shape: tuple[int, ...], qtype: Q) -> tuple[tuple[int, ...], Any, int]:
-    if qtype in (Q.F32, Q.F16):
-        dtype = np.float32 if qtype == Q.F32 else np.float16
-        return shape, dtype, int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
-    block, size = gguf.GGML_QUANT_SIZES[qtype]
-    byte_shape = (*shape[:-1], shape[-1] // block * size)
-    return byte_shape, np.uint8, int(np.prod(byte_shape, dtype=np.int64))
-
-
 def _make(stored: Stored, reader: TensorReader, plan: Any) -> np.ndarray:
     if stored.made is not None:
         return stored.made
@@ -240,95 +236,67 @@ def _make(stored: Stored, reader: TensorReader, plan: Any) -> np.ndarray:
     return arrays[0] if len(arrays) == 1 else np.concatenate(arrays, axis=stored.axis)
 
 
-def _add_value(w: gguf.GGUFWriter, key: str, value: Any) -> None:
-    if isinstance(value, tuple):  # (list of ints, ARRAY): an INT32 array, as the converter writes it
-        w.add_key_value(key, list(value[0]), gguf.GGUFValueType.ARRAY, sub_type=gguf.GGUFValueType.INT32)
-    elif isinstance(value, bool):
-        w.add_bool(key, value)
-    elif isinstance(value, int):
-        w.add_uint32(key, value) if 0 <= value < 2 ** 32 else w.add_int64(key, value)
-    elif isinstance(value, float):
-        w.add_float32(key, float32_safe(value))
-    elif isinstance(value, str):
-        w.add_string(key, value)
-    elif isinstance(value, list):
-        w.add_array(key, value)
-    else:
-        raise CheckpointError(f"cannot write metadata '{key}' = {value!r}")
-
-
-# ---- writing ---------------------------------------------------------------------------------
-
-
-def export(src: str | os.PathLike, out: str | os.PathLike, *, dtype: str = "f32",
-           force: bool = False) -> dict[str, Any]:
+def export(src: str | os.PathLike, out: str | os.PathLike, *, dtype: str = "f32", arch: str | None = None,
+           mapping: str | os.PathLike | None = None, force: bool = False, clip: bool = False) -> dict[str, Any]:
     """Write the Hugging Face folder ``src`` as the GGUF file ``out`` (f32, f16, bf16 or q8_0).
-    Returns a summary: the file, the architectures, the tensor count and type."""
+
+    ``out`` must not be, hold or lie inside the source; it is written as a temporary file beside
+    it and renamed into place once complete and checked (:class:`OutputFile`), so a failure or
+    an interruption leaves no partial file under its name. A value beyond its tensor's type is
+    an error naming the tensor, unless ``clip``. Returns a summary: the file, the architectures,
+    the tensor count and type, the values clipped per tensor and each such tensor's limit.
+    """
     dtype = ALIASES.get(dtype.lower(), dtype.lower())
     if dtype not in TYPES:
         raise CheckpointError(f"--dtype {dtype!r}: a GGUF file is written as f32, f16, bf16 or q8_0")
     out = Path(out).expanduser()
-    if out.exists() and not force:
-        raise CheckpointError(f"{out}: exists (use --force to replace it)")
-    source, choice, plan = inspect(resolve_path(src))
-    partial = out.with_name(out.name + ".partial")
+    source, choice, plan = inspect(resolve_path(src), arch, mapping)
     try:
         if source.kind == "gguf":
             raise CheckpointError(f"{source.path}: is a GGUF file already; give a Hugging Face folder to write "
                                   f"a GGUF file from (or OUT as a folder to write this file as one)")
         if not plan.report.ok:
-            raise CheckpointError(plan.report.summary(str(source.path)))
+            raise WeightMismatchError(plan.report, plan.report.summary(str(source.path)))
         family = family_of(choice.mapping.name, plan)
         raw = source.config()
         gguf_mapping = find_mapping({"model_type": family.model_type}, "gguf", arch=family.name).mapping
         meta = {**model_metadata(family, plan, raw), **tokenizer_metadata(source, raw, plan.config["vocab_size"])}
-        tensors = layout(plan, gguf_mapping)
+        tensors = layout(plan, gguf_mapping, family.arch)
         scaling = plan.config.get("rope_scaling")
         if isinstance(scaling, dict) and scaling.get("rope_type") == "llama3":
             freqs = llama3_rope_freqs(scaling, plan.config["head_dim"], plan.config["rope_theta"])
             tensors.append(Stored("rope_freqs.weight", freqs.shape, [], made=freqs))
         qtype, file_type = TYPES[dtype]
-        _write(partial, family, meta, tensors, plan, source, qtype, file_type, Path(source.path).name)
-        check, _, file_plan = inspect(partial)
-        check.close()
-        changed = differences(plan, file_plan)
-        if changed or not file_plan.report.ok:
-            problem = changed[0] if changed else file_plan.report.summary(str(partial)).splitlines()[0]
-            raise CheckpointError(f"a GGUF file cannot hold this model as it is: {problem} (llama.cpp decides "
-                                  f"it for the {family.arch} architecture; see docs/gguf.md, families)")
-        partial.replace(out)
+        kinds = [storage_type(t, qtype) for t in tensors]
+        refuse_overlap(source, out, "file")
+        with OutputFile(out, force) as target:
+            reader = TensorReader(source)
+            try:
+                clipped: dict[str, int] = {}
+                tmp = target.write_path(out.name, lambda path: clipped.update(write_gguf(
+                    path, family.arch, {"name": Path(source.path).name, "file_type": file_type}, meta,
+                    [(t.name, t.shape, k) for t, k in zip(tensors, kinds)],
+                    lambda i: _make(tensors[i], reader, plan), clip)))
+            finally:
+                reader.close()
+            _check(tmp, out, plan, family)
+            target.publish()
     finally:
         source.close()
-        if partial.exists():
-            partial.unlink()
+    limits = {t.name: type_max(k) for t, k in zip(tensors, kinds) if t.name in clipped}
     return {"file": out, "source_arch": choice.mapping.name, "target_arch": family.name,
-            "tensors": len(tensors), "dtype": dtype}
+            "tensors": len(tensors), "dtype": dtype, "clipped": clipped, "limits": limits}
 
 
-def _write(path: Path, family: Family, meta: dict[str, Any], tensors: list[Stored], plan: Any, source: Any,
-           qtype: Q, file_type: Any, name: str) -> None:
-    w = gguf.GGUFWriter(str(path), family.arch)
-    try:
-        w.add_type("model")
-        w.add_name(name)
-        w.add_file_type(int(file_type))
-        w.add_quantization_version(gguf.GGML_QUANT_VERSION)
-        for key, value in meta.items():
-            _add_value(w, key, value)
-        kinds = []
-        for t in tensors:
-            kind = storage_type(t, qtype)
-            byte_shape, np_dtype, nbytes = _byte_shape(t.shape, kind)
-            w.add_tensor_info(t.name, byte_shape, np.dtype(np_dtype), nbytes, raw_dtype=kind)
-            kinds.append(kind)
-        w.write_header_to_file()
-        w.write_kv_data_to_file()
-        w.write_ti_data_to_file()
-        reader = TensorReader(source)
-        try:
-            for t, kind in zip(tensors, kinds):
-                w.write_tensor_data(encode(_make(t, reader, plan), kind))
-        finally:
-            reader.close()
-    finally:
-        w.close()
+def _check(tmp: Path, out: Path, plan: Any, family: Family) -> None:
+    """Refuse a written file that describes another model than the folder's: a setting llama.cpp
+    decides in code for the family's architecture, which no GGUF key carries."""
+    check, _, file_plan = inspect(tmp)
+    check.close()
+    changed = differences(plan, file_plan, family.arch)
+    if changed:
+        raise CheckpointError(f"cannot convert this folder to a GGUF file: {changed[0]}; see docs/gguf.md, "
+                              f"families")
+    if not file_plan.report.ok:
+        problem = file_plan.report.summary(str(out)).splitlines()[0]
+        raise CheckpointError(f"cannot convert this folder to a GGUF file: the file would not load back ({problem})")

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from .wording import block_words
+
 # block options that change only float rounding, not the model (the scan's chunk length)
 ROUNDING_ONLY = {"chunk_size"}
 LLAMA3 = "llama3 (one divisor per frequency)"
@@ -53,17 +55,53 @@ def _scaling(value: Any) -> Any:
 
 
 
-def differences(folder_plan: Any, file_plan: Any) -> list[str]:
-    """How the model the file describes differs from the folder's, one line each."""
+def _shown(value: Any) -> str:
+    return "none" if value is None else repr(value)
+
+
+def _option_words(block: Any, option: str) -> str:
+    """An option's documentation without its parenthesised note: 'sliding window in tokens'."""
+    spec = block.cls.OPTIONS.get(option) if block is not None else None
+    doc = (getattr(spec, "doc", "") or option.replace("_", " ")).split(" (")[0]
+    return doc
+
+
+def _where(key: str) -> str:
+    """'layer 0 attn' -> "layer 0's attention"; 'final_norm' -> 'final norm'."""
+    parts = key.split(" ")
+    if parts[0] == "layer" and len(parts) == 3:
+        return f"layer {parts[1]}'s {block_words(parts[2])}"
+    return block_words(key)
+
+
+def differences(folder_plan: Any, file_plan: Any, arch: str = "") -> list[str]:
+    """How the model the file describes differs from the folder's, one line each, in words:
+    what the folder has, and what llama.cpp's ``arch`` would make of it."""
     a, b = _describe(folder_plan), _describe(file_plan)
+    blocks = {}
+    for plan in (folder_plan, file_plan):
+        for i, layer in enumerate(plan.layers):
+            for name, blk in layer.blocks.items():
+                blocks.setdefault(f"layer {i} {name}", blk)
+        for name in ("final_norm", "embed_norm"):
+            if getattr(plan, name) is not None:
+                blocks.setdefault(name, getattr(plan, name))
+    llama = f"llama.cpp's {arch} architecture" if arch else "llama.cpp"
     lines = []
     for key in [*a, *(k for k in b if k not in a)]:
-        if a.get(key) != b.get(key):
-            if isinstance(a.get(key), tuple) and isinstance(b.get(key), tuple) and a[key][0] == b[key][0]:
-                for opt in sorted(set(a[key][1]) | set(b[key][1])):
-                    if a[key][1].get(opt) != b[key][1].get(opt):
-                        lines.append(f"{key} {opt}: {a[key][1].get(opt)!r} in the folder, "
-                                     f"{b[key][1].get(opt)!r} in a GGUF file")
-            else:
-                lines.append(f"{key}: {a.get(key)!r} in the folder, {b.get(key)!r} in a GGUF file")
+        if a.get(key) == b.get(key):
+            continue
+        if isinstance(a.get(key), tuple) and isinstance(b.get(key), tuple) and a[key][0] == b[key][0]:
+            where = _where(key)
+            for opt in sorted(set(a[key][1]) | set(b[key][1])):
+                mine, theirs = a[key][1].get(opt), b[key][1].get(opt)
+                if mine != theirs:
+                    lines.append(f"in {where}, the {_option_words(blocks.get(key), opt)} is {_shown(mine)}, and a "
+                                 f"GGUF file of {llama} has no setting for it (it would be {_shown(theirs)})")
+        elif key.startswith("tensor "):
+            lines.append(f"its {key} is {_shown(a.get(key))} in the folder and would be {_shown(b.get(key))} "
+                         f"in a GGUF file of {llama}")
+        else:
+            lines.append(f"its {key} is {_shown(a.get(key))}, and a GGUF file of {llama} has no setting for "
+                         f"it (it would be {_shown(b.get(key))})")
     return lines

@@ -178,8 +178,8 @@ def model_metadata(family: Family, plan: Plan, raw: dict[str, Any]) -> Meta:
         meta[Keys.Rope.SCALING_TYPE] = "linear"
         meta[Keys.Rope.SCALING_FACTOR] = float(rope["factor"])
     elif kind not in (None, "default", "llama3"):  # llama3: the rope_freqs.weight tensor (export.py)
-        raise CheckpointError(f"the folder's rope scaling {kind!r} has no GGUF form modelkit writes "
-                              f"(linear and llama3 have)")
+        raise CheckpointError(f"cannot convert this folder to a GGUF file: its rope scaling is {kind!r}, and "
+                              f"modelkit writes only linear and llama3 rope scaling into GGUF files")
     positions = {layer.blocks["attn"].options.get("positions") for layer in plan.layers if "attn" in layer.blocks}
     head_dim = attention_option(plan, "head_dim")
     if head_dim and "rope" in positions:
@@ -189,8 +189,9 @@ def model_metadata(family: Family, plan: Plan, raw: dict[str, Any]) -> Meta:
     for rule in family.rules:
         inverse = _inverse(rule)
         if inverse is None:
-            raise CheckpointError(f"writing {family.arch} GGUF files is not supported: what llama.cpp decides "
-                                  f"for it in code ({getattr(rule, '__name__', rule)}) has no writer here")
+            raise CheckpointError(f"cannot convert this folder to a GGUF file of llama.cpp's {family.arch} "
+                                  f"architecture: modelkit does not yet write all of the metadata llama.cpp "
+                                  f"reads for it")
         inverse(plan, raw, family.arch, meta)
     return {key.format(arch=family.arch): value for key, value in meta.items()}
 
