@@ -91,6 +91,17 @@ def llama_cpp_side(path: Path, ids: list[int]) -> tuple[np.ndarray, list[int]]:
         llm.close()
 
 
+def llama_cpp_reason(path: Path) -> str | None:
+    """The line of llama.cpp's log that says why it did not load ``path`` (its log is C-level
+    stderr, so the load is repeated verbosely in a child process)."""
+    code = f"import llama_cpp; llama_cpp.Llama(model_path={str(path)!r}, n_ctx=64, n_threads=2, verbose=True)"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    for line in proc.stderr.splitlines():
+        if "error loading model:" in line:
+            return line.split("error loading model:", 1)[1].strip()[:200]
+    return None
+
+
 def prompt_for(folder: Path) -> list[int]:
     vocab = json.loads((folder / "config.json").read_text())["vocab_size"]
     return [int(i) for i in np.random.default_rng(0).integers(3, vocab, PROMPT)]
@@ -115,8 +126,8 @@ def check(args: argparse.Namespace, label: str, folder: Path) -> list[list[str]]
     for (dtype, path), (file_logits, file_tokens) in zip(files.items(), ref[1:]):
         try:
             logits, tokens = llama_cpp_side(path, ids)
-        except Exception as exc:  # llama.cpp refuses the file: its message
-            rows.append([label, dtype, f"refused: {type(exc).__name__}: {str(exc)[:200]}", "-", "-", "-"])
+        except Exception as exc:  # llama.cpp refuses the file: the reason from its log
+            rows.append([label, dtype, f"refused: {llama_cpp_reason(path) or str(exc)[:200]}", "-", "-", "-"])
             continue
         against = folder_logits if dtype == "f32" else file_logits
         diff = float(np.max(np.abs(logits - against)))

@@ -6,11 +6,26 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from .wording import block_words
 
 # block options that change only float rounding, not the model (the scan's chunk length)
 ROUNDING_ONLY = {"chunk_size"}
 LLAMA3 = "llama3 (one divisor per frequency)"
+
+
+def _float32(value: Any) -> Any:
+    """Floats (also inside dicts and tuples) as the float32 they compute with: a GGUF file stores
+    float32, so 1e-5 read back from one is 9.99999975e-06, which a folder converted from a GGUF
+    may state; two settings are the same when they are in float32."""
+    if isinstance(value, float):
+        return float(np.float32(value))
+    if isinstance(value, dict):
+        return {k: _float32(v) for k, v in value.items()}
+    if isinstance(value, (tuple, list)):
+        return type(value)(_float32(v) for v in value)
+    return value
 
 
 def _describe(plan: Any) -> dict[str, Any]:
@@ -62,7 +77,9 @@ def _shown(value: Any) -> str:
 def _option_words(block: Any, option: str) -> str:
     """An option's documentation without its parenthesised note: 'sliding window in tokens'."""
     spec = block.cls.OPTIONS.get(option) if block is not None else None
-    doc = (getattr(spec, "doc", "") or option.replace("_", " ")).split(" (")[0]
+    doc = (getattr(spec, "doc", "") or "").split(" (")[0]
+    if not doc or doc.split()[0].endswith("ed"):  # 'added to the variance ...': name it first
+        return f"{option.replace('_', ' ')}" + (f" ({doc})" if doc else "")
     return doc
 
 
@@ -89,13 +106,13 @@ def differences(folder_plan: Any, file_plan: Any, arch: str = "") -> list[str]:
     llama = f"llama.cpp's {arch} architecture" if arch else "llama.cpp"
     lines = []
     for key in [*a, *(k for k in b if k not in a)]:
-        if a.get(key) == b.get(key):
+        if _float32(a.get(key)) == _float32(b.get(key)):
             continue
         if isinstance(a.get(key), tuple) and isinstance(b.get(key), tuple) and a[key][0] == b[key][0]:
             where = _where(key)
             for opt in sorted(set(a[key][1]) | set(b[key][1])):
                 mine, theirs = a[key][1].get(opt), b[key][1].get(opt)
-                if mine != theirs:
+                if _float32(mine) != _float32(theirs):
                     lines.append(f"in {where}, the {_option_words(blocks.get(key), opt)} is {_shown(mine)}, and a "
                                  f"GGUF file of {llama} has no setting for it (it would be {_shown(theirs)})")
         elif key.startswith("tensor "):

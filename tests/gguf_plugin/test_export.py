@@ -157,3 +157,17 @@ def test_cli_writes_a_gguf_file(tmp_path: Path) -> None:
     proc = run_cli("convert", fixture_path("mistral_window"), tmp_path / "m.gguf")
     assert proc.returncode != 0 and "the sliding window in tokens is 5" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_a_setting_equal_in_float32_is_not_a_difference(tmp_path: Path) -> None:
+    # a folder converted from a GGUF states the float32 value (9.99999975e-06); the file read back
+    # says 1e-05: the same number in float32, which the model computes with
+    import json
+
+    from conftest import copy_fixture
+
+    folder = copy_fixture("llama_gqa", tmp_path / "m")
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["rms_norm_eps"] = float(np.float32(1e-5))
+    (folder / "config.json").write_text(json.dumps(cfg))
+    assert export(folder, tmp_path / "m.gguf")["tensors"] > 0
