@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Sequence
+from functools import partial
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -11,6 +12,13 @@ from .errors import GenerationError
 from .nn.block import Block, ForwardContext
 from .schema.resolve import Config
 from .schema.spec import LayerSpec, Mapping
+
+# Model.forward(..., observer=f) calls f(layer, name, x) with what each step computed: layer None
+# for "embed" (the input of layer 0) and "final_norm", else the layer's index with each block's
+# name and "output" (the residual stream the layer hands on). x is the model's working array:
+# copy what you keep.
+Observer = Callable[[Any, str, np.ndarray], None]
+LayerObserver = Callable[[str, np.ndarray], None]
 
 
 class Layer:
@@ -37,14 +45,19 @@ class Layer:
         """Cache state for each stateful block of this layer."""
         return {name: self.blocks[name].new_state() for name in self.stateful}
 
-    def forward(self, x: np.ndarray, states: dict[str, Any], ctx: ForwardContext) -> np.ndarray:
+    def forward(self, x: np.ndarray, states: dict[str, Any], ctx: ForwardContext,
+                observe: LayerObserver | None = None) -> np.ndarray:
+        """The layer's output for ``x [T, hidden]``; ``observe(name, y)`` sees each block's
+        output and then the layer's ("output")."""
         for step, after in zip(self.steps, self.after_add):
             if len(step) == 1:
                 y = x
                 for name in step[0]:
                     y = self.blocks[name].forward(y, states.get(name), ctx)
+                    if observe is not None:
+                        observe(name, y)
             else:
-                y = self._sum_of_branches(step, x, states, ctx)
+                y = self._sum_of_branches(step, x, states, ctx, observe)
             if self.residual != 1.0:
                 if np.may_share_memory(y, x):  # a block handed back (a view of) its input
                     y = y * self.residual
@@ -53,10 +66,14 @@ class Layer:
             x += y
             for name in after:  # post-norm: blocks of the residual stream after the add
                 x = self.blocks[name].forward(x, states.get(name), ctx)
+                if observe is not None:
+                    observe(name, x)
+        if observe is not None:
+            observe("output", x)
         return x
 
     def _sum_of_branches(self, step: list[list[str]], x: np.ndarray, states: dict[str, Any],
-                         ctx: ForwardContext) -> np.ndarray:
+                         ctx: ForwardContext, observe: LayerObserver | None) -> np.ndarray:
         """The sum of branches that all read ``x`` (a new array); shared leading blocks run once."""
         memo: dict[tuple[str, ...], np.ndarray] = {}
         total = None
@@ -66,6 +83,8 @@ class Layer:
                 key = tuple(branch[: j + 1])
                 if key not in memo:
                     memo[key] = self.blocks[name].forward(y, states.get(name), ctx)
+                    if observe is not None:
+                        observe(name, memo[key])
                 y = memo[key]
             if total is None:
                 total = y.copy()
@@ -151,11 +170,19 @@ class Model:
 
     # ---- forward ------------------------------------------------------------------------
     def forward(self, ids: Sequence[int] | np.ndarray, cache: Cache | None = None,
-                last_only: bool = False) -> np.ndarray:
+                last_only: bool = False, observer: Observer | None = None) -> np.ndarray:
         """Logits for ``ids`` [T]: float32 [T, vocab], or [1, vocab] with ``last_only``.
 
         With ``cache``, the ids continue the cached sequence and the cache is extended; without,
         a temporary cache is used. Long inputs run in pieces of ``prefill_chunk`` tokens.
+
+        ``observer(layer, name, x)``, when given, is called with the hidden states each step
+        computes, in order (once per piece of a long input): ``(None, "embed", h)`` for the
+        input of layer 0; ``(i, block, y)`` for each block's output in layer ``i`` (before the
+        residual multiplier; blocks shared by parallel branches once) and ``(i, "output", h)``
+        for the layer's output; ``(None, "final_norm", h)`` for the rows the head reads. Arrays
+        are ``[T, width]`` float32 views of the model's working buffers: copy what you keep.
+        ``modelkit compare`` is built on it (docs/evaluation.md).
         """
         ids = self._check_ids(ids)
         if cache is None:
@@ -167,10 +194,10 @@ class Model:
         for start in range(0, ids.size, chunk):
             piece = ids[start:start + chunk]
             is_last = start + chunk >= ids.size
-            h = self._run_layers(piece, cache)
+            h = self._run_layers(piece, cache, observer)
             if last_only and not is_last:
                 continue
-            pieces.append(self._head(h[-1:] if last_only else h))
+            pieces.append(self._head(h[-1:] if last_only else h, observer))
         return pieces[0] if len(pieces) == 1 else np.concatenate(pieces, axis=0)
 
     def hidden_states(self, ids: Sequence[int] | np.ndarray, cache: Cache | None = None) -> np.ndarray:
@@ -192,7 +219,7 @@ class Model:
             raise GenerationError(f"token id {bad} is outside the vocabulary (0..{self.vocab_size - 1})")
         return arr
 
-    def _run_layers(self, ids: np.ndarray, cache: Cache) -> np.ndarray:
+    def _run_layers(self, ids: np.ndarray, cache: Cache, observer: Observer | None = None) -> np.ndarray:
         t = ids.size
         pos = cache.length
         h = self.embed[ids]  # [T] -> [T, E] (a copy we own)
@@ -208,15 +235,22 @@ class Model:
         ctx = ForwardContext(pos, t)
         if self.embed_norm is not None:
             h = self.embed_norm.forward(h, None, ctx)
-        for layer, states in zip(self.layers, cache.layers):
-            h = layer.forward(h, states, ctx)
+        if observer is None:
+            for layer, states in zip(self.layers, cache.layers):
+                h = layer.forward(h, states, ctx)
+        else:
+            observer(None, "embed", h)
+            for i, (layer, states) in enumerate(zip(self.layers, cache.layers)):
+                h = layer.forward(h, states, ctx, partial(observer, i))
         cache.length += t
         cache.tokens.extend(int(i) for i in ids)
         return h
 
-    def _head(self, h: np.ndarray) -> np.ndarray:
+    def _head(self, h: np.ndarray, observer: Observer | None = None) -> np.ndarray:
         if self.final_norm is not None:
             h = self.final_norm.forward(h, None, ForwardContext(0, h.shape[0]))
+        if observer is not None:
+            observer(None, "final_norm", h)
         if self.head_proj is not None:
             h = h @ self.head_proj.T  # [T, D] -> [T, E]
         logits = h @ self.head.T  # [T, E] -> [T, vocab]
