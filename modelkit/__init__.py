@@ -15,8 +15,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from .errors import (CheckpointError, ConfigError, GenerationError, MappingError, ModelkitError,
-                     PluginError, TokenizerError, UnknownArchitectureError, WeightMismatchError)
+from .errors import (CheckpointError, ConfigError, EvaluationError, GenerationError, MappingError,
+                     ModelkitError, PluginError, TokenizerError, UnknownArchitectureError, WeightMismatchError)
 from .plugins.hookspecs import hookimpl
 
 __version__ = "0.2.0"
@@ -39,11 +39,13 @@ _LAZY = {
     "SamplingOptions": "generation.options", "Sampler": "generation.sampling",
     "GenerationStats": "generation.loop", "Piece": "generation.loop",
     "ChatSession": "generation.chat",
+    # measuring
+    "Scores": "evaluation.logprobs", "TokenLogprob": "evaluation.logprobs",
 }
 
 __all__ = ["load", "architectures", "hookimpl", "ModelkitError", "ConfigError", "MappingError",
            "CheckpointError", "WeightMismatchError", "UnknownArchitectureError", "PluginError",
-           "TokenizerError", "GenerationError", "__version__", *_LAZY]
+           "TokenizerError", "GenerationError", "EvaluationError", "__version__", *_LAZY]
 
 
 def __getattr__(name: str) -> Any:

@@ -45,3 +45,7 @@ class TokenizerError(ModelkitError):
 
 class GenerationError(ModelkitError):
     """Generation options are out of range or the prompt cannot be generated from."""
+
+
+class EvaluationError(ModelkitError):
+    """A reference, a text or a setting of compare / perplexity does not fit the model."""

@@ -269,16 +269,26 @@ class Model:
                  **options: Any) -> list[int]:
         """New token ids after ``prompt_ids`` (greedy at temperature 0; None takes the default of
         generation_config.json); when an EOS or stop token stops generation it is the last
-        element. See :mod:`modelkit.generation.loop`."""
+        element. ``logprobs=K`` returns ``(ids, [TokenLogprob per id])`` instead. See
+        :mod:`modelkit.generation.loop`."""
         from .generation.loop import generate
 
         return generate(self, prompt_ids, max_new_tokens=max_new_tokens, temperature=temperature, **options)
 
     def stream(self, prompt_ids: Sequence[int], **options: Any) -> Iterator[Any]:
-        """Yield text pieces (with their token ids) as they are generated; options as generate."""
+        """Yield text pieces (with their token ids, and with ``logprobs=K`` their log-probabilities)
+        as they are generated; options as generate."""
         from .generation.loop import stream
 
         return stream(self, prompt_ids, **options)
+
+    def score(self, text_or_ids: str | Sequence[int] | np.ndarray) -> Any:
+        """Per-token log-probabilities of a text or of token ids: a
+        :class:`modelkit.evaluation.logprobs.Scores` with ``ids [T]`` and float32
+        ``logprobs [T-1]`` (``logprobs[j]`` = log p(ids[j+1] | ids[:j+1])), ``nll``, ``perplexity``."""
+        from .evaluation.logprobs import score
+
+        return score(self, text_or_ids)
 
     def parameter_count(self) -> int:
         """Number of parameters as stored in the checkpoint (the tied head counted once)."""

@@ -52,6 +52,9 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
                    help="wrap the prompt in the model's chat template as a user message")
     p.add_argument("--system", metavar="TEXT", help="system message (with --chat)")
     p.add_argument("--quiet", "-q", action="store_true", help="no timing line on stderr")
+    p.add_argument("--logprobs", type=int, default=None, metavar="K",
+                   help="after the text, print each new token's log-probability and the K most likely "
+                        "tokens at its position (0: the chosen token's only)")
 
 
 def generation_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -69,30 +72,36 @@ def read_prompt(args: argparse.Namespace) -> str:
     A prompt read from a file or stdin loses one trailing newline (editors add one)."""
     if args.prompt is not None and args.prompt != "-":
         return utf8_text(args.prompt, "--prompt")
-    if args.prompt == "-" or args.prompt_file == "-":
-        data, where = sys.stdin.buffer.read(), "standard input"
-    else:
-        path = Path(args.prompt_file).expanduser()
-        where = str(path)
-        try:
-            data = path.read_bytes()
-        except FileNotFoundError:
-            raise GenerationError(f"{path}: prompt file not found") from None
-        except IsADirectoryError:
-            raise GenerationError(f"{path}: is a folder, not a prompt file") from None
-        except OSError as exc:
-            raise GenerationError(f"{path}: cannot read the prompt file ({exc.strerror})") from None
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise GenerationError(f"{where}: the prompt is not UTF-8 text (byte 0x{data[exc.start]:02x} "
-                              f"at offset {exc.start})") from None
-    text = text.removeprefix("\ufeff")
+    text = read_text_file("-" if args.prompt == "-" else args.prompt_file, "prompt")
     if text.endswith("\r\n"):
         text = text[:-2]
     elif text.endswith("\n"):
         text = text[:-1]
     return text
+
+
+def read_text_file(name: str, what: str) -> str:
+    """The UTF-8 text of file ``name`` ('-': standard input) without a byte-order mark; every
+    failure is one GenerationError naming the file (``what`` says what the text is for)."""
+    if name == "-":
+        data, where = sys.stdin.buffer.read(), "standard input"
+    else:
+        path = Path(name).expanduser()
+        where = str(path)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise GenerationError(f"{path}: {what} file not found") from None
+        except IsADirectoryError:
+            raise GenerationError(f"{path}: is a folder, not a {what} file") from None
+        except OSError as exc:
+            raise GenerationError(f"{path}: cannot read the {what} file ({exc.strerror})") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise GenerationError(f"{where}: the {what} is not UTF-8 text (byte 0x{data[exc.start]:02x} "
+                              f"at offset {exc.start})") from None
+    return text.removeprefix("\ufeff")
 
 
 def utf8_text(text: str, where: str) -> str:
