@@ -65,7 +65,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
         raise EvaluationError("--save-reference writes transformers' numbers; with --reference FILE there is "
                               "nothing new to save")
     ref = refs.load_reference(args.reference) if from_file else None
-    model, _ = load_model(args)
+    from ..loading import load
+
+    # a reference file brings its ids, so a checkpoint without a tokenizer can be compared too
+    model = load(args.model, args.arch, mapping=args.mapping, revision=args.revision, progress=True)
+    if (ref is None or args.prompt is not None) and model.tokenizer is None:
+        raise EvaluationError(f"{args.model}: no tokenizer.json, so the prompt cannot be encoded; compare "
+                              "with a reference file (--reference FILE.npz), which holds its token ids")
     if ref is not None:
         ids = ref.ids
         if args.prompt is not None and list(model.tokenizer.encode(utf8_text(args.prompt, "--prompt"))) != \

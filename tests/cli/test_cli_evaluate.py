@@ -200,3 +200,12 @@ def test_run_logprobs_errors(capsys) -> None:
 def test_new_commands_run_as_a_process() -> None:
     result = run_cli("compare", "--model", COMPARE, "--reference", COMPARE / "ref.npz")
     assert result.returncode == 0 and "no divergence" in result.stdout
+
+
+def test_compare_without_a_tokenizer_uses_the_reference_ids(tmp_path: Path, capsys) -> None:
+    folder = copy_fixture("compare_llama", tmp_path / "notok")
+    (folder / "tokenizer.json").unlink()
+    code, out, _ = cli(capsys, "compare", "-m", folder, "--reference", COMPARE / "ref.npz")
+    assert code == 0 and "no divergence" in out
+    code, _, err = cli(capsys, "compare", "-m", folder)
+    one_line_error(err, "no tokenizer.json, so the prompt cannot be encoded")
