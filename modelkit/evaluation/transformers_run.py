@@ -1,9 +1,9 @@
 """The transformers reference of ``modelkit compare``: run transformers on a checkpoint folder
 and capture what modelkit's observer sees, under the same names (see :mod:`.reference`).
 
-This module imports nothing of modelkit at module level and torch only inside :func:`run`, so
-the fixture builders can load it by path in an environment that has torch and transformers but
-not modelkit's own dependencies.
+This module imports nothing but NumPy at module level and torch only inside its functions, so
+the fixture builder (:mod:`modelkit.testing.build_fixture`) can use it in an environment that
+has torch and transformers but not modelkit's plugin machinery.
 
 transformers runs in float32 with eager attention (unless told otherwise), ``use_cache=False``,
 ``output_hidden_states``.
