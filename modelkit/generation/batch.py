@@ -38,6 +38,8 @@ class BatchDecoder:
     ``max_batch`` bounds the active sequences (:meth:`add` refuses one more). A finished
     sequence leaves the batch in the step that finishes it; its cache stays readable with
     :meth:`cache_of` (to snapshot it) until the next :meth:`step` or its :meth:`remove`.
+    ``n`` samples of one prompt read it once: add it, then add ``[]`` with
+    ``cache=decoder.cache_of(first).snapshot()`` (and another seed) for each other sample.
     """
 
     def __init__(self, model: Model, max_batch: int = 16):
@@ -142,5 +144,7 @@ def generate_batch(model: Model, prompts: Sequence[Sequence[int]], *, max_batch:
                 break
             owner[decoder.add(prompts[index], **options)] = index
         for event in decoder.step():
+            if event.finish_reason == "error":
+                raise GenerationError(event.error)
             out[owner[event.seq_id]].append(event.token)
     return out

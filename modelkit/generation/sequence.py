@@ -35,7 +35,9 @@ class TokenEvent:
     ``logprob``: its log-probability under the model's logits (float32, stable log-softmax,
     before any temperature or truncation); ``finished``: the sequence has left the batch, with
     ``finish_reason`` ``"stop"`` (an EOS, a stop id or a stop string) or ``"length"``
-    (``max_new_tokens``, or the model's learned positions are full). ``top_logprobs``: the
+    (``max_new_tokens``, or the model's learned positions are full), or ``"error"`` when no
+    token could be chosen (non-finite logits: ``error`` says where they began, ``token`` is -1
+    and ``logprob`` NaN; the other sequences go on). ``top_logprobs``: the
     most likely (token, logprob) pairs when the sequence asked for them; ``text``: the text this
     token adds when the sequence decodes text (held-back partial characters come later, a stop
     string and what follows it never), else None.
@@ -48,6 +50,7 @@ class TokenEvent:
     finish_reason: str | None = None
     top_logprobs: tuple[tuple[int, float], ...] = ()
     text: str | None = None
+    error: str | None = None
 
 
 class BatchSequence:
@@ -117,7 +120,8 @@ class BatchSequence:
         try:
             token = self.sampler(row, self.history[:self.seen] if self.history is not None else ())
         except NonFiniteLogits:
-            raise GenerationError(explain_non_finite(self.model, self.cache.tokens)) from None
+            message = explain_non_finite(self.model, self.cache.tokens)
+            return TokenEvent(self.id, -1, float("nan"), True, "error", error=message)
         self.new_tokens += 1
         limit = self.model.max_positions
         reason = None

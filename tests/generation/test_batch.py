@@ -199,3 +199,31 @@ def test_bad_options_and_calls_are_refused(llama):
     with pytest.raises(GenerationError, match="outside the vocabulary"):
         llama.decode_batch([llama.vocab_size], [cache])
     assert llama.decode_batch([], []).shape == (0, llama.vocab_size)
+
+
+def test_samples_of_one_prompt_share_its_prefill(llama):
+    """n samples: the prompt is read once, the others continue snapshots of its cache."""
+    prompt = _prompts()[1]
+    decoder = BatchDecoder(llama)
+    first = decoder.add(prompt, max_new_tokens=6, temperature=1.0, seed=0)
+    others = [decoder.add([], cache=decoder.cache_of(first).snapshot(), max_new_tokens=6, temperature=1.0,
+                          seed=seed) for seed in (1, 2)]
+    events = _run(decoder)
+    for seq, seed in zip([first, *others], (0, 1, 2)):
+        assert [e.token for e in events[seq]] == llama.generate(prompt, 6, temperature=1.0, seed=seed)
+
+
+def test_a_sequence_with_non_finite_logits_ends_alone_with_an_error(llama):
+    prompt = _prompts()[0]
+    broken = llama.make_cache()
+    llama.forward(prompt, broken)
+    broken.keep_logits(np.full(llama.vocab_size, np.nan, np.float32))
+    decoder = BatchDecoder(llama)
+    good = decoder.add(prompt, max_new_tokens=3, temperature=0.0)
+    bad = decoder.add([], cache=broken.snapshot(), max_new_tokens=3, temperature=0.0)
+    events = _run(decoder)
+    event, = events[bad]
+    assert event.finished and event.finish_reason == "error" and event.token == -1 and "NaN" in event.error
+    assert [e.token for e in events[good]] == llama.generate(prompt, 3, temperature=0.0)
+    with pytest.raises(GenerationError, match="NaN"):
+        generate_batch(llama, [[]], max_new_tokens=2, cache=broken)
