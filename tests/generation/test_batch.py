@@ -227,3 +227,18 @@ def test_a_sequence_with_non_finite_logits_ends_alone_with_an_error(llama):
     assert [e.token for e in events[good]] == llama.generate(prompt, 3, temperature=0.0)
     with pytest.raises(GenerationError, match="NaN"):
         generate_batch(llama, [[]], max_new_tokens=2, cache=broken)
+
+
+@pytest.mark.parametrize("name", ["llama_gqa", "mistral_window"])
+def test_a_snapshot_holds_only_the_stored_positions(name: str):
+    model = load_cached(name)
+    ids = [int(t) for t in reference(name)[0]]
+    cache = model.make_cache()
+    model.forward(ids, cache)
+    snap = cache.snapshot()
+    kv = [state for states in cache.layers for state in states.values()]
+    held = sum(2 * s.v.shape[0] * s.v.shape[2] * (s.length - s.offset) * 4 for s in kv)
+    assert snap.nbytes() == held < cache.nbytes()  # the live cache holds room to grow
+    row = model.forward(ids, last_only=True)[0]  # the logits after the cache's last token
+    cache.keep_logits(row)
+    assert cache.snapshot().nbytes() == held + row.nbytes
