@@ -66,13 +66,13 @@ class BatchDecoder:
 
         With ``cache`` (from ``model.make_cache()`` or ``Cache.snapshot()``, not shared with any
         other sequence) the prompt ids are those after ``cache.tokens`` and the cache is
-        extended; they may be empty when the cache kept its last logits (a snapshot of a batch
-        sequence's cache does). Options as ``model.generate``: ``max_new_tokens`` (16),
-        ``temperature``, ``top_k``, ``top_p``, ``min_p``, ``repetition_penalty``, ``seed``,
-        ``stop_ids``, ``stop_strings`` (events then carry text); and ``top_logprobs`` (k: each
-        event carries the k most likely tokens) and ``text`` (events carry each token's text).
-        The prompt is read here, before the call returns; the first token comes from the next
-        :meth:`step`.
+        extended (pass ``kept.snapshot()`` to leave a kept snapshot as it is); they may be empty
+        when the cache kept its last logits (a snapshot of a batch sequence's cache does).
+        Options as ``model.generate``: ``max_new_tokens`` (16), ``temperature``, ``top_k``,
+        ``top_p``, ``min_p``, ``repetition_penalty``, ``seed``, ``stop_ids``, ``stop_strings``
+        (events then carry text); and ``top_logprobs`` (k: each event carries the k most likely
+        tokens) and ``text`` (events carry each token's text). The prompt is read here, before
+        the call returns; the first token comes from the next :meth:`step`.
         """
         if self.full:
             raise GenerationError(f"the batch is full ({self.max_batch} sequences); wait for one to finish")
