@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Sequence
 
 import numpy as np
 
+from .batched import layer_forward_batch
 from .errors import GenerationError, OutOfMemoryError, out_of_memory
 from .nn.block import Block, ForwardContext, Observer
 from .schema.resolve import Config
@@ -63,6 +65,11 @@ class Layer:
             ctx.observer(self.index, "output", x)
         return x
 
+    def forward_batch(self, x: np.ndarray, states: Sequence[dict[str, Any]], positions: Sequence[int]) -> np.ndarray:
+        """One decoding step of B sequences: ``x [B, hidden]``, row i at ``positions[i]`` with
+        its own states ``states[i]`` (see :mod:`modelkit.batched`)."""
+        return layer_forward_batch(self, x, states, positions)
+
     def _run(self, name: str, x: np.ndarray, states: dict[str, Any], ctx: ForwardContext) -> np.ndarray:
         """Block ``name`` on ``x``; a shortage of memory is reported with the layer and block."""
         try:
@@ -101,15 +108,39 @@ class Cache:
     layers: list[dict[str, Any]]
     length: int = 0
     tokens: list[int] = field(default_factory=list)
+    # (length, logits row) recorded by keep_logits: what the model predicts after the last token
+    _next: tuple[int, np.ndarray] | None = field(default=None, repr=False, compare=False)
 
     def nbytes(self) -> int:
-        """Bytes held by the cache arrays."""
-        total = 0
+        """Bytes held by the cache arrays (and a kept logits row)."""
+        total = 0 if self._next is None else self._next[1].nbytes
         for states in self.layers:
             for s in states.values():
                 if hasattr(s, "nbytes"):
                     total += s.nbytes() if callable(s.nbytes) else int(s.nbytes)
         return total
+
+    def keep_logits(self, row: np.ndarray) -> None:
+        """Remember ``row`` [vocab], the logits after the cache's last token, so a continuation
+        with no new tokens (a prompt already cached whole) can still choose the next one."""
+        self._next = (self.length, row)
+
+    def next_logits(self) -> np.ndarray | None:
+        """The row given to :meth:`keep_logits`, while the cache still ends where it did."""
+        return self._next[1] if self._next is not None and self._next[0] == self.length else None
+
+    def snapshot(self) -> "Cache":
+        """An independent copy of the state after ``tokens``: continuing either never changes
+        the other. Attention keeps only its filled positions (the window's, with a sliding
+        window), recurrent layers their conv and SSM states, so ``nbytes()`` is what the
+        snapshot holds. Prefix caching keeps snapshots and continues from a snapshot of one."""
+        layers = [{name: state.snapshot() if hasattr(state, "snapshot") else copy.deepcopy(state)
+                   for name, state in states.items()} for states in self.layers]
+        snap = Cache(layers, self.length, list(self.tokens))
+        row = self.next_logits()
+        if row is not None:
+            snap.keep_logits(row.copy())
+        return snap
 
 
 class Model:
@@ -205,6 +236,38 @@ class Model:
                 pieces.append(self._head(h[-1:] if last_only else h, observer))
         return pieces[0] if len(pieces) == 1 else np.concatenate(pieces, axis=0)
 
+    def decode_batch(self, ids: Sequence[int] | np.ndarray, caches: Sequence[Cache]) -> np.ndarray:
+        """Logits [B, vocab] for one new token of each of B sequences: ``ids[i]`` continues
+        ``caches[i]``, which is extended. Row i equals ``forward([ids[i]], caches[i])`` up to
+        float32 rounding; every weight is read once for the whole batch."""
+        ids = self._check_ids(ids)
+        if ids.size != len(caches):
+            raise GenerationError(f"decode_batch: {ids.size} ids for {len(caches)} caches")
+        if len({id(c) for c in caches}) != len(caches):
+            raise GenerationError("decode_batch: one cache appears twice (each sequence needs its own)")
+        if ids.size == 0:
+            return np.empty((0, self.vocab_size), np.float32)
+        positions = [c.length for c in caches]
+        if self.pos_embed is not None and max(positions) >= self.pos_embed.shape[0]:
+            raise GenerationError(f"sequence of {max(positions) + 1} tokens is longer than the model's "
+                                  f"{self.pos_embed.shape[0]} learned positions")
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
+            h = self.embed[ids]  # [B] -> [B, E] (a copy we own)
+            if self.embedding_multiplier != 1.0:
+                h *= self.embedding_multiplier
+            if self.embed_proj is not None:
+                h = h @ self.embed_proj.T  # [B, E] -> [B, D]
+            if self.pos_embed is not None:
+                h += self.pos_embed[positions]
+            if self.embed_norm is not None:
+                h = self.embed_norm.forward_batch(h, [None] * ids.size, positions)
+            for i, layer in enumerate(self.layers):
+                h = layer.forward_batch(h, [c.layers[i] for c in caches], positions)
+            for cache, token in zip(caches, ids.tolist()):
+                cache.length += 1
+                cache.tokens.append(token)
+            return self._head(h)
+
     def hidden_states(self, ids: Sequence[int] | np.ndarray, cache: Cache | None = None) -> np.ndarray:
         """The final-normed hidden states [T, hidden] (before the head)."""
         ids = self._check_ids(ids)
@@ -291,6 +354,14 @@ class Model:
         from .generation.loop import generate
 
         return generate(self, prompt_ids, max_new_tokens=max_new_tokens, temperature=temperature, **options)
+
+    def generate_batch(self, prompts: Sequence[Sequence[int]], **options: Any) -> list[list[int]]:
+        """New ids after each prompt, all decoded together (see
+        :func:`modelkit.generation.batch.generate_batch`): the same ids as ``generate`` gives
+        each prompt alone, with the options of ``generate``."""
+        from .generation.batch import generate_batch
+
+        return generate_batch(self, prompts, **options)
 
     def stream(self, prompt_ids: Sequence[int], **options: Any) -> Iterator[Any]:
         """Yield text pieces (with their token ids, and with ``logprobs=K`` their log-probabilities)

@@ -65,8 +65,8 @@ def token_logprob(logits: np.ndarray, token: int, k: int) -> TokenLogprob:
     top: tuple[tuple[int, float], ...] = ()
     if k > 0:
         k = min(k, logits.size)
-        best = np.argpartition(logits, logits.size - k)[logits.size - k:]
-        best = best[np.argsort(-logits[best], kind="stable")]
+        best = np.argpartition(logits, logits.size - k)[logits.size - k:] if k < logits.size else np.arange(k)
+        best = best[np.lexsort((best, -logits[best]))]  # by logit, descending; ties to the lower id
         top = tuple((int(i), float(np.float32(logits[i] - norm))) for i in best)
     return TokenLogprob(int(token), float(np.float32(logits[token] - norm)), top)
 
