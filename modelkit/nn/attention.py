@@ -7,7 +7,7 @@ One block serves GPT-2, Llama, Mistral, Falcon and Granite: the differences are 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -199,6 +199,37 @@ class Attention(Block):
             raise out_of_memory(f"computing attention scores of {t:,} queries over {state.length:,} keys",
                                 exc) from None
         y = linear(out, self.w_o)  # [T, H * hd] -> [T, D]
+        if self.b_o is not None:
+            y += self.b_o
+        return y
+
+    def forward_batch(self, x: np.ndarray, states: Sequence[KVCache], positions: Sequence[int]) -> np.ndarray:
+        """One token of each of B sequences, ``x [B, D]``: the projections over every row at
+        once (one pass over the weights), rotary at each row's own position, then each query
+        over its own sequence's cache, exactly as a one-token :meth:`forward`."""
+        b = x.shape[0]
+        qkv = linear(x, self.w_qkv)  # [B, D] -> [B, (H + 2KV) * hd]
+        if self.b_qkv is not None:
+            qkv += self.b_qkv
+        nq, nk = self.h * self.hd, self.kv * self.hd
+        if self.clip is not None:
+            np.clip(qkv, -self.clip, self.clip, out=qkv)
+        if self.qk_norm is not None:
+            self._norm_qk(qkv, b, nq, nk)
+        if self.rope is not None:
+            pos = np.asarray(positions, dtype=np.intp)
+            cos, sin_signed = self.rope.get_signed(0, int(pos.max()) + 1)
+            rotate(qkv[:, :nq + nk].reshape(b, self.h + self.kv, self.hd), cos[pos], sin_signed[pos],
+                   self.rot_dim, self.interleaved)
+        q = qkv[:, :nq].reshape(b, self.h, self.hd)
+        k = qkv[:, nq:nq + nk].reshape(b, self.kv, self.hd)
+        v = qkv[:, nq + nk:].reshape(b, self.kv, self.hd)
+        out = np.empty((b, nq), np.float32)
+        for i, state in enumerate(states):  # each sequence over its own keys
+            start = state.length
+            state.append(k[i:i + 1], v[i:i + 1])
+            out[i] = self.attend(q[i:i + 1], state, start)[0]
+        y = linear(out, self.w_o)  # [B, H * hd] -> [B, D]
         if self.b_o is not None:
             y += self.b_o
         return y

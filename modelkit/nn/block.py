@@ -5,22 +5,23 @@ options; the planner resolves and checks them against the kind's declared :class
 specs, asks the class which parameters it needs (with shapes) and, once every tensor is read,
 builds one instance per layer. At run time the model calls ``forward(x, state, ctx)`` with the
 hidden states ``x [T, hidden]`` (float32) and the block's own cache state (``None`` for
-stateless blocks).
+stateless blocks). A batched decoding step calls ``forward_batch(x, states, positions)`` with one
+token of each of B sequences, ``x [B, hidden]``, and each sequence's own state and position.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Mapping, Optional
+from typing import Any, Callable, ClassVar, Mapping, Optional, Sequence
 
 import numpy as np
 
 from .options import REQUIRED, Option
 
-__all__ = ["Block", "ParamSpec", "ForwardContext", "Option", "REQUIRED", "Watch"]
+__all__ = ["Block", "ParamSpec", "ForwardContext", "Option", "REQUIRED", "Observer"]
 
 # a diagnostic callback: (layer index or None, block name, the block's output)
-Watch = Callable[[Optional[int], str, np.ndarray], None]
+Observer = Callable[[Optional[int], str, np.ndarray], None]
 
 
 @dataclass(frozen=True)
@@ -37,13 +38,13 @@ class ForwardContext:
 
     ``pos`` is the position of the first of the ``length`` tokens in this call (the cache length
     before it). ``shared`` lets blocks memoise per-call work (rotary tables) across layers.
-    ``watch``, when set, sees every block's output (see :meth:`modelkit.Model.forward`).
+    ``observer``, when set, sees every block's output (see :meth:`modelkit.Model.forward`).
     """
 
     pos: int
     length: int
     shared: dict[str, Any] = field(default_factory=dict)
-    watch: Watch | None = None
+    observer: Observer | None = None
 
 
 class Block:
@@ -59,6 +60,9 @@ class Block:
 
     OPTIONS: ClassVar[dict[str, Option]] = {}
     PARAMETERS: ClassVar[tuple[str, ...]] = ()
+    # True for a stateless block whose every output row depends on its input row alone (norms,
+    # MLPs, experts): a batched step then runs it once over all sequences' rows
+    TOKENWISE: ClassVar[bool] = False
 
     def __init__(self, options: Mapping[str, Any], params: Mapping[str, np.ndarray | None]):
         self.options = dict(options)
@@ -111,3 +115,19 @@ class Block:
     def forward(self, x: np.ndarray, state: Any, ctx: ForwardContext) -> np.ndarray:
         """Map ``x [T, hidden]`` to ``[T, hidden]``, reading and extending ``state``."""
         raise NotImplementedError
+
+    def forward_batch(self, x: np.ndarray, states: Sequence[Any], positions: Sequence[int]) -> np.ndarray:
+        """One decoding step of B sequences at once: ``x [B, hidden]`` holds one token of each,
+        row i at position ``positions[i]`` of its sequence with its own cache state
+        ``states[i]``; returns ``[B, hidden]``.
+
+        Each row must equal ``forward(x[i:i+1], states[i], ForwardContext(positions[i], 1))``,
+        which is what this default does, row by row (so any block kind is correct in a batch).
+        A :attr:`TOKENWISE` block runs once over every row; kinds that can share their weight
+        reads across rows while keeping per-row state (attention, Mamba) override this."""
+        if self.TOKENWISE:
+            return self.forward(x, None, ForwardContext(0, x.shape[0]))
+        out = np.empty_like(x)
+        for i, (state, pos) in enumerate(zip(states, positions)):
+            out[i] = self.forward(x[i:i + 1], state, ForwardContext(int(pos), 1))[0]
+        return out

@@ -76,6 +76,17 @@ class KVCache:
         self.v[:, : b - a] = self.v[:, a:b].copy()
         self.offset = keep_from
 
+    def snapshot(self) -> "KVCache":
+        """An independent copy holding only the stored positions (capacity = what is filled;
+        appending to it grows it as any cache grows)."""
+        held = self.length - self.offset
+        snap = KVCache(self.v.shape[0], self.v.shape[2], self.window)
+        snap.kt = self.kt[:, :, :held].copy()  # [KV, hd, held], C-contiguous
+        snap.k = snap.kt.transpose(0, 2, 1)
+        snap.v = self.v[:, :held].copy()
+        snap.length, snap.offset = self.length, self.offset
+        return snap
+
     def nbytes(self) -> int:
         """Bytes allocated (capacity, not length)."""
         return self.kt.nbytes + self.v.nbytes

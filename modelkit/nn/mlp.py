@@ -36,6 +36,8 @@ def _adjacent_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray | None:
 class MLP(Block):
     """down(act(up(x))) with optional biases (GPT-2, Falcon)."""
 
+    TOKENWISE = True  # each row on its own (see Block.forward_batch)
+
     OPTIONS = {"hidden_size": HIDDEN, "intermediate_size": INTERMEDIATE,
                "activation": Option("str", doc="activation function", choices=tuple(sorted(ACTIVATIONS)))}
     PARAMETERS = ("up.weight", "up.bias", "down.weight", "down.bias")
@@ -63,6 +65,8 @@ class MLP(Block):
 
 class GatedMLP(Block):
     """down(act(gate(x)) * up(x)) (Llama, Mistral, Granite); gate and up fused at load."""
+
+    TOKENWISE = True  # each row on its own (see Block.forward_batch)
 
     OPTIONS = {"hidden_size": HIDDEN, "intermediate_size": INTERMEDIATE, "activation": ACTIVATION}
     PARAMETERS = ("gate.weight", "up.weight", "down.weight", "gate.bias", "up.bias", "down.bias")

@@ -69,6 +69,8 @@ def route(logits: np.ndarray, top_k: int, routing: str, renormalize: bool = Fals
 class MoE(Block):
     """``top_k`` of ``num_experts`` routed gated MLPs, plus an optional always-on gated MLP."""
 
+    TOKENWISE = True  # each row on its own (see Block.forward_batch)
+
     OPTIONS = {
         "hidden_size": HIDDEN,
         "num_experts": Option("int", doc="routed experts E", min=1),

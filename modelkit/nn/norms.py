@@ -47,6 +47,8 @@ def layer_norm(x: np.ndarray, weight: np.ndarray | None, bias: np.ndarray | None
 class RMSNorm(Block):
     """RMSNorm (Llama, Mistral, Granite): a learned scale, no bias, no centring."""
 
+    TOKENWISE = True  # each row on its own (see Block.forward_batch)
+
     OPTIONS = {"eps": EPS, "dim": DIM}
     PARAMETERS = ("weight",)
 
@@ -65,6 +67,8 @@ class RMSNorm(Block):
 class LayerNorm(Block):
     """LayerNorm (GPT-2, Falcon): learned scale and (optional) bias; with ``affine: false``
     neither (OLMo)."""
+
+    TOKENWISE = True  # each row on its own (see Block.forward_batch)
 
     OPTIONS = {"eps": EPS, "dim": DIM,
                "affine": Option("bool", True, "a learned scale and bias (false: none, as OLMo)")}

@@ -15,7 +15,7 @@ H heads)::
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -172,6 +172,38 @@ class Mamba2(Block):
         else:
             out = gated_rms_norm(y, z, self.norm_w, g, self.eps, norm_first=self.norm == "before_gate")
         res = linear(out, self.w_out)  # [T, D] -> [T, hidden]
+        if self.b_out is not None:
+            res += self.b_out
+        return res
+
+    def forward_batch(self, x: np.ndarray, states: Sequence[Mamba2State], positions: Sequence[int]) -> np.ndarray:
+        """One token of each of B sequences, ``x [B, hidden]``: the projections, gate and norm
+        over every row at once, the conv and the SSM step of each row on its own state."""
+        bsz = x.shape[0]
+        d, cd, h, hd, g, n = self.d, self.conv_dim, self.h, self.hd, self.g, self.n
+        proj = linear(x, self.w_in)  # [B, hidden] -> [B, D + C + H]
+        if self.b_in is not None:
+            proj += self.b_in
+        z = proj[:, :d]
+        xbc = np.empty((bsz, cd), np.float32)
+        for i, state in enumerate(states):  # each row continues its own conv history
+            xbc[i] = causal_conv(proj[i:i + 1, d:d + cd], state.conv, self.conv_w, self.conv_b)[0]
+        xbc = self.act(xbc)
+        dt = time_steps(proj[:, d + cd:], self.dt_bias, self.limit)  # [B, H]
+        xs = xbc[:, :d].reshape(bsz, h, hd)  # [B, H, P]
+        b = xbc[:, d:d + g * n].reshape(bsz, g, n)  # [B, G, N]
+        c = xbc[:, d + g * n:].reshape(bsz, g, n)
+        y = np.empty((bsz, h, hd), np.float32)
+        for i, state in enumerate(states):
+            y[i] = ssd_step(xs[i], dt[i], self.a, b[i], c[i], state.base, state.pending)
+            state.fresh = False
+        y += xs * self.skip[:, None]
+        y = y.reshape(bsz, d)
+        if self.norm == "none":
+            out = gated(y, z)
+        else:
+            out = gated_rms_norm(y, z, self.norm_w, g, self.eps, norm_first=self.norm == "before_gate")
+        res = linear(out, self.w_out)  # [B, D] -> [B, hidden]
         if self.b_out is not None:
             res += self.b_out
         return res

@@ -17,7 +17,7 @@ Parameters (local names; PyTorch [out, in] layout, D = d_inner, N = d_state, R =
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -130,6 +130,34 @@ class Mamba(Block):
         y += xs * self.skip  # skip connection from the conv output (before the dt scaling)
         y *= silu(proj[:, d:])  # the gate z
         out = linear(y, self.w_out)  # [T, D] -> [T, hidden]
+        if self.b_out is not None:
+            out += self.b_out
+        return out
+
+    def forward_batch(self, x: np.ndarray, states: Sequence[MambaState], positions: Sequence[int]) -> np.ndarray:
+        """One token of each of B sequences, ``x [B, hidden]``: every projection over all rows
+        at once, the conv and the selective step of each row on its own state."""
+        d, n, r = self.d, self.n, self.r
+        proj = linear(x, self.w_in)  # [B, hidden] -> [B, 2D]
+        if self.b_in is not None:
+            proj += self.b_in
+        xs = np.empty((x.shape[0], d), np.float32)
+        for i, state in enumerate(states):  # each row continues its own conv history
+            xs[i] = causal_conv(proj[i:i + 1, :d], state.conv, self.conv_w, self.conv_b)[0]
+        xs = self.act(xs)  # [B, D]
+        sel = linear(xs, self.w_x)  # [B, D] -> [B, R + 2N]: dt (low rank) | B | C
+        dt = linear(sel[:, :r], self.w_dt)  # [B, R] -> [B, D]
+        dt += self.b_dt
+        dt = softplus(dt)
+        b = np.ascontiguousarray(sel[:, r:r + n])  # [B, N]
+        c = np.ascontiguousarray(sel[:, r + n:])
+        y = np.empty_like(xs)
+        for i, state in enumerate(states):
+            y[i] = selective_step(xs[i], dt[i], self.a, b[i], c[i], state.ssm, state.scratch)
+            state.fresh = False
+        y += xs * self.skip
+        y *= silu(proj[:, d:])  # the gate z
+        out = linear(y, self.w_out)  # [B, D] -> [B, hidden]
         if self.b_out is not None:
             out += self.b_out
         return out

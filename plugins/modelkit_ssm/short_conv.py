@@ -20,7 +20,7 @@ Parameters (local names; PyTorch [out, in] layout, H = hidden_size)::
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -89,6 +89,23 @@ class ShortConv(Block):
         y = causal_conv(gated, state.conv, self.conv_w, self.conv_b)  # [T, H]
         y *= bcx[:, h:2 * h]  # C * conv(B * x)
         out = linear(y, self.w_out)  # [T, H] -> [T, H]
+        if self.b_out is not None:
+            out += self.b_out
+        return out
+
+    def forward_batch(self, x: np.ndarray, states: Sequence[ShortConvState], positions: Sequence[int]) -> np.ndarray:
+        """One token of each of B sequences, ``x [B, H]``: the projections and gates over all
+        rows at once, the convolution of each row over its own history."""
+        h = self.h
+        bcx = linear(x, self.w_in)  # [B, H] -> [B, 3H]: B | C | x
+        if self.b_in is not None:
+            bcx += self.b_in
+        gated = bcx[:, :h] * bcx[:, 2 * h:]  # B * x, [B, H]
+        y = np.empty_like(gated)
+        for i, state in enumerate(states):
+            y[i] = causal_conv(gated[i:i + 1], state.conv, self.conv_w, self.conv_b)[0]
+        y *= bcx[:, h:2 * h]  # C * conv(B * x)
+        out = linear(y, self.w_out)  # [B, H] -> [B, H]
         if self.b_out is not None:
             out += self.b_out
         return out

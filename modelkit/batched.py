@@ -1,0 +1,69 @@
+"""One decoding step of many sequences through a layer: the batched twin of ``Layer.forward``.
+
+Row i of ``x [B, hidden]`` is the newest token of sequence i, at position ``positions[i]``
+with its own cache state ``states[i]`` (that sequence's per-layer dict of block states). Every
+block runs once over all rows (:meth:`modelkit.nn.block.Block.forward_batch`), so the weights
+are read once per step for the whole batch; the residual wiring is the layer's own.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Sequence
+
+import numpy as np
+
+from .errors import out_of_memory
+
+if TYPE_CHECKING:
+    from .model import Layer
+
+
+def layer_forward_batch(layer: Layer, x: np.ndarray, states: Sequence[dict[str, Any]],
+                        positions: Sequence[int]) -> np.ndarray:
+    """``x [B, hidden]`` through ``layer``'s steps and residual adds, as :meth:`Layer.forward`
+    does for one sequence; ``x`` is updated in place and returned."""
+    for step, after in zip(layer.steps, layer.after_add):
+        if len(step) == 1:
+            y = x
+            for name in step[0]:
+                y = _run(layer, name, y, states, positions)
+        else:
+            y = _sum_of_branches(layer, step, x, states, positions)
+        if layer.residual != 1.0:
+            if np.may_share_memory(y, x):  # a block handed back (a view of) its input
+                y = y * layer.residual
+            else:
+                y *= layer.residual
+        x += y
+        for name in after:  # post-norm blocks after the add
+            x = _run(layer, name, x, states, positions)
+    return x
+
+
+def _run(layer: Layer, name: str, x: np.ndarray, states: Sequence[dict[str, Any]],
+         positions: Sequence[int]) -> np.ndarray:
+    """Block ``name`` over every row; a shortage of memory names the layer and block."""
+    try:
+        return layer.blocks[name].forward_batch(x, [s.get(name) for s in states], positions)
+    except MemoryError as exc:
+        raise out_of_memory(f"in layer {layer.index}, block {name} ({layer.kinds.get(name, '?')}), "
+                            f"decoding a batch of {x.shape[0]} sequences", exc) from None
+
+
+def _sum_of_branches(layer: Layer, step: list[list[str]], x: np.ndarray, states: Sequence[dict[str, Any]],
+                     positions: Sequence[int]) -> np.ndarray:
+    """The sum of branches that all read ``x`` (a new array); shared leading blocks run once."""
+    memo: dict[tuple[str, ...], np.ndarray] = {}
+    total = None
+    for branch in step:
+        y = x
+        for j, name in enumerate(branch):
+            key = tuple(branch[: j + 1])
+            if key not in memo:
+                memo[key] = _run(layer, name, y, states, positions)
+            y = memo[key]
+        if total is None:
+            total = y.copy()
+        else:
+            total += y
+    return total
