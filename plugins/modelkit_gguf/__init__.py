@@ -11,7 +11,8 @@ exports:
 - the ``gemma3-gguf`` architecture (``mappings/gemma3.yaml``): GGUF files whose
   ``general.architecture`` is ``gemma3`` (Gemma 3 text models);
 - the ``unpermute_rope`` transform, which undoes llama.cpp's row order of Q and K;
-- the ``convert`` command (:mod:`modelkit_gguf.convert`): a GGUF file as a Hugging Face folder.
+- the ``convert`` command (:mod:`modelkit_gguf.convert`): a GGUF file as a Hugging Face folder,
+  and (:mod:`modelkit_gguf.export`) a Hugging Face folder as a GGUF file.
 
 See docs/gguf.md.
 """
@@ -52,4 +53,4 @@ def register_commands(register: Callable[..., None]) -> None:
     from .commands import configure_convert, run_convert
 
     register("convert", configure_convert, run_convert,
-             help="write a GGUF file as a Hugging Face folder (safetensors)")
+             help="write a GGUF file as a Hugging Face folder (safetensors), or a folder as a GGUF file")

@@ -18,7 +18,7 @@ from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
-from gguf import MODEL_TENSOR, TENSOR_NAMES, Keys
+from gguf import MODEL_ARCH_NAMES, MODEL_TENSOR, TENSOR_NAMES, Keys
 
 from modelkit import CheckpointError
 
@@ -79,6 +79,15 @@ def rope_scaling(m: Metadata) -> dict[str, Any] | None:
     return scaling  # types other than linear are refused by the rotary block, by name
 
 
+def _gguf_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("gguf")
+    except PackageNotFoundError:
+        return "unknown version"
+
+
 def _identity(family: Family | None, arch: str) -> dict[str, Any]:
     if family is None:  # no family: a user mapping may still serve it by this model_type
         return {"model_type": arch}
@@ -94,6 +103,11 @@ def config_from_metadata(meta: Mapping[str, Any], tensors: Mapping[str, tuple[in
     if not isinstance(arch, str) or not arch:
         raise CheckpointError(f"{path}: no 'general.architecture' metadata; not a model GGUF")
     family = FAMILIES.get(arch)
+    if family is None and arch not in MODEL_ARCH_NAMES.values():
+        # no tensor name map: neither llama.cpp's names nor a mapping derived from them apply
+        raise CheckpointError(f"{path}: metadata key 'general.architecture' is {arch[:80]!r}, an architecture the "
+                              f"installed gguf package ({_gguf_version()}) has no tensor names for; modelkit "
+                              f"reads GGUF files of {', '.join(sorted(FAMILIES))}")
     m = Metadata(meta, arch, path)
     present = Tensors(tensors)
     cfg = _identity(family, arch)

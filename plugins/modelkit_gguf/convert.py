@@ -27,7 +27,8 @@ import numpy as np
 from modelkit import (PLACEHOLDER, CheckpointError, MappingError, Plan, TensorReader, UnknownArchitectureError,
                       WeightMismatchError, WeightSource, find_mapping, inspect, resolve_path)
 
-from .output import OutputFolder
+from .output import OutputFolder, refuse_overlap
+from .wording import form_words, tensor_words
 
 # --dtype value -> (NumPy dtype, safetensors dtype name, config.json torch_dtype)
 DTYPES: dict[str, tuple[Any, str, str]] = {
@@ -71,16 +72,20 @@ class Destination:
         return array
 
 
-def _undo(template: str, target: Any, transforms: list[tuple[str, dict[str, Any]]]) -> list[Any]:
+def _cannot(target: Any, what: str) -> MappingError:
+    return MappingError(f"cannot convert this GGUF file to a Hugging Face folder of {target.name}: {what}")
+
+
+def _undo(template: str, target: Any, transforms: list[tuple[str, dict[str, Any]]], name: str) -> list[Any]:
     undo = []
-    for name, args in reversed(transforms):  # the last transform applied is undone first
-        inverse = INVERSES.get(name)
+    for tname, args in reversed(transforms):  # the last transform applied is undone first
+        inverse = INVERSES.get(tname)
         arg = args.get(inverse[0]) if inverse is not None else None
         if inverse is None or set(args) != {inverse[0]} or isinstance(arg, bool) \
                 or not isinstance(arg, (int, float)):
-            raise MappingError(f"cannot write '{template}' for {target.name}: its Hugging Face layout "
-                               f"stores it in another form ({', '.join(n for n, _ in transforms)} "
-                               f"on loading), and converting back to that form is not supported")
+            raise _cannot(target, f"its {tensor_words(template)} would have to be stored "
+                                  f"{form_words([n for n, _ in transforms])} ({name}), and modelkit does not "
+                                  f"write that form back")
         undo.append((inverse[1], float(arg)))
     return undo
 
@@ -89,8 +94,8 @@ def hf_names(plan: Plan, target: Any) -> dict[str, Destination]:
     """Canonical parameter -> the tensor name ``target`` (a safetensors mapping) reads it from,
     and how to undo the transforms ``target`` applies to it on loading.
 
-    Refuses a target that lacks an entry, stacks a tensor from pieces, or transforms it in a way
-    with no inverse here.
+    Refuses, in plain words, a target that lacks an entry, stacks a tensor from pieces, or
+    transforms it in a way with no inverse here.
     """
     by_target = {w.target: w for w in target.weights}
     out = {}
@@ -100,21 +105,24 @@ def hf_names(plan: Plan, target: Any) -> dict[str, Destination]:
         template = ".".join(["layers", PLACEHOLDER, *parts[2:]]) if is_layer else canonical
         spec = by_target.get(template)
         if spec is None:
-            raise MappingError(f"{target.path}: no weights entry for '{template}', so the converted "
-                               f"folder could not store it")
+            raise _cannot(target, f"the GGUF file has a {tensor_words(template)} ({canonical}) that the Hugging "
+                                  f"Face layout of {target.name} has no place for")
+        shown = target.checkpoint_names(spec.sources, "N" if is_layer else "")[0]
         if spec.stack is not None:
-            raise MappingError(f"cannot write '{template}' for {target.name}: its Hugging Face layout "
-                               f"stores it as one tensor per piece, and writing those is not supported")
+            raise _cannot(target, f"its {tensor_words(template)} would have to be stored as one tensor per "
+                                  f"piece ({shown}), and modelkit does not write those")
         name = target.checkpoint_names(spec.sources, parts[1] if is_layer else "")[0]
-        out[canonical] = Destination(name, _undo(template, target, spec.transforms))
+        out[canonical] = Destination(name, _undo(template, target, spec.transforms, shown))
     return out
 
 
 def _hf_config(raw: dict[str, Any], torch_dtype: str) -> dict[str, Any]:
     if (raw.get("gguf") or {}).get("rope_freqs"):
         # llama.cpp keeps only the resulting divisors; config.json needs llama3's parameters
-        raise CheckpointError("this GGUF stores its rope scaling as rope_freqs.weight divisors, which "
-                              "config.json cannot express; run the GGUF file directly instead")
+        raise CheckpointError("cannot convert this GGUF file to a Hugging Face folder: it keeps Llama 3's rope "
+                              "scaling only as one divisor per frequency (rope_freqs.weight), and config.json "
+                              "needs the scaling's own settings, which cannot be recovered from those; run the "
+                              "GGUF file directly instead")
     cfg = {k: v for k, v in raw.items() if k not in PRIVATE_CONFIG_KEYS}
     cfg["torch_dtype"] = torch_dtype
     return cfg
@@ -231,28 +239,6 @@ def _tokenizer_files(source: WeightSource, out: OutputFolder, max_length: Any) -
     return True
 
 
-def _refuse_overlap(source: WeightSource, out: Path) -> None:
-    """Refuse an output folder that is the source, holds it, or lies inside it (also through
-    symbolic links): writing there could overwrite the very files being read."""
-    try:
-        target = out.resolve()
-    except (OSError, RuntimeError) as exc:  # RuntimeError: a symbolic link loop (before Python 3.13)
-        raise CheckpointError(f"{out}: cannot resolve the output path ({exc})") from None
-    given = Path(source.path).resolve()
-    files = {given} | {Path(info.file).resolve() for info in source.tensor_infos().values()}
-    if given.is_dir():
-        files |= {p.resolve() for p in given.iterdir()}
-    if given == target:
-        raise CheckpointError(f"{out}: is the checkpoint being converted; choose a new folder")
-    for path in sorted(files):
-        if path == target or path.is_relative_to(target):
-            raise CheckpointError(f"{out}: holds the checkpoint being converted ({path}); choose a new "
-                                  f"folder, outside the source")
-    if given.is_dir() and target.is_relative_to(given):
-        raise CheckpointError(f"{out}: inside the checkpoint folder being converted ({given}); choose a "
-                              f"folder outside it")
-
-
 def convert(src: str | os.PathLike, out: str | os.PathLike, *, dtype: str = "float32",
             arch: str | None = None, mapping: str | os.PathLike | None = None, force: bool = False,
             clip: bool = False, progress: bool = False) -> dict[str, Any]:
@@ -285,7 +271,7 @@ def convert(src: str | os.PathLike, out: str | os.PathLike, *, dtype: str = "flo
                 f"{source.path}: no safetensors mapping matches model_type {raw.get('model_type')!r}, "
                 f"so there is no Hugging Face layout to write") from None
         names = hf_names(plan, target.mapping)
-        _refuse_overlap(source, out)
+        refuse_overlap(source, out)
         with OutputFolder(out, force) as folder:
             n_params, clipped = folder.write(
                 "model.safetensors", lambda f: write_weights(source, plan, names, f, dtype, progress, clip))

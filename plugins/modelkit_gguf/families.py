@@ -15,7 +15,9 @@ through gguf-py's ``TensorNameMap`` for the architecture and writes ``mappings/N
   the stored tensors, so the GGUF mapping does not apply them again;
 - ``yaml``: mapping text added as written, per section (checks, block options, and the
   ``weights`` entries whose tensors the converter changed, each with the transform that undoes
-  the change and why).
+  the change and why);
+- ``gguf_constants``: metadata the converter writes as fixed values, for ``modelkit convert``
+  to write too.
 
 A family llama.cpp adds later is one row, then ``python -m modelkit_gguf.derive``.
 """
@@ -52,6 +54,9 @@ class Family:
     rules: tuple[Rule, ...] = ()
     applied: tuple[str, ...] = ()
     yaml: tuple[Yaml, ...] = ()
+    # metadata the converter writes as fixed values, which modelkit's writer writes too
+    # (``{arch}.attention.layer_norm_epsilon`` for OLMo, which llama.cpp requires)
+    gguf_constants: dict[str, Any] = field(default_factory=dict)
 
     # config.json name <- GGUF key, for every architecture (gguf-py's templates)
     COMMON: ClassVar[dict[str, str]] = {
@@ -99,7 +104,7 @@ GRANITE_SCALES = {  # Granite's multipliers, as the converter writes them (Grani
 }
 GPT2_NAMES = {  # GPT-2 style config.json names
     "n_embd": Keys.LLM.EMBEDDING_LENGTH, "n_layer": Keys.LLM.BLOCK_COUNT, "n_head": Keys.Attention.HEAD_COUNT,
-    "n_positions": Keys.LLM.CONTEXT_LENGTH, "hidden_size": None, "num_hidden_layers": None,
+    "n_positions": Keys.LLM.CONTEXT_LENGTH, "n_inner": Keys.LLM.FEED_FORWARD_LENGTH, "hidden_size": None, "num_hidden_layers": None,
     "num_attention_heads": None, "num_key_value_heads": None, "intermediate_size": None,
     "max_position_embeddings": None,
 }
@@ -140,7 +145,9 @@ FAMILIES: dict[str, Family] = {f.arch: f for f in (
            rules=(rules.partial_rotary, rules.ffn_size("intermediate_size"), rules.kv_heads_from_tensors),
            yaml=(PHI2_NO_QK_NORM,)),
     Family("olmo", "olmo", "olmo", "OlmoForCausalLM", "OLMo in llama.cpp's GGUF layout",
-           metadata={"clip_qkv": Keys.Attention.CLAMP_KQV}, constants=SILU, yaml=(FULL_ROTARY, UNPERMUTE_QK)),
+           metadata={"clip_qkv": Keys.Attention.CLAMP_KQV}, constants=SILU, yaml=(FULL_ROTARY, UNPERMUTE_QK),
+           # OLMo's LayerNorm has eps 1e-5 in code; the converter writes it, llama.cpp requires it
+           gguf_constants={Keys.Attention.LAYERNORM_EPS: 1e-5}),
     Family("olmo2", "olmo2", "olmo2", "Olmo2ForCausalLM", "OLMo 2 in llama.cpp's GGUF layout",
            constants=SILU, yaml=(FULL_ROTARY,)),
     Family("stablelm", "stablelm", "stablelm", "StableLmForCausalLM", "StableLM 2 in llama.cpp's GGUF layout",
@@ -177,14 +184,18 @@ FAMILIES: dict[str, Family] = {f.arch: f for f in (
     Family("falcon", "falcon", "falcon", "FalconForCausalLM", "Falcon (7B, 40B, 180B) in llama.cpp's GGUF layout",
            metadata={"num_kv_heads": Keys.Attention.HEAD_COUNT_KV, "num_key_value_heads": None,
                      "ffn_hidden_size": Keys.LLM.FEED_FORWARD_LENGTH, "intermediate_size": None},
-           constants={"activation": "gelu"}, rules=(rules.falcon,), yaml=(FULL_ROTARY, FALCON_QKV)),
+           constants={"activation": "gelu"}, rules=(rules.falcon,), yaml=(FULL_ROTARY, FALCON_QKV),
+           # the converter's name for its q, k, v re-ordering
+           gguf_constants={Keys.LLM.TENSOR_DATA_LAYOUT: "jploski"}),
     Family("mamba2", "mamba2", "mamba2", "Mamba2ForCausalLM", "Mamba2 in llama.cpp's GGUF layout",
            metadata={"num_heads": Keys.SSM.TIME_STEP_RANK, "n_groups": Keys.SSM.GROUP_COUNT,
                      "state_size": Keys.SSM.STATE_SIZE, "conv_kernel": Keys.SSM.CONV_KERNEL,
                      "layer_norm_epsilon": Keys.Attention.LAYERNORM_RMS_EPS, "rms_norm_eps": None,
                      "num_attention_heads": None, "num_key_value_heads": None, "intermediate_size": None},
            constants=SILU, presence={"use_bias": "ssm_in.bias", "use_conv_bias": "ssm_conv1d.bias"},
-           rules=(rules.mamba2_sizes,), yaml=(MAMBA2,)),
+           rules=(rules.mamba2_sizes,), yaml=(MAMBA2,),
+           # "unused, but seemingly required when loading" (Mamba2Model)
+           gguf_constants={Keys.LLM.FEED_FORWARD_LENGTH: 0, Keys.Attention.HEAD_COUNT: 0}),
     Family("granitehybrid", "granite", "granitemoehybrid", "GraniteMoeHybridForCausalLM",
            "Granite 4.0-H (Mamba2 and attention layers, shared MLP, optional experts) in llama.cpp's "
            "GGUF layout",

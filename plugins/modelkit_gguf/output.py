@@ -1,4 +1,4 @@
-"""`modelkit convert`'s output folder, written safely.
+"""`modelkit convert`'s output, a folder or one ``.gguf`` file, written safely.
 
 - One writer at a time: the folder is locked (``flock``) while a convert writes into it, so a
   second convert into the same folder fails at once instead of mixing files; the lock goes
@@ -10,6 +10,11 @@
   Ctrl-C or SIGTERM; those a killed process left behind are removed by the next convert.
 - Filesystem errors (a read-only folder, a full disk, a file-size limit, permission denied)
   are one :class:`CheckpointError` line naming the file.
+- A single output file (``OUT.gguf``, :class:`OutputFile`) is the same with its folder: the
+  folder holding it is locked, its temporary file lies beside it, and it replaces an existing
+  file (``--force``) only once complete.
+- Never onto the source (:func:`refuse_overlap`): an output that is, holds or lies inside the
+  checkpoint being converted is refused before anything is written.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, BinaryIO, Callable
 
-from modelkit import CheckpointError
+from modelkit import CheckpointError, WeightSource
 
 PARTIAL_SUFFIX = ".modelkit-partial"
 # what an errno means for someone writing a model folder
@@ -91,6 +96,11 @@ class OutputFolder:
         if self._lock():
             self._remove_stale()
         self._owner = True
+        self._check_contents()
+
+    def _check_contents(self) -> None:
+        """Refuse a folder with files in it, unless ``force``."""
+        out = self.path
         try:
             busy = any(out.iterdir())
         except OSError as exc:
@@ -158,6 +168,23 @@ class OutputFolder:
         text = json.dumps(data, indent=2, ensure_ascii=False) + "\n"
         self.write(name, lambda f: f.write(text.encode("utf-8")))
 
+    def write_path(self, name: str, fill: Callable[[Path], Any]) -> Path:
+        """Write file ``name`` through ``fill(path)``, a writer that opens the path itself, then
+        flush it to disk; returns the temporary file, to be read back before :meth:`publish`.
+        Only filesystem errors are translated: ``fill``'s own errors pass through."""
+        fd, tmp = self._temporary(name)
+        os.close(fd)
+        try:
+            fill(tmp)
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            raise write_error(self.path / name, exc) from None
+        return tmp
+
     def write_by_path(self, name: str, save: Callable[[str], Any]) -> None:
         """Write file ``name`` with a writer that takes a path (tokenizers' ``save``)."""
         fd, tmp = self._temporary(name)
@@ -194,3 +221,45 @@ class OutputFolder:
         if self._lock_fd is not None:
             os.close(self._lock_fd)  # releases the lock
             self._lock_fd = None
+
+
+class OutputFile(OutputFolder):
+    """One file ``path`` written safely: its folder (created when needed) is locked as an
+    :class:`OutputFolder` is, the file is written beside it through :meth:`write_path` under
+    its own name and renamed over ``path`` at :meth:`publish`. An existing file is replaced
+    only with ``force``; other files in the folder are left alone."""
+
+    def __init__(self, path: Path, force: bool = False):
+        super().__init__(path.parent, force)
+        self.file = path
+
+    def _check_contents(self) -> None:
+        file = self.file
+        if file.is_dir():
+            raise CheckpointError(f"{file}: is a folder; give the name of the file to write")
+        if (file.exists() or file.is_symlink()) and not self.force:
+            raise CheckpointError(f"{file}: exists (use --force to replace it)")
+
+
+def refuse_overlap(source: WeightSource, out: Path, what: str = "folder") -> None:
+    """Refuse an output (a ``folder``, or a ``file``) that is the source, holds it, or lies
+    inside it (also through symbolic links): writing there could overwrite the very files
+    being read."""
+    try:
+        target = out.resolve()
+    except (OSError, RuntimeError) as exc:  # RuntimeError: a symbolic link loop (before Python 3.13)
+        raise CheckpointError(f"{out}: cannot resolve the output path ({exc})") from None
+    given = Path(source.path).resolve()
+    files = {given} | {Path(info.file).resolve() for info in source.tensor_infos().values()}
+    if given.is_dir():
+        files |= {p.resolve() for p in given.iterdir()}
+    if given == target:
+        raise CheckpointError(f"{out}: is the checkpoint being converted; choose a new {what}")
+    for path in sorted(files):
+        if path == target or path.is_relative_to(target):
+            noun = "is a file of" if path == target and what == "file" else "holds"
+            raise CheckpointError(f"{out}: {noun} the checkpoint being converted ({path}); choose a new "
+                                  f"{what}, outside the source")
+    if given.is_dir() and target.is_relative_to(given):
+        raise CheckpointError(f"{out}: inside the checkpoint folder being converted ({given}); choose a "
+                              f"{what} outside it")

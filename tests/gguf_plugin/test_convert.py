@@ -177,6 +177,9 @@ def test_target_transform_without_an_inverse_is_refused(tmp_path: Path, gguf_gqa
         "weights:\n  layers.{i}.attn.o.weight: {from: 'model.layers.{i}.self_attn.o_proj.weight', "
         f"transform: {transform}}}\n", encoding="utf-8")
     monkeypatch.setenv("MODELKIT_MAPPINGS", str(user))
-    with pytest.raises(modelkit.MappingError, match="cannot write 'layers.{i}.attn.o.weight' for llama-scaled"):
+    words = "scaled" if "scale" in transform else "offset by a setting of the model"
+    with pytest.raises(modelkit.MappingError, match=f"cannot convert this GGUF file to a Hugging Face folder of "
+                                                    f"llama-scaled: its attention output projection would have to "
+                                                    f"be stored {words} .model.layers.N.self_attn.o_proj.weight."):
         convert(gguf_gqa, tmp_path / "hf")
     assert not (tmp_path / "hf" / "model.safetensors").exists()

@@ -58,3 +58,24 @@ def test_same_logits_and_greedy_tokens(models: tuple[Any, Any]) -> None:
     prompt = [int(t) for t in ids[:12]]
     assert gguf_model.generate(prompt, max_new_tokens=8, temperature=0.0) == \
         hf_model.generate(prompt, max_new_tokens=8, temperature=0.0)
+
+
+def test_modelkit_writes_the_converters_file(tmp_path: Path) -> None:
+    # modelkit convert FOLDER OUT.gguf: the same tensors and bytes as llama.cpp's converter (A to
+    # one float32 rounding), in about 7 s
+    import gguf
+
+    from modelkit_gguf.export import export
+
+    out = tmp_path / "g.gguf"
+    export(HF, out)
+    ours = {t.name: t for t in gguf.GGUFReader(out).tensors}
+    theirs = {t.name: t for t in gguf.GGUFReader(GGUF).tensors}
+    assert sorted(ours) == sorted(theirs)
+    for name, t in theirs.items():
+        assert (ours[name].tensor_type, list(ours[name].shape)) == (t.tensor_type, list(t.shape)), name
+        a, b = np.asarray(ours[name].data), np.asarray(t.data)
+        if name.endswith("ssm_a"):
+            np.testing.assert_array_max_ulp(a, b, maxulp=1)
+        else:
+            assert np.array_equal(a, b), name

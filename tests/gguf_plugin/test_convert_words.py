@@ -1,0 +1,84 @@
+"""What `modelkit convert` cannot write says so in plain words, in both directions: what the
+tensor is, how it would have to be stored, its name as the user knows it; never the mappings'
+transform names or canonical paths. A GGUF file of an architecture gguf-py has no tensor names
+for is one line naming the file and the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import gguf
+import numpy as np
+import pytest
+from conftest import FIXTURES, run_cli
+from gguf_files import assert_plain
+
+import modelkit
+from modelkit.errors import CheckpointError
+from modelkit_gguf.convert import convert
+
+GGUF = FIXTURES / "gguf"
+QKV = "its query, key and value weights would have to be stored"
+# converted fixture -> what its refusal to become a Hugging Face folder says
+GGUF_TO_HF = {
+    "falcon_7b": f"of falcon: {QKV} fused into one query/key/value tensor, interleaved per group of heads "
+                 f"(transformer.h.N.self_attention.query_key_value.weight), and modelkit does not write that "
+                 f"form back",
+    "falcon_40b": f"of falcon: {QKV} fused into one query/key/value tensor",
+    "bloom": f"of bloom: {QKV} fused into one query/key/value tensor",
+    "gpt_neox": f"of gpt_neox: {QKV} fused into one query/key/value tensor, interleaved per group of heads "
+                f"(gpt_neox.layers.N.attention.query_key_value.weight)",
+    "gpt_bigcode": f"of gpt_bigcode: {QKV} fused into one query/key/value tensor",
+    "gpt2": f"of gpt2: {QKV} transposed and fused into one tensor (transformer.h.N.attn.c_attn.weight)",
+    "phi3": f"of phi3: {QKV} fused into one tensor (model.layers.N.self_attn.qkv_proj.weight)",
+    "mamba2": "of mamba2: its Mamba convolution weight would have to be stored in another shape "
+              "(backbone.layers.N.mixer.conv1d.weight)",
+    "gh_hybrid": "of granite: its Mamba convolution weight would have to be stored in another shape "
+                 "(model.layers.N.mamba.conv1d.weight)",
+    "llama3_rope_headdim": "it keeps Llama 3's rope scaling only as one divisor per frequency",
+}
+
+
+@pytest.mark.parametrize("name", sorted(GGUF_TO_HF))
+def test_what_a_folder_cannot_hold_is_said_in_words(tmp_path: Path, name: str) -> None:
+    with pytest.raises((CheckpointError, modelkit.MappingError)) as info:
+        convert(GGUF / f"{name}.gguf", tmp_path / "hf")
+    message = str(info.value)
+    assert message.startswith("cannot convert this GGUF file to a Hugging Face folder")
+    assert GGUF_TO_HF[name] in message and "\n" not in message
+    assert_plain(message)
+    assert not (tmp_path / "hf").exists()
+
+
+def test_the_cli_says_it_in_one_line(tmp_path: Path) -> None:
+    proc = run_cli("convert", GGUF / "falcon_7b.gguf", tmp_path / "hf")
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+    assert "fused into one query/key/value tensor" in proc.stderr
+
+
+def _gguf_of(arch: str, path: Path) -> Path:
+    w = gguf.GGUFWriter(str(path), arch)
+    w.add_block_count(1)
+    w.add_tensor("token_embd.weight", np.zeros((4, 8), np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+@pytest.mark.parametrize("command", ["validate", "convert"])
+def test_an_architecture_without_tensor_names_is_one_line(tmp_path: Path, command: str) -> None:
+    path = _gguf_of("nosucharch", tmp_path / "x.gguf")
+    args = ["--model", path] if command == "validate" else [path, tmp_path / "hf"]
+    proc = run_cli(command, *args)
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+    assert str(path) in proc.stderr and "metadata key 'general.architecture' is 'nosucharch'" in proc.stderr
+    assert "has no tensor names for" in proc.stderr and "llama, " in proc.stderr
+
+
+def test_an_architecture_gguf_py_knows_still_reaches_a_users_mapping(tmp_path: Path) -> None:
+    # bert has tensor names in gguf-py but no modelkit mapping: the usual error, with its fix
+    path = _gguf_of("bert", tmp_path / "x.gguf")
+    with pytest.raises(modelkit.UnknownArchitectureError, match="--mapping FILE"):
+        modelkit.inspect(path)
