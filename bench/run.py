@@ -56,6 +56,7 @@ class Bench:
     paths: dict[str, Path] = field(default_factory=dict)  # engine -> checkpoint
     note: str = ""
     f32_bytes: int = 0
+    decode_bytes: int = 0  # float32 bytes a decoded token reads (all but an untied embedding)
 
 
 # ---- preparing checkpoints -----------------------------------------------------------------------
@@ -106,9 +107,11 @@ def llama_cpp_source(args: argparse.Namespace) -> Path:
     return tree
 
 
-def float32_bytes(folder: Path) -> int:
-    """Bytes the checkpoint's weights take as float32 (from the safetensors headers)."""
-    total = 0
+def float32_bytes(folder: Path) -> tuple[int, int]:
+    """Bytes the checkpoint's weights take as float32 (from the safetensors headers), and the
+    bytes a decoded token reads: all of them, less the embedding when the head is not tied to
+    it (a token reads one row of an untied embedding)."""
+    sizes: dict[str, int] = {}
     for f in folder.glob("*.safetensors"):
         with open(f, "rb") as fh:
             n = int.from_bytes(fh.read(8), "little")
@@ -118,8 +121,14 @@ def float32_bytes(folder: Path) -> int:
                 count = 1
                 for d in info["shape"]:
                     count *= d
-                total += 4 * count
-    return total
+                sizes[name] = 4 * count
+    total = sum(sizes.values())
+    try:
+        tied = json.loads((folder / "config.json").read_text()).get("tie_word_embeddings", True)
+    except (OSError, ValueError):
+        tied = True
+    embed = max((v for k, v in sizes.items() if "embed" in k or k.endswith("wte.weight")), default=0)
+    return total, total - (0 if tied else embed)
 
 
 def prepare(args: argparse.Namespace, engines: list[str]) -> list[Bench]:
@@ -158,7 +167,7 @@ def prepare(args: argparse.Namespace, engines: list[str]) -> list[Bench]:
         else:
             raise SystemExit(f"bench: unknown model {key!r}; known: {', '.join(RANDOM)}, smollm2")
         b.paths["modelkit"] = b.paths["transformers"] = folder
-        b.f32_bytes = float32_bytes(folder)
+        b.f32_bytes, b.decode_bytes = float32_bytes(folder)
         if "llamacpp" in engines or "modelkit-gguf" in engines and key in FROM_GGUF:
             gguf_out = args.work / "gguf" / f"{folder.name}-f32.gguf"
             if not gguf_out.is_file():
@@ -219,6 +228,19 @@ def measured(bench: Bench, engine: str, group: str) -> bool:
     return engine in bench.paths and (engine != "modelkit-gguf" or group in GGUF_GROUPS)
 
 
+def run_bandwidth(args: argparse.Namespace) -> dict[str, Any]:
+    """The machine's matrix-vector bandwidth now, in a fresh process with the workers' threads."""
+    proc = subprocess.run([sys.executable, str(BENCH / "bandwidth.py")], capture_output=True, text=True,
+                          env=worker_env(args), timeout=args.timeout)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        log(f"bandwidth: failed (exit {proc.returncode}): {(proc.stderr or '').strip()[-300:]}")
+        return {"error": "failed"}
+    result = json.loads(lines[-1])
+    log(f"matrix-vector bandwidth: {result['matvec_gbps']:.1f} GB/s (load average {result['loadavg']:.2f})")
+    return result
+
+
 def median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Per numeric key, the median over the runs that produced it."""
     keys = {k for r in runs for k, v in r.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
@@ -234,64 +256,6 @@ def median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 # ---- report ---------------------------------------------------------------------------------------
-
-# (label, group, key, higher_is_better)
-def figures(args: argparse.Namespace) -> list[tuple[str, str, str, bool]]:
-    rows = [("load (s)", "load", "load_s", False),
-            ("peak RSS after load (MB)", "load", "load_peak_rss_mb", False),
-            ("first token, 16-token prompt (ms)", "load", "ttft_ms", False),
-            ("first token, first call after load (ms)", "load", "ttft_cold_ms", False)]
-    rows += [(f"prefill {n} (tok/s)", "prefill", f"prefill_{n}_tok_s", True) for n in args.prefill]
-    rows += [(f"peak RSS, prefill up to {max(args.prefill)} (MB)", "prefill", "peak_rss_mb", False),
-             ("decode (tok/s)", "decode", "decode_tok_s", True),
-             (f"prefill {args.long} (s)", "long", f"long_{args.long}_s", False),
-             (f"peak RSS, prefill {args.long} (MB)", "long", "peak_rss_mb", False)]
-    return rows
-
-
-def fmt(v: Any) -> str:
-    if not isinstance(v, (int, float)):
-        return "-"
-    if v >= 100:
-        return f"{v:,.0f}"
-    if v >= 10:
-        return f"{v:.1f}"
-    return f"{v:.2f}"
-
-
-def table(args: argparse.Namespace, benches: list[Bench], results: dict, engines: list[str]) -> str:
-    labels = {"modelkit": "modelkit", "modelkit-gguf": "modelkit (GGUF)", "transformers": "transformers",
-              "llamacpp": "llama.cpp"}
-    refs = [e for e in engines if e != "modelkit"]
-    lines = []
-    for b in benches:
-        lines.append("")
-        lines.append(f"## {b.name}: {b.note}; float32 weights {b.f32_bytes / 2**20:,.0f} MB")
-        head = ["figure"] + [labels[e] for e in engines] + [f"vs {labels[e]}" for e in refs if "modelkit" in engines]
-        rows = [head]
-        for label, group, key, _higher in figures(args):
-            if group not in b.groups:
-                continue
-            vals = [results[b.name].get(e, {}).get(group, {}).get("median", {}).get(key) for e in engines]
-            row = [label] + [fmt(v) for v in vals]
-            if "modelkit" in engines:
-                mk = vals[engines.index("modelkit")]
-                for e in refs:
-                    ref = vals[engines.index(e)]
-                    ok = isinstance(mk, (int, float)) and isinstance(ref, (int, float)) and ref
-                    row.append(f"{mk / ref:.2f}x" if ok else "-")
-            rows.append(row)
-        widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
-        for j, r in enumerate(rows):
-            lines.append("| " + " | ".join(c.ljust(w) if i == 0 else c.rjust(w)
-                                             for i, (c, w) in enumerate(zip(r, widths))) + " |")
-            if j == 0:
-                lines.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    lines.append("")
-    runs = max((len(g["runs"]) for r in results.values() for e in r.values() for g in e.values()), default=0)
-    lines.append(f"medians of {runs} alternating runs; {args.threads} threads per engine; "
-                 "ratios are modelkit / reference (throughputs: higher is better; times and memory: lower)")
-    return "\n".join(lines)
 
 
 def machine() -> dict[str, Any]:
@@ -329,8 +293,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=int, default=1800, help="seconds per worker")
     parser.add_argument("--keep-blas-env", action="store_true",
                         help=f"keep {' and '.join(BLAS_OVERRIDES)} for the workers")
+    parser.add_argument("--compare", type=Path, default=None, metavar="OLD.json",
+                        help="flag every figure more than --threshold worse than in this saved run")
+    parser.add_argument("--against", type=Path, default=None, metavar="NEW.json",
+                        help="with --compare: compare this saved run instead of running the benchmark")
+    parser.add_argument("--threshold", type=float, default=0.10, help="--compare: worse by more than this")
+    parser.add_argument("--no-bandwidth", action="store_true",
+                        help="skip measuring the matrix-vector bandwidth before each round")
     args = parser.parse_args(argv)
     args.work = args.work.expanduser()
+    if args.compare is not None and args.against is not None:
+        from bench.compare import compare_files
+
+        return compare_files(args.compare, args.against, args.threshold)
 
     engines = [e for e in ENGINES if e in args.engines]
     if args.ref_python:
@@ -345,34 +320,45 @@ def main(argv: list[str] | None = None) -> int:
 
     results: dict[str, dict[str, dict[str, Any]]] = {
         b.name: {e: {g: {"runs": []} for g in b.groups} for e in engines} for b in benches}
+    bandwidth: list[dict[str, Any]] = []
     for run in range(args.runs):
         log(f"run {run + 1} of {args.runs}")
+        if not args.no_bandwidth:
+            bandwidth.append(run_bandwidth(args))
         for b in benches:
             for group in b.groups:
                 order = engines if run % 2 == 0 else engines[::-1]
                 for e in [e for e in order if measured(b, e, group)]:
                     results[b.name][e][group]["runs"].append(run_worker(args, e, b, group))
                 # written as it goes: a run stopped part way still leaves its figures
-                save(args, benches, results, engines, final=False)
-    report = save(args, benches, results, engines, final=True)
+                save(args, benches, results, engines, bandwidth, final=False)
+    report = save(args, benches, results, engines, bandwidth, final=True)
     print(report)
     log(f"results written to {args.out}")
+    if args.compare is not None:
+        from bench.compare import compare_files
+
+        print()
+        return compare_files(args.compare, args.out, args.threshold)
     return 0
 
 
 def save(args: argparse.Namespace, benches: list[Bench], results: dict, engines: list[str],
-         final: bool) -> str:
+         bandwidth: list[dict[str, Any]], final: bool) -> str:
     """Medians over the runs so far, the table and everything measured, into ``--out``."""
+    from bench.report import add_bandwidth_shares, table
+
+    add_bandwidth_shares(results, {b.name: b.decode_bytes for b in benches}, bandwidth)
     for b in benches:
         for e in engines:
             for g in b.groups:
                 ok = [r for r in results[b.name][e][g]["runs"] if "error" not in r]
                 results[b.name][e][g]["median"] = median_of(ok) if ok else {}
-    report = table(args, benches, results, engines)
-    data = {"machine": machine(), "settings": {k: (str(v) if isinstance(v, Path) else v)
+    report = table(benches, results, engines, args.prefill, args.long, args.threads, bandwidth)
+    data = {"machine": machine(), "bandwidth": bandwidth, "settings": {k: (str(v) if isinstance(v, Path) else v)
                                                for k, v in vars(args).items()},
             "engines": engines, "blas_env_cleared": not args.keep_blas_env, "complete": final,
-            "models": {b.name: {"note": b.note, "float32_bytes": b.f32_bytes,
+            "models": {b.name: {"note": b.note, "float32_bytes": b.f32_bytes, "decode_bytes": b.decode_bytes,
                                 "checkpoints": {e: str(p) for e, p in b.paths.items()},
                                 "results": results[b.name]} for b in benches},
             "table": report}

@@ -233,7 +233,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args.n_ctx:
         need = {"load": 64, "prefill": max(args.prefill), "decode": 128 + args.decode, "long": args.long}
         args.n_ctx = need[args.group] + 64
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     result = GROUPS[args.group](args)
+    result["loadavg"] = load  # the machine's load average (1 minute) when the worker started
     result.update(rss_mb())
     result.update({"engine": args.engine, "group": args.group, "threads": args.threads})
     if args.engine == "modelkit":

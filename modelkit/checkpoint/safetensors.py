@@ -151,8 +151,10 @@ class SafetensorsSource(WeightSource):
         return self._maps[file]
 
     def _read_direct(self, file: str, name: str) -> np.ndarray | None:
-        """float32 straight from the mapped file: bf16 by widening its bits (exact, one pass),
-        no intermediate copy. Pages already read are dropped from the resident set."""
+        """float32 straight from the mapped file: float32 itself as a read-only view of the
+        map (no copy: its pages are read from the file when first used, and shared with the
+        page cache), bf16 by widening its bits (exact, one pass), no intermediate copy; pages
+        already widened are dropped from the resident set."""
         mapped = self._mapped(file)
         if mapped is None or name not in mapped[1]:
             return None
@@ -164,6 +166,8 @@ class SafetensorsSource(WeightSource):
         count = int(np.prod(shape, dtype=np.int64))
         if dtype is None or end - start != count * dtype.itemsize or end > len(mm):
             return None
+        if entry["dtype"] == "F32" and start % 4 == 0:
+            return np.frombuffer(mm, dtype, count, start).reshape(shape)  # read-only
         out = np.empty(shape, np.float32)  # first: a failure here leaves no view of the map alive
         raw = np.frombuffer(mm, dtype, count, start).reshape(shape)
         if entry["dtype"] == "BF16":  # bfloat16 is the top half of a float32
@@ -216,9 +220,21 @@ class SafetensorsSource(WeightSource):
         # that end generation
         return read_json_if_present(self.path / "generation_config.json", ConfigError)
 
+    def release_pages(self) -> None:
+        # pages read at load but not kept (weights copied into fused, laid-out or transformed
+        # ones) leave the resident set; those of weights used in place (read-only views, so
+        # never written) come back from the page cache on first use
+        for mapped in self._maps.values():
+            if mapped is not None and hasattr(mapped[0], "madvise") and len(mapped[0]):
+                mapped[0].madvise(mmap.MADV_DONTNEED)
+
     def close(self) -> None:
         self._handles.clear()
+        self.release_pages()
         for mapped in self._maps.values():
             if mapped is not None:
-                mapped[0].close()
+                try:
+                    mapped[0].close()
+                except BufferError:  # float32 weights are views of it: unmapped when the last goes
+                    pass
         self._maps.clear()

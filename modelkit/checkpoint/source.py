@@ -66,6 +66,10 @@ class WeightSource:
         """generation_config.json's content (sampling defaults, eos ids), ``{}`` when absent."""
         return {}
 
+    def release_pages(self) -> None:
+        """A hint, between layers of a load: pages of mapped files read so far may leave the
+        resident set (arrays still viewing them read them back from the page cache)."""
+
     def close(self) -> None:
         """Release file handles and mappings."""
 

@@ -16,6 +16,7 @@ from ..checkpoint.source import WeightSource
 from ..errors import CheckpointError, MappingError, out_of_memory
 from ..model import Layer, Model
 from ..nn.block import Block
+from ..nn.linear import product_layout
 from .plan import Plan, PlannedBlock, PlannedTensor
 
 
@@ -118,15 +119,29 @@ def build_model(source: WeightSource, plan: Plan, *, file: str = "", progress: b
     try:
         embed = get("embed.weight")
         assert embed is not None
+        # the head, the largest matrix a token reads, stored [in, out] (see product_layout); a
+        # tied embedding shares it (a token's row is then a strided gather: microseconds). Read
+        # first, so that the copy's transient doubling comes before the layers are in memory.
+        untied_head = None if plan.tied else get("head.weight")
+        try:
+            if plan.tied:
+                embed = product_layout(embed)
+            elif untied_head is not None:
+                untied_head = product_layout(untied_head)
+        except MemoryError as exc:
+            raise out_of_memory(f"laying out the head ({embed.shape[0]:,} x {embed.shape[1]:,})", exc) from None
         pos_embed = get("pos_embed.weight")
         embed_proj = get("embed_proj.weight")
         embed_norm = block(plan.embed_norm, "embed_norm.") if plan.embed_norm is not None else None
-        layers = [Layer(pl.spec, {name: block(pb, f"layers.{i}.{name}.") for name, pb in pl.blocks.items()},
-                        pl.residual_multiplier, pl.variant, index=i)
-                  for i, pl in enumerate(plan.layers)]
+        layers = []
+        source.release_pages()
+        for i, pl in enumerate(plan.layers):
+            layers.append(Layer(pl.spec, {name: block(pb, f"layers.{i}.{name}.") for name, pb in pl.blocks.items()},
+                                pl.residual_multiplier, pl.variant, index=i))
+            source.release_pages()  # what the layer copied from a mapped file leaves memory
         final_norm = block(plan.final_norm, "final_norm.") if plan.final_norm is not None else None
         head_proj = get("head_proj.weight")
-        head = embed if plan.tied else get("head.weight")
+        head = embed if plan.tied else untied_head
         head_bias = get("head.bias")
     finally:
         reader.close()

@@ -14,7 +14,7 @@ import numpy as np
 from ..errors import ConfigError, out_of_memory
 from .block import Block, ForwardContext, ParamSpec
 from .kv_cache import KV_BLOCK, KVCache
-from .linear import linear
+from .linear import linear, product_layout
 from .norms import layer_norm, rms_norm
 from .options import Option
 from .rope import inverse_frequencies, rotary_table, rotate
@@ -138,8 +138,7 @@ class Attention(Block):
         self.group = self.h // self.kv
         self.query_block = o["query_block"]
         # one fused projection for q, k and v, made once at load
-        self.w_qkv = np.ascontiguousarray(
-            np.concatenate([params["q.weight"], params["k.weight"], params["v.weight"]], 0))
+        self.w_qkv = product_layout(params["q.weight"], params["k.weight"], params["v.weight"])
         biases = [params.get("q.bias"), params.get("k.bias"), params.get("v.bias")]
         if any(b is not None for b in biases):
             sizes = (self.h * self.hd, self.kv * self.hd, self.kv * self.hd)
@@ -147,7 +146,7 @@ class Attention(Block):
                                          for b, n in zip(biases, sizes)])
         else:
             self.b_qkv = None
-        self.w_o = params["o.weight"]  # [D, H * hd]
+        self.w_o = product_layout(params["o.weight"])  # [D, H * hd]
         self.b_o = params.get("o.bias")
         self.scale = np.float32(o["scale"] if o["scale"] is not None else 1.0 / math.sqrt(self.hd))
         self.window = o["window"]

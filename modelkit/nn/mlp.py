@@ -9,28 +9,12 @@ import numpy as np
 from .activations import ACTIVATIONS
 from .block import Block, ForwardContext, ParamSpec
 from .options import Option
-from .linear import linear
+from .linear import linear, product_layout
 
 
 HIDDEN = Option("int", "$hidden_size", "width of the hidden states", min=1)
 INTERMEDIATE = Option("int", doc="width of the inner layer", min=1)
 ACTIVATION = Option("str", "silu", "activation function", choices=tuple(sorted(ACTIVATIONS)))
-
-
-def _adjacent_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray | None:
-    """``concatenate([a, b])`` without a copy when b's rows follow a's in one buffer (a
-    checkpoint that stores gate and up fused, split at load), else None."""
-    if (a.ndim != 2 or b.shape[1:] != a.shape[1:] or a.dtype != b.dtype or a.base is None
-            or b.base is not a.base or not (a.flags.c_contiguous and b.flags.c_contiguous)):
-        return None
-    start = a.__array_interface__["data"][0]
-    if b.__array_interface__["data"][0] != start + a.nbytes:
-        return None
-    base = np.asarray(a.base)
-    if base.nbytes != a.nbytes + b.nbytes:  # the view must not keep a larger buffer alive
-        return None
-    offset = start - base.__array_interface__["data"][0]
-    return np.ndarray((a.shape[0] + b.shape[0], a.shape[1]), a.dtype, buffer=base, offset=offset)
 
 
 class MLP(Block):
@@ -50,8 +34,8 @@ class MLP(Block):
 
     def build(self, params: dict[str, np.ndarray | None]) -> None:
         self.act = ACTIVATIONS[self.options["activation"]]
-        self.w_up, self.b_up = params["up.weight"], params.get("up.bias")  # [I, D], [I]
-        self.w_down, self.b_down = params["down.weight"], params.get("down.bias")  # [D, I], [D]
+        self.w_up, self.b_up = product_layout(params["up.weight"]), params.get("up.bias")  # [I, D], [I]
+        self.w_down, self.b_down = product_layout(params["down.weight"]), params.get("down.bias")  # [D, I], [D]
 
     def forward(self, x: np.ndarray, state: Any, ctx: ForwardContext) -> np.ndarray:
         h = linear(x, self.w_up)  # [T, D] -> [T, I]
@@ -81,15 +65,13 @@ class GatedMLP(Block):
     def build(self, params: dict[str, np.ndarray | None]) -> None:
         self.act = ACTIVATIONS[self.options["activation"]]
         self.i = self.options["intermediate_size"]
-        gate, up = params["gate.weight"], params["up.weight"]
-        fused = _adjacent_rows(gate, up)
-        self.w_gate_up = fused if fused is not None else np.concatenate([gate, up], 0)  # [2I, D]
+        self.w_gate_up = product_layout(params["gate.weight"], params["up.weight"])  # [2I, D]
         gb, ub = params.get("gate.bias"), params.get("up.bias")
         self.b_gate_up = None
         if gb is not None or ub is not None:
             zeros = np.zeros(self.i, np.float32)
             self.b_gate_up = np.concatenate([gb if gb is not None else zeros, ub if ub is not None else zeros])
-        self.w_down, self.b_down = params["down.weight"], params.get("down.bias")  # [D, I], [D]
+        self.w_down, self.b_down = product_layout(params["down.weight"]), params.get("down.bias")  # [D, I], [D]
 
     def forward(self, x: np.ndarray, state: Any, ctx: ForwardContext) -> np.ndarray:
         gu = linear(x, self.w_gate_up)  # [T, D] -> [T, 2I]

@@ -19,7 +19,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from modelkit import ACTIVATIONS, Block, ConfigError, ForwardContext, Option, ParamSpec, causal_conv, linear
+from modelkit import (ACTIVATIONS, Block, ConfigError, ForwardContext, Option, ParamSpec, causal_conv, linear,
+                      product_layout)
 
 from .mamba2 import (PENDING_WINDOW, PendingSteps, decay_rates, fold_pending, gated,
                      gated_rms_norm, ssd_chunked, ssd_step, state_shape, time_steps)
@@ -135,13 +136,13 @@ class Mamba2(Block):
         self.norm, self.eps = o["norm"], o["eps"]
         self.limit = o["time_step_limit"]
         self.act = ACTIVATIONS[o["activation"]]
-        self.w_in, self.b_in = params["in_proj.weight"], params.get("in_proj.bias")  # [D + C + H, hidden]
+        self.w_in, self.b_in = product_layout(params["in_proj.weight"]), params.get("in_proj.bias")  # [D + C + H, hidden]
         self.conv_w = np.ascontiguousarray(params["conv.weight"].T)  # [C, K] -> [K, C]: one row per tap
         self.conv_b = params.get("conv.bias")  # [C]
         self.dt_bias, self.skip = params["dt_bias"], params["D"]  # [H] each
         self.a = decay_rates(params["A_log"])  # [H]
         self.norm_w = params.get("norm.weight")  # [D], or None with norm: none
-        self.w_out, self.b_out = params["out_proj.weight"], params.get("out_proj.bias")  # [hidden, D]
+        self.w_out, self.b_out = product_layout(params["out_proj.weight"]), params.get("out_proj.bias")  # [hidden, D]
 
     def new_state(self) -> Mamba2State:
         return Mamba2State(self.k, self.conv_dim, self.h, self.hd, self.g, self.n, self.window)
