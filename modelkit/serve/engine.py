@@ -1,0 +1,140 @@
+"""The decoding engine the server drives: sequences join, one step advances every one of them.
+
+:class:`Decoder` is the whole contract the scheduler (:mod:`modelkit.serve.scheduler`) relies on;
+it is the interface of the library's batched decoder (``modelkit.generation.batch.BatchDecoder``),
+which decodes all active sequences in one forward. :class:`SequentialDecoder` does the same job by
+stepping each sequence's own cache with ``model.forward(ids, cache, last_only=True)`` one after
+another: correct for every block kind, and what a block kind without a batched path uses.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, Sequence
+
+import numpy as np
+
+from ..errors import GenerationError
+from ..generation.options import SamplingOptions
+from ..generation.sampling import NonFiniteLogits, Sampler
+from .logprobs import log_normalizer, top_alternatives
+
+if TYPE_CHECKING:
+    from ..model import Cache, Model
+
+
+class TokenEvent(NamedTuple):
+    """One token of one sequence from a :meth:`Decoder.step`: its log-probability under the
+    model (before penalty, temperature and truncation), the ``top`` alternatives when the
+    sequence asked for ``logprobs=K``, and whether it ended the sequence ("stop": an EOS or stop
+    id, "length": max_new_tokens, "context": the model's positions are full)."""
+
+    seq_id: int
+    token: int
+    logprob: float
+    finished: bool
+    finish_reason: str | None
+    top: tuple[tuple[int, float], ...] = ()
+
+
+class Decoder(Protocol):
+    """What the scheduler drives. ``add`` prefills a prompt (continuing ``cache`` when given) and
+    returns the new sequence's id; ``step`` picks one token for every active sequence and feeds
+    it back; a finished sequence leaves ``active`` but its cache stays readable through
+    ``cache_of`` until ``remove``; ``remove`` drops a sequence at once (a client gone)."""
+
+    active: list[int]
+
+    def add(self, prompt_ids: Sequence[int], *, cache: Cache | None = None, **options: Any) -> int: ...
+
+    def step(self) -> list[TokenEvent]: ...
+
+    def remove(self, seq_id: int) -> None: ...
+
+    def cache_of(self, seq_id: int) -> Cache: ...
+
+
+@dataclass
+class _Sequence:
+    cache: Cache
+    sampler: Sampler
+    logits: np.ndarray  # [V] the next token's logits
+    max_new_tokens: int
+    stops: set[int]
+    k: int | None
+    history: list[int] = field(default_factory=list)  # every id, for the repetition penalty
+    produced: int = 0
+    done: bool = False
+
+
+class SequentialDecoder:
+    """:class:`Decoder` over ``model.forward``: each active sequence is stepped on its own cache,
+    one after another (one forward per sequence per step)."""
+
+    def __init__(self, model: Model, max_batch: int = 16):
+        self.model = model
+        self.max_batch = max_batch
+        self._seqs: dict[int, _Sequence] = {}
+        self._ids = itertools.count()
+
+    @property
+    def active(self) -> list[int]:
+        return [i for i, s in self._seqs.items() if not s.done]
+
+    def add(self, prompt_ids: Sequence[int], *, cache: Cache | None = None, max_new_tokens: int = 16,
+            temperature: float | None = None, top_k: int | None = None, top_p: float | None = None,
+            min_p: float | None = None, repetition_penalty: float | None = None, seed: int | None = None,
+            stop_ids: Sequence[int] = (), logprobs: int | None = None) -> int:
+        """Prefill ``prompt_ids`` (after what ``cache`` holds) and return the sequence's id."""
+        if len(self.active) >= self.max_batch:
+            raise GenerationError(f"the batch is full ({self.max_batch} sequences)")
+        prompt = [int(i) for i in prompt_ids]
+        if not prompt:
+            raise GenerationError("the prompt is empty: give at least one token")
+        options = SamplingOptions.resolve(self.model.generation_config, temperature=temperature, top_k=top_k,
+                                          top_p=top_p, min_p=min_p, repetition_penalty=repetition_penalty,
+                                          seed=seed)
+        cache = cache if cache is not None else self.model.make_cache()
+        logits = self.model.forward(prompt, cache, last_only=True)[-1]
+        seq = _Sequence(cache, Sampler(options), logits, int(max_new_tokens),
+                        set(self.model.eos_token_ids) | {int(i) for i in stop_ids}, logprobs,
+                        history=list(cache.tokens) if options.repetition_penalty != 1.0 else [])
+        seq_id = next(self._ids)
+        self._seqs[seq_id] = seq
+        return seq_id
+
+    def step(self) -> list[TokenEvent]:
+        """One token for every active sequence, each fed back through its own cache."""
+        events = []
+        limit = self.model.max_positions
+        for seq_id in self.active:
+            seq = self._seqs[seq_id]
+            try:
+                token = seq.sampler(seq.logits, seq.history)
+            except NonFiniteLogits as exc:
+                seq.done = True
+                raise GenerationError(f"sequence {seq_id}: {exc}") from None
+            norm = float(log_normalizer(seq.logits))
+            logprob = float(np.float32(seq.logits[token] - norm))
+            top = top_alternatives(seq.logits, seq.k, norm) if seq.k else ()
+            seq.produced += 1
+            reason = ("stop" if token in seq.stops else "length" if seq.produced >= seq.max_new_tokens
+                      else "context" if limit is not None and seq.cache.length >= limit else None)
+            events.append(TokenEvent(seq_id, token, logprob, reason is not None, reason, top))
+            if reason is not None:
+                seq.done = True
+                continue
+            seq.logits = self.model.forward([token], seq.cache, last_only=True)[-1]
+            if seq.sampler.options.repetition_penalty != 1.0:
+                seq.history.append(token)
+        return events
+
+    def remove(self, seq_id: int) -> None:
+        """Forget a sequence (finished or not); unknown ids are ignored."""
+        self._seqs.pop(seq_id, None)
+
+    def cache_of(self, seq_id: int) -> Cache:
+        """The cache of a sequence that has not been removed: the prompt and every token fed back
+        (all but a finished sequence's last token)."""
+        return self._seqs[seq_id].cache
