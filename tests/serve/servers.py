@@ -80,27 +80,40 @@ class Server:
         return self.proc.returncode
 
 
-@pytest.fixture(scope="session")
-def llama_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return serve_folder(tmp_path_factory.mktemp("serve"), "llama_gqa")
+_shared: dict[tuple[str, ...], object] = {}
+
+
+def _once(request: pytest.FixtureRequest, key: tuple[str, ...], make, stop=None):
+    """One object per key for the whole test session, whichever module asks first (fixtures
+    imported into several modules are separate fixtures, so they share through this)."""
+    if key not in _shared:
+        _shared[key] = make()
+        if stop is not None:
+            request.config.add_cleanup(lambda: stop(_shared.pop(key)))
+    return _shared[key]
 
 
 @pytest.fixture(scope="session")
-def hybrid_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return serve_folder(tmp_path_factory.mktemp("serve"), "gh_hybrid")
+def llama_folder(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _once(request, ("folder", "llama_gqa"),
+                 lambda: serve_folder(tmp_path_factory.mktemp("serve"), "llama_gqa"))
 
 
 @pytest.fixture(scope="session")
-def server(llama_folder: Path):
-    s = Server(llama_folder)
-    yield s
-    assert s.stop() == 0, s.proc.stderr.read()
+def hybrid_folder(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _once(request, ("folder", "gh_hybrid"),
+                 lambda: serve_folder(tmp_path_factory.mktemp("serve"), "gh_hybrid"))
+
+
+@pytest.fixture(scope="session")
+def server(request: pytest.FixtureRequest, llama_folder: Path) -> Server:
+    """The llama server most tests share (started once per session, stopped at its end)."""
+    return _once(request, ("server", str(llama_folder)), lambda: Server(llama_folder), Server.stop)
 
 
 @pytest.fixture(scope="session")
 def client(server: Server):
     return server.client()
-
 
 _models: dict[Path, object] = {}
 
