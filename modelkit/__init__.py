@@ -15,15 +15,17 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from .errors import (CheckpointError, ConfigError, GenerationError, MappingError, ModelkitError,
-                     OutOfMemoryError, PluginError, TokenizerError, UnknownArchitectureError,
+from .errors import (CheckpointError, ConfigError, EvaluationError, GenerationError, MappingError,
+                     ModelkitError, OutOfMemoryError, PluginError, TokenizerError, UnknownArchitectureError,
                      WeightMismatchError)
-from .plugins.hookspecs import hookimpl
 
 __version__ = "0.2.0"
 
 # public name -> the module that defines it, imported on first use
 _LAZY = {
+    # the marker of hook implementations (imported on use, so `import modelkit` needs only NumPy-free
+    # modules: modelkit.testing's fixture builder runs where torch is and pluggy may not be)
+    "hookimpl": "plugins.hookspecs",
     # building blocks for plugins (modelkit.nn)
     "Block": "nn.block", "ForwardContext": "nn.block", "ParamSpec": "nn.block",
     "Option": "nn.options", "REQUIRED": "nn.options",
@@ -40,11 +42,13 @@ _LAZY = {
     "SamplingOptions": "generation.options", "Sampler": "generation.sampling",
     "GenerationStats": "generation.loop", "Piece": "generation.loop",
     "ChatSession": "generation.chat",
+    # measuring
+    "Scores": "evaluation.logprobs", "TokenLogprob": "evaluation.logprobs",
 }
 
-__all__ = ["load", "architectures", "hookimpl", "ModelkitError", "ConfigError", "MappingError",
+__all__ = ["load", "architectures", "ModelkitError", "ConfigError", "MappingError",
            "CheckpointError", "WeightMismatchError", "UnknownArchitectureError", "PluginError",
-           "TokenizerError", "GenerationError", "OutOfMemoryError", "__version__", *_LAZY]
+           "TokenizerError", "GenerationError", "EvaluationError", "OutOfMemoryError", "__version__", *_LAZY]
 
 
 def __getattr__(name: str) -> Any:

@@ -47,6 +47,10 @@ class GenerationError(ModelkitError):
     """Generation options are out of range or the prompt cannot be generated from."""
 
 
+class EvaluationError(ModelkitError):
+    """A reference, a text or a setting of compare / perplexity does not fit the model."""
+
+
 class OutOfMemoryError(ModelkitError, MemoryError):
     """The machine had no memory left for what modelkit was allocating; the message says what
     (a tensor being read, a block's work in one layer, the KV cache, the logits) and how much.

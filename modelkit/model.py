@@ -8,10 +8,9 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from .errors import GenerationError, OutOfMemoryError, out_of_memory
-from .nn.block import Block, ForwardContext, Watch
+from .nn.block import Block, ForwardContext, Observer
 from .schema.resolve import Config
 from .schema.spec import LayerSpec, Mapping
-
 
 class Layer:
     """One layer: named blocks wired into residual branches, run as steps.
@@ -41,6 +40,8 @@ class Layer:
         return {name: self.blocks[name].new_state() for name in self.stateful}
 
     def forward(self, x: np.ndarray, states: dict[str, Any], ctx: ForwardContext) -> np.ndarray:
+        """The layer's output for ``x [T, hidden]``; ``ctx.observer``, when set, sees each
+        block's output, each residual sum ("+") and then the layer's output ("output")."""
         for step, after in zip(self.steps, self.after_add):
             if len(step) == 1:
                 y = x
@@ -54,10 +55,12 @@ class Layer:
                 else:
                     y *= self.residual
             x += y
-            if ctx.watch is not None:
-                ctx.watch(self.index, "+", x)
+            if ctx.observer is not None:
+                ctx.observer(self.index, "+", x)
             for name in after:  # post-norm: blocks of the residual stream after the add
                 x = self._run(name, x, states, ctx)
+        if ctx.observer is not None:
+            ctx.observer(self.index, "output", x)
         return x
 
     def _run(self, name: str, x: np.ndarray, states: dict[str, Any], ctx: ForwardContext) -> np.ndarray:
@@ -67,8 +70,8 @@ class Layer:
         except MemoryError as exc:
             raise out_of_memory(f"in layer {self.index}, block {name} ({self.kinds.get(name, '?')}), on "
                                 f"{ctx.length:,} tokens after {ctx.pos:,}", exc) from None
-        if ctx.watch is not None:
-            ctx.watch(self.index, name, y)
+        if ctx.observer is not None:
+            ctx.observer(self.index, name, y)
         return y
 
     def _sum_of_branches(self, step: list[list[str]], x: np.ndarray, states: dict[str, Any],
@@ -167,16 +170,23 @@ class Model:
 
     # ---- forward ------------------------------------------------------------------------
     def forward(self, ids: Sequence[int] | np.ndarray, cache: Cache | None = None,
-                last_only: bool = False, *, watch: Watch | None = None) -> np.ndarray:
+                last_only: bool = False, *, observer: Observer | None = None) -> np.ndarray:
         """Logits for ``ids`` [T]: float32 [T, vocab], or [1, vocab] with ``last_only``.
 
         With ``cache``, the ids continue the cached sequence and the cache is extended; without,
         a temporary cache is used. Long inputs run in pieces of ``prefill_chunk`` tokens.
         Values beyond float32 come out as inf or NaN, silently (no NumPy warnings: generation
-        stops at a non-finite logit and says where it began). ``watch(layer, name, values)``,
-        for diagnosis, sees every intermediate result: each block's output (``layer`` None for
-        the embedding, ``embed_norm``, ``final_norm`` and ``head``) and each residual sum
-        (name ``"+"``).
+        stops at a non-finite logit and says where it began).
+
+        ``observer(layer, name, x)``, when given, is called with every intermediate result, in
+        order (once per piece of a long input): ``(None, "embed", h)`` for the input of layer 0
+        (after the embedding norm, if any); in layer ``i``, ``(i, block, y)`` for each block's
+        output (before the residual multiplier; blocks shared by parallel branches once),
+        ``(i, "+", x)`` for each residual sum and ``(i, "output", x)`` for what the layer hands
+        on; then ``(None, "final_norm", h)`` for the rows the head reads and ``(None, "logits",
+        logits)``. Arrays are float32 views of the model's working buffers: copy what you keep.
+        ``modelkit compare`` and the NaN diagnosis of generation are built on it
+        (docs/evaluation.md).
         """
         ids = self._check_ids(ids)
         if cache is None:
@@ -189,10 +199,10 @@ class Model:
             for start in range(0, ids.size, chunk):
                 piece = ids[start:start + chunk]
                 is_last = start + chunk >= ids.size
-                h = self._run_layers(piece, cache, watch)
+                h = self._run_layers(piece, cache, observer)
                 if last_only and not is_last:
                     continue
-                pieces.append(self._head(h[-1:] if last_only else h, watch))
+                pieces.append(self._head(h[-1:] if last_only else h, observer))
         return pieces[0] if len(pieces) == 1 else np.concatenate(pieces, axis=0)
 
     def hidden_states(self, ids: Sequence[int] | np.ndarray, cache: Cache | None = None) -> np.ndarray:
@@ -215,13 +225,13 @@ class Model:
             raise GenerationError(f"token id {bad} is outside the vocabulary (0..{self.vocab_size - 1})")
         return arr
 
-    def _run_layers(self, ids: np.ndarray, cache: Cache, watch: Watch | None = None) -> np.ndarray:
+    def _run_layers(self, ids: np.ndarray, cache: Cache, observer: Observer | None = None) -> np.ndarray:
         t = ids.size
         pos = cache.length
         if self.pos_embed is not None and pos + t > self.pos_embed.shape[0]:
             raise GenerationError(f"sequence of {pos + t} tokens is longer than the model's "
                                   f"{self.pos_embed.shape[0]} learned positions")
-        ctx = ForwardContext(pos, t, watch=watch)
+        ctx = ForwardContext(pos, t, observer=observer)
         try:
             h = self.embed[ids]  # [T] -> [T, E] (a copy we own)
             if self.embedding_multiplier != 1.0:
@@ -230,12 +240,10 @@ class Model:
                 h = h @ self.embed_proj.T  # [T, E] -> [T, D]
             if self.pos_embed is not None:
                 h += self.pos_embed[pos:pos + t]
-            if watch is not None:
-                watch(None, "embedding", h)
             if self.embed_norm is not None:
                 h = self.embed_norm.forward(h, None, ctx)
-                if watch is not None:
-                    watch(None, "embed_norm", h)
+            if observer is not None:
+                observer(None, "embed", h)
         except MemoryError as exc:
             raise out_of_memory(f"embedding {t:,} tokens", exc) from None
         for layer, states in zip(self.layers, cache.layers):
@@ -249,12 +257,12 @@ class Model:
         cache.tokens.extend(int(i) for i in ids)
         return h
 
-    def _head(self, h: np.ndarray, watch: Watch | None = None) -> np.ndarray:
+    def _head(self, h: np.ndarray, observer: Observer | None = None) -> np.ndarray:
         try:
             if self.final_norm is not None:
                 h = self.final_norm.forward(h, None, ForwardContext(0, h.shape[0]))
-                if watch is not None:
-                    watch(None, "final_norm", h)
+            if observer is not None:
+                observer(None, "final_norm", h)
             if self.head_proj is not None:
                 h = h @ self.head_proj.T  # [T, D] -> [T, E]
             logits = h @ self.head.T  # [T, E] -> [T, vocab]
@@ -269,8 +277,8 @@ class Model:
             logits /= self.logits_softcap
             np.tanh(logits, out=logits)
             logits *= self.logits_softcap
-        if watch is not None:
-            watch(None, "head", logits)
+        if observer is not None:
+            observer(None, "logits", logits)
         return logits
 
     # ---- generation ---------------------------------------------------------------------
@@ -278,16 +286,26 @@ class Model:
                  **options: Any) -> list[int]:
         """New token ids after ``prompt_ids`` (greedy at temperature 0; None takes the default of
         generation_config.json); when an EOS or stop token stops generation it is the last
-        element. See :mod:`modelkit.generation.loop`."""
+        element. ``logprobs=K`` returns ``(ids, [TokenLogprob per id])`` instead. See
+        :mod:`modelkit.generation.loop`."""
         from .generation.loop import generate
 
         return generate(self, prompt_ids, max_new_tokens=max_new_tokens, temperature=temperature, **options)
 
     def stream(self, prompt_ids: Sequence[int], **options: Any) -> Iterator[Any]:
-        """Yield text pieces (with their token ids) as they are generated; options as generate."""
+        """Yield text pieces (with their token ids, and with ``logprobs=K`` their log-probabilities)
+        as they are generated; options as generate."""
         from .generation.loop import stream
 
         return stream(self, prompt_ids, **options)
+
+    def score(self, text_or_ids: str | Sequence[int] | np.ndarray) -> Any:
+        """Per-token log-probabilities of a text or of token ids: a
+        :class:`modelkit.evaluation.logprobs.Scores` with ``ids [T]`` and float32
+        ``logprobs [T-1]`` (``logprobs[j]`` = log p(ids[j+1] | ids[:j+1])), ``nll``, ``perplexity``."""
+        from .evaluation.logprobs import score
+
+        return score(self, text_or_ids)
 
     def parameter_count(self) -> int:
         """Number of parameters as stored in the checkpoint (the tied head counted once)."""

@@ -3,7 +3,8 @@
 Logits equal the transformers reference (1e-4); cached token-by-token decoding, prefill in
 pieces, chunked prefill with small query blocks and ``last_only`` all equal the full forward;
 every array is float32; greedy generation picks the argmax of the full forward. A new family
-is one row of ``CONTRACT``.
+is one row of ``CONTRACT``. The checks against the reference are modelkit.testing's, the ones a
+plugin's own test runs (``assert_matches_reference``); each runs here as its own test.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import pytest
 from conftest import ATOL, SHIPPED_FIXTURES, fixture_path, load_cached, max_abs, reference
 
 import modelkit
+from modelkit import testing as kit
 
 GH_HYBRID = ["mamba", "attention", "mamba", "mamba"]
 LFM2 = ["conv", "conv", "attention", "conv", "attention", "conv"]
@@ -38,6 +40,7 @@ CONTRACT: dict[str, tuple[str, list[str] | None]] = {
     # dense layers among the routed ones: mlp_only_layers [2]; decoder_sparse_step 2
     "qwen3_moe": ("qwen3_moe", ["sparse", "sparse", "dense", "sparse"]),
     "qwen3_moe_fused": ("qwen3_moe", ["dense", "sparse", "dense", "sparse"]),
+    "compare_llama": ("llama", None),  # built by modelkit.testing's fixture builder (build_compare_fixture.py)
 }
 NAMES = list(CONTRACT)
 # fixtures with Mamba2 layers, whose decoding keeps steps pending: a variant named for them, or
@@ -46,7 +49,7 @@ EVERY_LAYER_MAMBA2 = {"mamba2", "falcon_h1"}
 WITH_MAMBA2 = [name for name, (arch, variants) in CONTRACT.items()
                if arch in EVERY_LAYER_MAMBA2 or (variants and any("mamba" in v for v in variants))]
 # same-model consistency (cache vs no cache) is far tighter than the reference tolerance ...
-SELF_ATOL = 2e-5
+SELF_ATOL = kit.SELF_ATOL
 # ... except where logits are large: gemma3_text's reach 10, and the float32 rounding of six
 # layers of windowed attention over a different key range (a cache, pieces) reaches 6e-5
 SELF_ATOL_BY_FIXTURE = {"gemma3_text": 1e-4}
@@ -56,54 +59,31 @@ def _self_atol(name: str) -> float:
     return SELF_ATOL_BY_FIXTURE.get(name, SELF_ATOL)
 
 
-def _reference_step_logits(name: str) -> np.ndarray | None:
-    """transformers' own cached decoding, where the fixture script recorded it."""
-    with np.load(fixture_path(name) / "ref.npz") as ref:
-        return ref["logits_step"].copy() if "logits_step" in ref.files else None
+def _reference(name: str) -> kit.FixtureReference:
+    return kit.read_reference(fixture_path(name))
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_logits_match_reference(name: str) -> None:
     model = load_cached(name)
-    ids, ref = reference(name)
-    logits = model.forward(ids)
     arch, variants = CONTRACT[name]
     assert model.name == arch
     if variants is not None:
         assert [layer.variant for layer in model.layers] == variants
-    assert logits.dtype == np.float32 and logits.shape == ref.shape == (ids.size, model.vocab_size)
-    assert max_abs(logits, ref) < ATOL
-    step = _reference_step_logits(name)
-    if step is not None:
-        assert max_abs(logits, step) < ATOL
+    kit.check_full_forward(model, _reference(name), ATOL)
 
 
 @pytest.mark.parametrize("name", NAMES)
-@pytest.mark.parametrize("prefill", [1, 2, 5, 8])
+@pytest.mark.parametrize("prefill", kit.PREFILLS)
 def test_cached_decoding_equals_full_forward(name: str, prefill: int) -> None:
-    model = load_cached(name)
-    ids, ref = reference(name)
-    full = model.forward(ids)
-    cache = model.make_cache()
-    rows = [model.forward(ids[:prefill], cache)]
-    rows += [model.forward([int(t)], cache) for t in ids[prefill:]]
-    stepped = np.concatenate(rows)
-    assert cache.length == ids.size and cache.tokens == [int(t) for t in ids]
-    assert max_abs(stepped, full) < _self_atol(name)
-    assert max_abs(stepped, ref) < ATOL
+    kit.check_cached_decoding(load_cached(name), _reference(name), prefill, ATOL, _self_atol(name))
 
 
 @pytest.mark.parametrize("name", NAMES)
-@pytest.mark.parametrize("cut", [1, 3, 4, 10, "half"])
+@pytest.mark.parametrize("cut", kit.CUTS)
 def test_prefill_in_two_pieces_equals_full_forward(name: str, cut: int | str) -> None:
     """Cuts shorter than a conv kernel, on a scan-chunk boundary (4), inside one, and mid-way."""
-    model = load_cached(name)
-    ids, _ = reference(name)
-    cut = ids.size // 2 + 1 if cut == "half" else cut
-    full = model.forward(ids)
-    cache = model.make_cache()
-    pieces = [model.forward(ids[:cut], cache), model.forward(ids[cut:], cache)]
-    assert max_abs(np.concatenate(pieces), full) < _self_atol(name)
+    kit.check_prefill_in_pieces(load_cached(name), _reference(name), cut, _self_atol(name))
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -137,7 +117,7 @@ def test_chunked_prefill_and_query_blocks(name: str, monkeypatch: pytest.MonkeyP
     calls: list[int] = []
     original = small._run_layers
     monkeypatch.setattr(small, "_run_layers",
-                        lambda piece, cache, *watch: calls.append(piece.size) or original(piece, cache, *watch))
+                        lambda piece, cache, *rest: calls.append(piece.size) or original(piece, cache, *rest))
     chunked = small.forward(ids)
     assert calls == [7] * (ids.size // 7) + ([ids.size % 7] if ids.size % 7 else [])
     assert max_abs(chunked, ref) < ATOL
@@ -235,18 +215,7 @@ def test_decoding_a_token_allocates_nothing_model_sized(name: str) -> None:
 
 @pytest.mark.parametrize("name", NAMES)
 def test_greedy_tokens_follow_the_full_forward(name: str) -> None:
-    model = load_cached(name)
-    prompt = [int(t) for t in reference(name)[0][:6]]
-    ids = list(prompt)
-    for _ in range(8):
-        ids.append(int(np.argmax(model.forward(ids)[-1])))
-    expected = ids[len(prompt):]
-    stops = model.eos_token_ids
-    for i, token in enumerate(expected):  # generation stops at the first EOS, which it includes
-        if token in stops:
-            expected = expected[:i + 1]
-            break
-    assert model.generate(prompt, max_new_tokens=8, temperature=0.0) == expected
+    kit.check_greedy_tokens(load_cached(name), reference(name)[0][:6], kit.GREEDY_TOKENS)
 
 
 def test_every_registered_architecture_has_a_fixture() -> None:

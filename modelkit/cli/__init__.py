@@ -16,11 +16,12 @@ from typing import Callable, Sequence
 from ..errors import ModelkitError
 from .commands import cmd_archs, cmd_download, cmd_validate
 from .common import EXIT_INTERRUPTED, add_generation_args, add_model_args, add_run_args, print_error
+from .evaluate import add_compare_args, add_perplexity_args, cmd_compare, cmd_perplexity
 from .streams import Terminated, fill_closed_descriptors, guarded_streams
 
 EXIT_USER_ERROR = 1
 EXIT_TERMINATED = 128 + 15  # as a shell reports a process SIGTERM ended
-BUILTIN_COMMANDS = {"archs", "validate", "run", "chat", "download"}
+BUILTIN_COMMANDS = {"archs", "validate", "run", "chat", "download", "compare", "perplexity"}
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -67,6 +68,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="after each reply, print token counts (reused / prefilled) and speeds on stderr")
     add_generation_args(p)
     p.set_defaults(func=cmd_chat)
+
+    p = sub.add_parser("compare", help="hidden states layer by layer and block by block against transformers "
+                                       "or a reference file; names the first block that diverges")
+    add_compare_args(p)
+    p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("perplexity", help="perplexity over a text file (llama.cpp's chunks or a sliding window)")
+    add_perplexity_args(p)
+    p.set_defaults(func=cmd_perplexity)
 
     p = sub.add_parser("download", help="fetch a model from the Hugging Face hub into the local cache")
     p.add_argument("repo_id", metavar="ORG/NAME", help="hub repo id")

@@ -70,6 +70,9 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
                    help="wrap the prompt in the model's chat template as a user message")
     p.add_argument("--system", metavar="TEXT", help="system message (with --chat)")
     p.add_argument("--quiet", "-q", action="store_true", help="no timing line on stderr")
+    p.add_argument("--logprobs", type=int, default=None, metavar="K",
+                   help="after the text, print each new token's log-probability and the K most likely "
+                        "tokens at its position (0: the chosen token's only)")
 
 
 def generation_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -93,27 +96,36 @@ def read_prompt(args: argparse.Namespace) -> str:
     A prompt read from a file or stdin loses one trailing newline (editors add one)."""
     if args.prompt is not None and args.prompt != "-":
         return utf8_text(args.prompt, "--prompt")
-    if args.prompt == "-" or args.prompt_file == "-":
-        where = "standard input"
-        stdin = stdin_or_error("give the prompt with --prompt TEXT or --prompt-file PATH")
-        data = stdin.buffer.read(MAX_PROMPT_BYTES + 1)
-        if len(data) > MAX_PROMPT_BYTES:
-            raise GenerationError(f"standard input: the prompt is larger than {MAX_PROMPT_BYTES >> 20} MB")
-    else:
-        path = Path(args.prompt_file).expanduser()
-        where = str(path)
-        data = read_regular_file(path, MAX_PROMPT_BYTES, GenerationError, "prompt file")
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise GenerationError(f"{where}: the prompt is not UTF-8 text (byte 0x{data[exc.start]:02x} "
-                              f"at offset {exc.start})") from None
-    text = text.removeprefix("\ufeff")
+    text = read_text_file("-" if args.prompt == "-" else args.prompt_file, "prompt",
+                          hint="give the prompt with --prompt TEXT or --prompt-file PATH")
     if text.endswith("\r\n"):
         text = text[:-2]
     elif text.endswith("\n"):
         text = text[:-1]
     return text
+
+
+def read_text_file(name: str, what: str, limit: int | None = None, hint: str = "") -> str:
+    """The UTF-8 text of file ``name`` ('-': standard input) without a byte-order mark, at most
+    ``limit`` bytes (default MAX_PROMPT_BYTES); every failure is one GenerationError naming the file (``what`` says what
+    the text is for: "prompt", "text"; ``hint``, how else to give it when stdin is closed)."""
+    limit = MAX_PROMPT_BYTES if limit is None else limit
+    if name == "-":
+        where = "standard input"
+        stdin = stdin_or_error(hint or f"give the {what} as a file")
+        data = stdin.buffer.read(limit + 1)
+        if len(data) > limit:
+            raise GenerationError(f"standard input: the {what} is larger than {limit >> 20} MB")
+    else:
+        path = Path(name).expanduser()
+        where = str(path)
+        data = read_regular_file(path, limit, GenerationError, f"{what} file")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise GenerationError(f"{where}: the {what} is not UTF-8 text (byte 0x{data[exc.start]:02x} "
+                              f"at offset {exc.start})") from None
+    return text.removeprefix("\ufeff")
 
 
 def utf8_text(text: str, where: str) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from typing import Any
 
@@ -19,6 +20,8 @@ def run(args: argparse.Namespace) -> int:
     if args.system is not None and not args.chat:
         raise GenerationError("--system needs --chat (raw prompts have no system message)")
     options = generation_options(args)
+    if args.logprobs is not None and args.logprobs < 0:
+        raise GenerationError(f"--logprobs must be at least 0, got {args.logprobs}")
     prompt = read_prompt(args)
     model, load_s = load_model(args)
     tok = model.tokenizer
@@ -32,15 +35,21 @@ def run(args: argparse.Namespace) -> int:
         raise GenerationError("the prompt encodes to no tokens; give some text")
     stats = GenerationStats()
     prepare_stdout()
-    pieces = model.stream(ids, stats=stats, **options)
+    scored = []
+    extra = {} if args.logprobs is None else {"logprobs": args.logprobs}
+    pieces = model.stream(ids, stats=stats, **options, **extra)
     try:
         for piece in pieces:
+            scored += piece.logprobs
             if piece.text:
                 sys.stdout.write(piece.text)
                 sys.stdout.flush()
     except KeyboardInterrupt:
         return _interrupted(args, pieces, stats, load_s)
     sys.stdout.write("\n")
+    if args.logprobs is not None:
+        for line in logprob_lines(tok, scored, args.logprobs):
+            sys.stdout.write(line + "\n")
     sys.stdout.flush()
     if not args.quiet:
         print(stats_line(stats, load_s), file=sys.stderr)
@@ -60,3 +69,18 @@ def _interrupted(args: argparse.Namespace, pieces: Any, stats: Any, load_s: floa
         print(stats_line(stats, load_s), file=sys.stderr)
     print_error("interrupted")
     return EXIT_INTERRUPTED
+
+
+def logprob_lines(tok: Any, scored: list[Any], k: int) -> list[str]:
+    """A table of the generated tokens: each with its log-probability and the k most likely
+    tokens at its position (JSON-quoted, so spaces and newlines show)."""
+    def shown(token: int) -> str:
+        text = json.dumps(tok.decode([token], skip_special_tokens=False), ensure_ascii=False)
+        return text.replace("\x7f", "\\u007f")  # the one control character JSON leaves raw
+
+    head = "#\ttoken\tlogprob" + (f"\ttop {k}" if k else "")
+    lines = ["", head]
+    for n, s in enumerate(scored, 1):
+        top = " | ".join(f"{shown(t)} {lp:.4f}" for t, lp in s.top)
+        lines.append(f"{n}\t{shown(s.token)}\t{s.logprob:.4f}" + (f"\t{top}" if k else ""))
+    return lines

@@ -1,7 +1,7 @@
 """Saying where a forward pass went non-finite, after the fact.
 
 Generation checks only the logits it picks from (one value, or one maximum per row). When one is
-NaN or infinite, :func:`explain_non_finite` re-runs the sequence with a watch on every block's
+NaN or infinite, :func:`explain_non_finite` re-runs the sequence with an observer on every block's
 output and names the first that is not finite, and why: its weights hold NaN or inf (what
 ``modelkit validate --values`` lists), or its inputs and weights are finite and the arithmetic
 overflowed float32 (weights near 3.4e38, a multiplier of 1e30, activations that grow layer
@@ -28,7 +28,7 @@ class _Found(Exception):
         self.layer, self.name = layer, name
 
 
-def _watch(layer: int | None, name: str, values: np.ndarray) -> None:
+def _check_finite(layer: int | None, name: str, values: np.ndarray) -> None:
     if not np.isfinite(values).all():
         raise _Found(layer, name)
 
@@ -51,13 +51,14 @@ def _weights(obj: Any, depth: int = 0) -> list[np.ndarray]:
 
 def _model_part(model: Model, name: str, ids: np.ndarray) -> tuple[str, list[Any]]:
     """How to name a model-level stage, and the weights it reads."""
-    if name == "embedding":
+    if name == "embed":
         rows = model.embed[np.unique(ids)]
-        return "the token embedding", [rows, model.embed_proj,
-                                       None if model.pos_embed is None else model.pos_embed[:ids.size]]
-    if name == "head":
+        norm = _weights(model.embed_norm) if model.embed_norm is not None else []
+        return ("the token embedding" + (" and its norm" if norm else ""),
+                [rows, model.embed_proj, None if model.pos_embed is None else model.pos_embed[:ids.size], *norm])
+    if name == "logits":
         return "the output head", [model.head, model.head_bias, model.head_proj]
-    block = model.embed_norm if name == "embed_norm" else model.final_norm
+    block = model.final_norm
     return f"the {name.replace('_', ' ')}", _weights(block) if block is not None else []
 
 
@@ -67,11 +68,11 @@ def explain_non_finite(model: Model, ids: Sequence[int]) -> str:
     empty cache, and whether its weights or its arithmetic made it so."""
     arr = np.asarray(list(ids), dtype=np.int64)
     try:
-        model.forward(arr, model.make_cache(), watch=_watch)
+        model.forward(arr, model.make_cache(), observer=_check_finite)
     except _Found as found:
         if found.layer is None:
             what, arrays = _model_part(model, found.name, arr)
-        elif found.name == "+":
+        elif found.name in ("+", "output"):
             return (f"{LEAD}: the residual stream overflowed float32 in layer {found.layer} (each block's "
                     f"output is finite, their sum is not: activations too large)")
         else:

@@ -3,7 +3,8 @@
 :func:`generate` returns the new ids; :func:`stream` yields :class:`Piece` objects (text and the
 ids that produced it) as they come. Both take the same options: the sampling options of
 :class:`modelkit.generation.options.SamplingOptions` (defaults from generation_config.json), stop ids,
-stop strings and an optional cache to continue.
+stop strings and an optional cache to continue. With ``logprobs=K`` each token also carries
+its log-probability and the K most likely alternatives (:class:`TokenLogprob`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, NamedTuple, Sequence
 import numpy as np
 
 from ..errors import GenerationError, TokenizerError
+from ..evaluation.logprobs import TokenLogprob, token_logprob
 from .diagnose import explain_non_finite
 from .options import SamplingOptions
 from .sampling import NonFiniteLogits, Sampler
@@ -28,10 +30,12 @@ DEFAULT_MAX_NEW_TOKENS = 16
 
 class Piece(NamedTuple):
     """Text produced by ``ids`` (text may be empty while a character is incomplete, and the last
-    piece may carry no ids when it only flushes held-back text)."""
+    piece may carry no ids when it only flushes held-back text); with ``logprobs=K``, one
+    :class:`TokenLogprob` per id."""
 
     text: str
     ids: list[int]
+    logprobs: tuple[TokenLogprob, ...] = ()
 
 
 @dataclass
@@ -65,10 +69,14 @@ def _stop_ids(model: Model, stop_ids: Sequence[int] | int | None) -> set[int]:
 
 
 def _check_options(model: Model, prompt_ids: Sequence[int], max_new_tokens: int | None,
-                   sampling: dict[str, Any], cache: Cache | None) -> tuple[list[int], int, SamplingOptions]:
+                   sampling: dict[str, Any], cache: Cache | None, logprobs: int | None = None
+                   ) -> tuple[list[int], int, SamplingOptions]:
     prompt = [int(i) for i in prompt_ids]
     if not prompt:
         raise GenerationError("the prompt is empty: give at least one token")
+    if logprobs is not None and (isinstance(logprobs, bool) or not isinstance(logprobs, (int, np.integer))
+                                 or logprobs < 0):
+        raise GenerationError(f"logprobs must be None or a number of alternatives >= 0, got {logprobs!r}")
     n = DEFAULT_MAX_NEW_TOKENS if max_new_tokens is None else max_new_tokens
     if not isinstance(n, (int, np.integer)) or n < 1:
         raise GenerationError(f"max_new_tokens must be at least 1, got {max_new_tokens!r}")
@@ -84,11 +92,12 @@ def _check_options(model: Model, prompt_ids: Sequence[int], max_new_tokens: int 
 
 
 def _tokens(model: Model, prompt: list[int], max_new_tokens: int, options: SamplingOptions, stops: set[int],
-            cache: Cache | None, stats: GenerationStats, should_stop: Callable[[], bool] | None
-            ) -> Iterator[tuple[int, bool]]:
-    """Yield (token, is_last). A token is yielded before it is fed back, so a consumer that
-    stops early leaves the cache holding everything but the last token. Generation also ends
-    when the model's learned positions are full (stop reason "context")."""
+            cache: Cache | None, stats: GenerationStats, should_stop: Callable[[], bool] | None,
+            logprobs: int | None = None) -> Iterator[tuple[int, bool, TokenLogprob | None]]:
+    """Yield (token, is_last, its TokenLogprob or None without ``logprobs``). A token is yielded
+    before it is fed back, so a consumer that stops early leaves the cache holding everything
+    but the last token. Generation also ends when the model's learned positions are full (stop
+    reason "context")."""
     sampler = Sampler(options)
     limit = model.max_positions
     cache = cache if cache is not None else model.make_cache()
@@ -112,6 +121,7 @@ def _tokens(model: Model, prompt: list[int], max_new_tokens: int, options: Sampl
                 token = sampler(logits, history[:seen] if history is not None else ())
             except NonFiniteLogits:
                 raise GenerationError(explain_non_finite(model, cache.tokens)) from None
+            info = None if logprobs is None else token_logprob(logits, token, logprobs)
             stats.new_tokens += 1
             # a token fed back at position cache.length needs a position embedding for it
             full = limit is not None and cache.length >= limit
@@ -119,7 +129,7 @@ def _tokens(model: Model, prompt: list[int], max_new_tokens: int, options: Sampl
             if last:
                 stats.stop_reason = ("eos" if token in stops else "length" if step + 1 == max_new_tokens
                                      else "context")
-            yield token, last
+            yield token, last, info
             if last:
                 return
             logits = model.forward([token], cache, last_only=True)[-1]
@@ -135,18 +145,21 @@ def stream(model: Model, prompt_ids: Sequence[int], max_new_tokens: int | None =
            min_p: float | None = None, repetition_penalty: float | None = None, seed: int | None = None,
            stop_ids: Sequence[int] | None = None, stop_strings: Sequence[str] | None = None,
            cache: Cache | None = None, stats: GenerationStats | None = None,
-           should_stop: Callable[[], bool] | None = None) -> Iterator[Piece]:
+           should_stop: Callable[[], bool] | None = None, logprobs: int | None = None) -> Iterator[Piece]:
     """Yield :class:`Piece` (text, ids) as tokens are generated after ``prompt_ids``.
 
     Special tokens are not shown; multi-byte characters split across tokens come out whole;
     a stop string ends generation and is not shown (nor anything after it). Sampling options
     left None come from generation_config.json (see :meth:`SamplingOptions.resolve`). With
     ``cache``, ``prompt_ids`` continue the cached sequence. ``should_stop`` is polled before
-    each token (used for Ctrl-C in chat); ``stats`` receives counts and timings.
+    each token (used for Ctrl-C in chat); ``stats`` receives counts and timings. ``logprobs=K``
+    (0 or more) gives each piece the log-probability of each of its tokens and the K most likely
+    tokens at that position (the model's distribution, before penalty, temperature and
+    truncation).
     """
     sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
                     repetition_penalty=repetition_penalty, seed=seed)
-    prompt, n, options = _check_options(model, prompt_ids, max_new_tokens, sampling, cache)
+    prompt, n, options = _check_options(model, prompt_ids, max_new_tokens, sampling, cache, logprobs)
     tok = model.tokenizer
     if tok is None:
         raise TokenizerError("the model has no tokenizer.json, so its output cannot be decoded to text")
@@ -157,18 +170,19 @@ def stream(model: Model, prompt_ids: Sequence[int], max_new_tokens: int | None =
     stats = stats if stats is not None else GenerationStats()
     # the decoder only needs the last few ids before the new ones
     context = (cache.tokens[-8:] if cache is not None else []) + prompt[-8:]
-    return _stream(model, prompt, n, options, stops, matcher, cache, stats, should_stop, context)
+    return _stream(model, prompt, n, options, stops, matcher, cache, stats, should_stop, context, logprobs)
 
 
 def _stream(model: Model, prompt: list[int], n: int, options: SamplingOptions, stops: set[int],
             matcher: StopStrings | None, cache: Cache | None, stats: GenerationStats,
-            should_stop: Callable[[], bool] | None, context: list[int]) -> Iterator[Piece]:
+            should_stop: Callable[[], bool] | None, context: list[int], logprobs: int | None) -> Iterator[Piece]:
     from ..text.decoding import IncrementalDecoder
 
     decoder = IncrementalDecoder(model.tokenizer, context=context)
-    tokens = _tokens(model, prompt, n, options, stops, cache, stats, should_stop)
+    tokens = _tokens(model, prompt, n, options, stops, cache, stats, should_stop, logprobs)
     try:
-        for token, last in tokens:
+        for token, last, info in tokens:
+            scored = () if info is None else (info,)
             text = decoder.add(token)
             if last:
                 text += decoder.flush()
@@ -176,11 +190,11 @@ def _stream(model: Model, prompt: list[int], n: int, options: SamplingOptions, s
                 text, hit = matcher.feed(text)
                 if hit:
                     stats.stop_reason = "stop_string"
-                    yield Piece(text, [token])
+                    yield Piece(text, [token], scored)
                     return
                 if last:
                     text += matcher.flush()
-            yield Piece(text, [token])
+            yield Piece(text, [token], scored)
         # stopped between tokens (interrupted): show what is still held back
         rest = decoder.flush()
         if matcher is not None:
@@ -197,17 +211,22 @@ def generate(model: Model, prompt_ids: Sequence[int], max_new_tokens: int | None
              min_p: float | None = None, repetition_penalty: float | None = None, seed: int | None = None,
              stop_ids: Sequence[int] | None = None, stop_strings: Sequence[str] | None = None,
              cache: Cache | None = None, stats: GenerationStats | None = None,
-             should_stop: Callable[[], bool] | None = None) -> list[int]:
+             should_stop: Callable[[], bool] | None = None, logprobs: int | None = None
+             ) -> list[int] | tuple[list[int], list[TokenLogprob]]:
     """New ids after ``prompt_ids`` (at most ``max_new_tokens``, default 16). When an EOS, a stop
     id or the token completing a stop string ends generation, it is the last element.
-    Options as :func:`stream`; without stop strings no tokenizer is needed."""
+    Options as :func:`stream`; without stop strings no tokenizer is needed. With
+    ``logprobs=K`` the result is ``(ids, [TokenLogprob per id])``."""
     sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
                     repetition_penalty=repetition_penalty, seed=seed)
     if stop_strings:
-        pieces = stream(model, prompt_ids, max_new_tokens, stop_ids=stop_ids, stop_strings=stop_strings,
-                        cache=cache, stats=stats, should_stop=should_stop, **sampling)
-        return [i for piece in pieces for i in piece.ids]
-    prompt, n, options = _check_options(model, prompt_ids, max_new_tokens, sampling, cache)
+        pieces = list(stream(model, prompt_ids, max_new_tokens, stop_ids=stop_ids, stop_strings=stop_strings,
+                             cache=cache, stats=stats, should_stop=should_stop, logprobs=logprobs, **sampling))
+        ids = [i for piece in pieces for i in piece.ids]
+        return ids if logprobs is None else (ids, [s for piece in pieces for s in piece.logprobs])
+    prompt, n, options = _check_options(model, prompt_ids, max_new_tokens, sampling, cache, logprobs)
     stops = _stop_ids(model, stop_ids)
     stats = stats if stats is not None else GenerationStats()
-    return [token for token, _ in _tokens(model, prompt, n, options, stops, cache, stats, should_stop)]
+    steps = list(_tokens(model, prompt, n, options, stops, cache, stats, should_stop, logprobs))
+    ids = [token for token, _, _ in steps]
+    return ids if logprobs is None else (ids, [info for _, _, info in steps])

@@ -17,10 +17,10 @@ import numpy as np
 
 from .options import REQUIRED, Option
 
-__all__ = ["Block", "ParamSpec", "ForwardContext", "Option", "REQUIRED", "Watch"]
+__all__ = ["Block", "ParamSpec", "ForwardContext", "Option", "REQUIRED", "Observer"]
 
 # a diagnostic callback: (layer index or None, block name, the block's output)
-Watch = Callable[[Optional[int], str, np.ndarray], None]
+Observer = Callable[[Optional[int], str, np.ndarray], None]
 
 
 @dataclass(frozen=True)
@@ -37,13 +37,13 @@ class ForwardContext:
 
     ``pos`` is the position of the first of the ``length`` tokens in this call (the cache length
     before it). ``shared`` lets blocks memoise per-call work (rotary tables) across layers.
-    ``watch``, when set, sees every block's output (see :meth:`modelkit.Model.forward`).
+    ``observer``, when set, sees every block's output (see :meth:`modelkit.Model.forward`).
     """
 
     pos: int
     length: int
     shared: dict[str, Any] = field(default_factory=dict)
-    watch: Watch | None = None
+    observer: Observer | None = None
 
 
 class Block:

@@ -23,9 +23,8 @@ def test_library_signatures() -> None:
     from modelkit.model import Model
 
     fwd = inspect.signature(Model.forward).parameters
-    assert list(fwd)[1:] == ["ids", "cache", "last_only", "watch"]
-    assert fwd["cache"].default is None and fwd["last_only"].default is False
-    assert fwd["watch"].default is None and fwd["watch"].kind is inspect.Parameter.KEYWORD_ONLY  # diagnosis
+    assert list(fwd)[1:] == ["ids", "cache", "last_only", "observer"]
+    assert fwd["cache"].default is None and fwd["last_only"].default is False and fwd["observer"].default is None
     gen = inspect.signature(Model.generate).parameters
     assert list(gen)[1:4] == ["prompt_ids", "max_new_tokens", "temperature"]
     # temperature None means "generation_config.json's default", which is greedy unless do_sample
