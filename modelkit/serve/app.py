@@ -170,7 +170,7 @@ class Run:
             if entry is None:
                 r.add(text, token, None, None)
             else:
-                r.add(text, token, entry[0], entry[1] if self.params.logprobs else None)
+                r.add(text, token, entry.logprob, entry.top if self.params.logprobs else None)
 
     async def items(self, request: Request) -> AsyncIterator[tuple[int, tuple]]:
         """Items until every choice ended; cancels the choices when the client is gone."""

@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, Sequence
 import numpy as np
 
 from ..errors import GenerationError
+from ..evaluation.logprobs import token_logprob
 from ..generation.options import SamplingOptions
 from ..generation.sampling import NonFiniteLogits, Sampler
-from .logprobs import log_normalizer, top_alternatives
 
 if TYPE_CHECKING:
     from ..model import Cache, Model
@@ -115,13 +115,11 @@ class SequentialDecoder:
             except NonFiniteLogits as exc:
                 seq.done = True
                 raise GenerationError(f"sequence {seq_id}: {exc}") from None
-            norm = float(log_normalizer(seq.logits))
-            logprob = float(np.float32(seq.logits[token] - norm))
-            top = top_alternatives(seq.logits, seq.k, norm) if seq.k else ()
+            info = token_logprob(seq.logits, token, seq.k or 0)
             seq.produced += 1
             reason = ("stop" if token in seq.stops else "length" if seq.produced >= seq.max_new_tokens
                       else "context" if limit is not None and seq.cache.length >= limit else None)
-            events.append(TokenEvent(seq_id, token, logprob, reason is not None, reason, top))
+            events.append(TokenEvent(seq_id, token, info.logprob, reason is not None, reason, info.top))
             if reason is not None:
                 seq.done = True
                 continue
