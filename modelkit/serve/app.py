@@ -21,7 +21,7 @@ from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from ..errors import ModelkitError
@@ -311,39 +311,6 @@ async def _chat_chunks(run: Run, request: Request, rid: str) -> AsyncIterator[di
         yield dict(_chunk(run, rid, kind, []), usage=usage(run.prompts, run.results, False))
 
 
-# ---- models, health, metrics -----------------------------------------------------------------
-def _model_card(state: ServeState) -> dict[str, Any]:
-    return {"id": state.name, "object": "model", "created": int(state.started), "owned_by": "modelkit"}
-
-
-async def list_models(request: Request) -> Response:
-    state: ServeState = request.app.state.serve
-    return JSONResponse({"object": "list", "data": [_model_card(state)]})
-
-
-async def get_model(request: Request) -> Response:
-    state: ServeState = request.app.state.serve
-    if request.path_params["name"] != state.name:
-        raise ApiError(404, f"the model '{request.path_params['name']}' does not exist", param="model",
-                       code="model_not_found")
-    return JSONResponse(_model_card(state))
-
-
-async def health(request: Request) -> Response:
-    state: ServeState = request.app.state.serve
-    return JSONResponse({"status": "ok", "model": state.name, "context": state.context,
-                         "uptime_s": round(time.time() - state.started, 1), **state.scheduler.stats()})
-
-
-async def metrics(request: Request) -> Response:
-    """The same counts in Prometheus' text format."""
-    stats = request.app.state.serve.scheduler.stats()
-    flat = {k: v for k, v in stats.items() if isinstance(v, (int, float))}
-    flat.update({f"prefix_cache_{k}": v for k, v in stats["prefix_cache"].items()})
-    lines = [f"modelkit_{k} {v}" for k, v in flat.items()]
-    return PlainTextResponse("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
-
-
 # ---- the app ---------------------------------------------------------------------------------
 async def _api_error(request: Request, exc: Exception) -> Response:
     return error_response(exc)  # type: ignore[arg-type]
@@ -375,12 +342,10 @@ def build_app(state: ServeState) -> Starlette:
         finally:
             await run_in_threadpool(state.scheduler.stop, 0.0)
 
-    routes = [Route("/v1/models", list_models, methods=["GET"]),
-              Route("/v1/models/{name:path}", get_model, methods=["GET"]),
-              Route("/v1/completions", completions, methods=["POST"]),
-              Route("/v1/chat/completions", chat_completions, methods=["POST"]),
-              Route("/health", health, methods=["GET"]),
-              Route("/metrics", metrics, methods=["GET"])]
+    from . import info
+
+    routes = [Route("/v1/completions", completions, methods=["POST"]),
+              Route("/v1/chat/completions", chat_completions, methods=["POST"]), *info.ROUTES]
     app = Starlette(routes=routes, lifespan=lifespan,
                     exception_handlers={ApiError: _api_error, HTTPException: _http_error, Exception: _unexpected})
     app.state.serve = state

@@ -157,3 +157,25 @@ def test_n_choices_and_prompt_lists(client, llama_folder) -> None:
     model = local_model(llama_folder)
     assert greedy.choices[2].text == expected(llama_folder, model.tokenizer.encode("Another"), max_new_tokens=6)
     assert greedy.usage.prompt_tokens == len(model.tokenizer.encode(PROMPT)) + len(model.tokenizer.encode("Another"))
+
+
+def test_tokenizer_health_and_metrics_endpoints(server, llama_folder) -> None:
+    import json
+    import urllib.request
+
+    def call(path: str, body: dict | None = None):
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(server.root + path, data=data, headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=30) as r:
+            raw = r.read()
+            return json.loads(raw) if r.headers["content-type"].startswith("application/json") else raw.decode()
+
+    model = local_model(llama_folder)
+    tokens = call("/tokenize", {"prompt": PROMPT, "add_special_tokens": False})
+    assert tokens["tokens"] == model.tokenizer.encode(PROMPT, add_special_tokens=False)
+    assert call("/detokenize", {"tokens": tokens["tokens"]})["prompt"] == PROMPT
+    assert call("/tokenizer_info")["eos_token"] == "<|endoftext|>"
+    health = call("/health")
+    assert health["status"] == "ok" and health["model"] == NAME and "hits" in health["prefix_cache"]
+    metrics = call("/metrics")
+    assert "modelkit_generated_tokens " in metrics and "modelkit_prefix_cache_hits " in metrics
