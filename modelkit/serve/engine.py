@@ -136,3 +136,10 @@ class SequentialDecoder:
         """The cache of a sequence that has not been removed: the prompt and every token fed back
         (all but a finished sequence's last token)."""
         return self._seqs[seq_id].cache
+
+
+def default_decoder(model: Model, max_batch: int) -> Decoder:
+    """The decoder the server drives. The library's batched decoder plugs in here
+    (``return BatchDecoder(model, max_batch)``); this sequential one stays the fallback for
+    models whose blocks have no batched path."""
+    return SequentialDecoder(model, max_batch)

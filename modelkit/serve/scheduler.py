@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from ..errors import ModelkitError
 from ..generation.stop import StopStrings
 from ..text.decoding import IncrementalDecoder
-from .engine import Decoder, SequentialDecoder, TokenEvent
+from .engine import Decoder, TokenEvent, default_decoder
 from .logprobs import prompt_logprobs
 from .prefix_cache import PrefixCache
 
@@ -72,7 +72,7 @@ class Scheduler:
 
     def __init__(self, model: Model, *, max_batch: int = 16, queue_size: int = 64,
                  prefix_cache: PrefixCache | None = None,
-                 decoder_factory: DecoderFactory = SequentialDecoder):
+                 decoder_factory: DecoderFactory = default_decoder):
         self.model = model
         self.max_batch = max_batch
         self.queue_size = queue_size
@@ -222,7 +222,7 @@ class Scheduler:
                 reason = "stop"
             elif event.finished:
                 text += choice.matcher.flush()
-        choice.sink(("token", text, event.token, event.logprob, event.top))
+        choice.sink(("token", text, event.token, event.logprob, getattr(event, "top", ())))
         if reason is not None:
             self._finish(event.seq_id, "length" if reason == "context" else reason, keep=True)
 
@@ -231,8 +231,12 @@ class Scheduler:
         choice = self._running.pop(seq_id)
         try:
             if keep and choice.echo_k is None and self.prefix_cache.max_bytes:
-                cache = self.decoder.cache_of(seq_id)
-                self.prefix_cache.store(cache, self._reply_text(choice, cache))
+                try:
+                    cache = self.decoder.cache_of(seq_id)
+                except LookupError:  # a decoder that forgets finished sequences: nothing to keep
+                    cache = None
+                if cache is not None:
+                    self.prefix_cache.store(cache, self._reply_text(choice, cache))
         finally:
             self.decoder.remove(seq_id)
         if notify:
