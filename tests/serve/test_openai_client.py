@@ -128,6 +128,19 @@ def test_chat_logprobs(client) -> None:
         assert math.isclose(entry.logprob, entry.top_logprobs[0].logprob, abs_tol=1e-6)  # greedy: the best
 
 
+def test_streamed_chat_logprobs_and_n(client) -> None:
+    args = dict(model=NAME, messages=[{"role": "user", "content": "hi"}], max_tokens=4, temperature=0,
+                logprobs=True, top_logprobs=1)
+    whole = client.chat.completions.create(**args)
+    chunks = list(client.chat.completions.create(stream=True, n=2, **args))
+    for index in (0, 1):
+        mine = [c.choices[0] for c in chunks if c.choices and c.choices[0].index == index]
+        entries = [e for ch in mine if ch.logprobs for e in ch.logprobs.content]
+        assert [e.logprob for e in entries] == [e.logprob for e in whole.choices[0].logprobs.content]
+        assert "".join(ch.delta.content or "" for ch in mine) == whole.choices[0].message.content
+        assert mine[-1].finish_reason == whole.choices[0].finish_reason
+
+
 def test_echo_prompt_logprobs(client, llama_folder) -> None:
     model = local_model(llama_folder)
     ids = model.tokenizer.encode(PROMPT)
