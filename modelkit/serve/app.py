@@ -154,7 +154,7 @@ class Run:
             if info is not None:  # echo: the prompt's tokens come first
                 self._echo(r, info)
         elif kind == "token":
-            r.add(item[1], item[2], item[3], item[4] if self.params.logprobs else None)
+            r.add(item[1], item[2], item[3], item[4] if self.params.logprobs is not None else None)
         elif kind == "end":
             r.finish_reason, r.done = item[1], True
             self.open -= 1
@@ -170,7 +170,7 @@ class Run:
             if entry is None:
                 r.add(text, token, None, None)
             else:
-                r.add(text, token, entry.logprob, entry.top if self.params.logprobs else None)
+                r.add(text, token, entry.logprob, entry.top if self.params.logprobs is not None else None)
 
     async def items(self, request: Request) -> AsyncIterator[tuple[int, tuple]]:
         """Items until every choice ended; cancels the choices when the client is gone."""
