@@ -8,6 +8,10 @@ of ``--max-tokens`` tokens one after another (greedy, different prompts), and re
 aggregate generated tokens per second (all clients' tokens over the wall time, prefill
 included), its ratio to one stream, and the time to first token (median and worst). Only the
 standard library is used on the client side. ``--json FILE`` writes the figures.
+
+``--port N --name NAME`` measures a server that is already running on 127.0.0.1:N instead (any
+OpenAI-compatible one: llama.cpp's ``llama-server -np 16 --port N`` gives the comparison with
+the same number of parallel slots).
 """
 
 from __future__ import annotations
@@ -40,10 +44,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def stream_once(port: int, prompt: str, max_tokens: int) -> tuple[float, float, int]:
+def stream_once(port: int, prompt: str, max_tokens: int, name: str = "bench") -> tuple[float, float, int]:
     """(seconds to the first token, seconds in all, tokens) for one streamed completion."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
-    body = json.dumps({"model": "bench", "prompt": prompt, "max_tokens": max_tokens, "temperature": 0,
+    body = json.dumps({"model": name, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0,
                        "stream": True, "stream_options": {"include_usage": True}})
     t0 = time.perf_counter()
     conn.request("POST", "/v1/completions", body, {"Content-Type": "application/json"})
@@ -64,14 +68,14 @@ def stream_once(port: int, prompt: str, max_tokens: int) -> tuple[float, float, 
     return (first if first is not None else total), total, tokens
 
 
-def measure(port: int, streams: int, requests: int, max_tokens: int) -> dict:
+def measure(port: int, streams: int, requests: int, max_tokens: int, name: str = "bench") -> dict:
     """``streams`` clients at once, ``requests`` completions each."""
     results: list[tuple[float, float, int]] = []
     lock = threading.Lock()
 
     def client(i: int) -> None:
         for r in range(requests):
-            out = stream_once(port, PROMPTS[(i + r) % len(PROMPTS)] + f" (#{i}.{r})", max_tokens)
+            out = stream_once(port, PROMPTS[(i + r) % len(PROMPTS)] + f" (#{i}.{r})", max_tokens, name)
             with lock:
                 results.append(out)
 
@@ -91,7 +95,9 @@ def measure(port: int, streams: int, requests: int, max_tokens: int) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", required=True, help="model folder or file for `modelkit serve`")
+    p.add_argument("--model", help="model folder or file for `modelkit serve`")
+    p.add_argument("--port", type=int, help="measure the server already listening on 127.0.0.1:PORT instead")
+    p.add_argument("--name", default="bench", help="the model name to send with --port (default bench)")
     p.add_argument("--streams", default="1,4,8,16", help="concurrencies to measure (default 1,4,8,16)")
     p.add_argument("--requests", type=int, default=2, help="completions per client (default 2)")
     p.add_argument("--max-tokens", type=int, default=32, help="tokens per completion (default 32)")
@@ -99,6 +105,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", type=Path, help="write the figures to this file")
     args = p.parse_args(argv)
     streams = [int(s) for s in args.streams.split(",")]
+    if args.port is not None:
+        return report(args, args.port, args.name, streams)
+    if not args.model:
+        p.error("give --model (or --port of a running server)")
     port = free_port()
     cmd = [sys.executable, "-m", "modelkit", "serve", "--model", args.model, "--served-model-name", "bench",
            "--port", str(port), "--max-batch", str(max(streams)), "--queue-size", str(4 * max(streams)),
@@ -113,23 +123,27 @@ def main(argv: list[str] | None = None) -> int:
                 if server.poll() is not None:
                     raise SystemExit(f"the server exited: {server.stderr.read()}")
                 time.sleep(0.2)
-        stream_once(port, "warm up", 4)
-        rows = []
-        for n in streams:
-            row = measure(port, n, args.requests, args.max_tokens)
-            rows.append(row)
-            base = rows[0]["tokens_per_s"]
-            print(f"{n:>3} streams: {row['tokens_per_s']:8.2f} tok/s ({row['tokens_per_s'] / base:4.2f}x)  "
-                  f"TTFT median {row['ttft_median_s']:.2f} s, worst {row['ttft_max_s']:.2f} s  "
-                  f"[{row['tokens']} tokens, {row['requests']} requests, {row['wall_s']} s]", flush=True)
-        if args.json:
-            args.json.write_text(json.dumps({"model": args.model, "max_tokens": args.max_tokens,
-                                             "server_args": args.server_arg, "rows": rows}, indent=2))
+        return report(args, port, "bench", streams)
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(60)
-    return 0
 
+
+def report(args: argparse.Namespace, port: int, name: str, streams: list[int]) -> int:
+    """Measure each concurrency, print a line per row, write --json."""
+    stream_once(port, "warm up", 4, name)
+    rows = []
+    for n in streams:
+        row = measure(port, n, args.requests, args.max_tokens, name)
+        rows.append(row)
+        base = rows[0]["tokens_per_s"]
+        print(f"{n:>3} streams: {row['tokens_per_s']:8.2f} tok/s ({row['tokens_per_s'] / base:4.2f}x)  "
+              f"TTFT median {row['ttft_median_s']:.2f} s, worst {row['ttft_max_s']:.2f} s  "
+              f"[{row['tokens']} tokens, {row['requests']} requests, {row['wall_s']} s]", flush=True)
+    if args.json:
+        args.json.write_text(json.dumps({"model": args.model or f"127.0.0.1:{port}", "max_tokens": args.max_tokens,
+                                         "server_args": args.server_arg, "rows": rows}, indent=2))
+    return 0
 
 if __name__ == "__main__":
     sys.exit(main())
