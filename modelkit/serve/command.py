@@ -47,8 +47,9 @@ def configure(p: argparse.ArgumentParser) -> None:
 def _positive(args: argparse.Namespace, *names: str) -> None:
     for name in names:
         value = getattr(args, name)
-        if value is not None and value < (0 if name in ("prefix_cache_bytes", "shutdown_timeout") else 1):
-            raise ModelkitError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+        least = 0 if name in ("prefix_cache_bytes", "shutdown_timeout") else 1
+        if value is not None and value < least:
+            raise ModelkitError(f"--{name.replace('_', '-')} must be at least {least}, got {value}")
 
 
 def context_of(model: Any, flag: int | None) -> int | None:
