@@ -65,6 +65,13 @@ class Choice:
         """Leave the batch at the next step (the client is gone)."""
         self.cancelled = True
 
+    def send(self, item: tuple) -> None:
+        """Hand ``item`` to the request; a request whose event loop is gone is cancelled."""
+        try:
+            self.sink(item)
+        except RuntimeError:  # the loop closed (the server is stopping)
+            self.cancelled = True
+
 
 class Scheduler:
     """Owns ``model`` on its own thread. ``submit`` queues choices (all or none);
@@ -140,24 +147,31 @@ class Scheduler:
                 admit = []
                 while self._waiting and len(self._running) + len(admit) < self.max_batch:
                     admit.append(self._waiting.popleft())
-            for choice in admit:
-                self._admit(choice)
-            self._drop_cancelled()
-            if self._running:
-                self._step()
+            try:
+                for choice in admit:
+                    self._admit(choice)
+                self._drop_cancelled()
+                if self._running:
+                    self._step()
+            except Exception:  # noqa: BLE001 - a bug must not stop the thread that serves everyone
+                log.exception("the scheduler failed; ending the running sequences")
+                for seq_id, choice in list(self._running.items()):
+                    choice.send(("error", "internal error in the scheduler"))
+                    self._running.pop(seq_id, None)
+                    self.decoder.remove(seq_id)
 
     def _admit(self, choice: Choice) -> None:
         """Read the prompt (reusing a cached prefix) and join the batch, or answer at once."""
         if choice.cancelled:
-            choice.sink(("end", "cancelled", 0))
+            choice.send(("end", "cancelled", 0))
             return
         try:
             self._prefill(choice)
         except ModelkitError as exc:
-            choice.sink(("error", str(exc).splitlines()[0]))
+            choice.send(("error", str(exc).splitlines()[0]))
         except Exception as exc:  # noqa: BLE001 - a bug must not end the thread that serves everyone
             log.exception("prefill failed")
-            choice.sink(("error", f"internal error while reading the prompt ({type(exc).__name__})"))
+            choice.send(("error", f"internal error while reading the prompt ({type(exc).__name__})"))
 
     def _prefill(self, choice: Choice) -> None:
         model, ids = self.model, choice.prompt_ids
@@ -177,8 +191,8 @@ class Scheduler:
         choice.decoder = IncrementalDecoder(model.tokenizer, context=ids[-8:])
         choice.matcher = StopStrings(choice.stop_strings) if choice.stop_strings else None
         if max_new == 0:  # only the prompt's log-probabilities (echo)
-            choice.sink(("prompt", prompt_info, cached))
-            choice.sink(("end", "length", 0))
+            choice.send(("prompt", prompt_info, cached))
+            choice.send(("end", "length", 0))
             return
         seq_id = self.decoder.add(rest, cache=cache, **choice.options)
         self.prefilled_tokens += len(rest)
@@ -186,7 +200,7 @@ class Scheduler:
         self._running[seq_id] = choice
         if choice.echo_k is None:
             self.prefix_cache.store(self.decoder.cache_of(seq_id), choice.text)
-        choice.sink(("prompt", prompt_info, cached))
+        choice.send(("prompt", prompt_info, cached))
 
     def _drop_cancelled(self) -> None:
         for seq_id, choice in list(self._running.items()):
@@ -199,7 +213,7 @@ class Scheduler:
         except ModelkitError as exc:
             message = str(exc).splitlines()[0]
             for seq_id, choice in list(self._running.items()):
-                choice.sink(("error", message))
+                choice.send(("error", message))
                 self._finish(seq_id, None, keep=False, notify=False)
             return
         self.steps += 1
@@ -222,7 +236,7 @@ class Scheduler:
                 reason = "stop"
             elif event.finished:
                 text += choice.matcher.flush()
-        choice.sink(("token", text, event.token, event.logprob, getattr(event, "top", ())))
+        choice.send(("token", text, event.token, event.logprob, getattr(event, "top", ())))
         if reason is not None:
             self._finish(event.seq_id, "length" if reason == "context" else reason, keep=True)
 
@@ -240,7 +254,7 @@ class Scheduler:
         finally:
             self.decoder.remove(seq_id)
         if notify:
-            choice.sink(("end", reason, choice.tokens))
+            choice.send(("end", reason, choice.tokens))
 
     def _reply_text(self, choice: Choice, cache: Any) -> str | None:
         """The rendered chat plus the text of the reply tokens the cache holds (decoded after
