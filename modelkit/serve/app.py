@@ -126,7 +126,7 @@ class Run:
                 if "seed" in sampling and j:  # choices of one seeded request differ, reproducibly
                     sampling["seed"] += j
                 options = dict(sampling, max_new_tokens=_max_new(state, params, prompt, default_max),
-                               logprobs=params.logprobs)
+                               top_logprobs=params.logprobs or 0)
                 sink = (lambda i: lambda item: loop.call_soon_threadsafe(self.queue.put_nowait, (i, item)))(index)
                 echo_k = (params.logprobs or 0) if params.echo else None
                 self.choices.append(Choice(prompt.ids, options, sink, params.stop, echo_k, prompt.rendered))

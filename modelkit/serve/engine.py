@@ -25,17 +25,21 @@ if TYPE_CHECKING:
 
 
 class TokenEvent(NamedTuple):
-    """One token of one sequence from a :meth:`Decoder.step`: its log-probability under the
-    model (before penalty, temperature and truncation), the ``top`` alternatives when the
-    sequence asked for ``logprobs=K``, and whether it ended the sequence ("stop": an EOS or stop
-    id, "length": max_new_tokens, "context": the model's positions are full)."""
+    """One token of one sequence from a :meth:`Decoder.step`, as the library's batched decoder
+    reports it: its log-probability under the model (before penalty, temperature and
+    truncation); whether it ended the sequence, with ``finish_reason`` "stop" (an EOS or stop
+    id), "length" (max_new_tokens, or the model's positions are full) or "error" (no token could
+    be chosen: ``error`` says why, ``token`` is -1); the ``top_logprobs`` alternatives when the
+    sequence asked for them; ``text`` is None here (the scheduler decodes text itself)."""
 
     seq_id: int
     token: int
     logprob: float
-    finished: bool
-    finish_reason: str | None
-    top: tuple[tuple[int, float], ...] = ()
+    finished: bool = False
+    finish_reason: str | None = None
+    top_logprobs: tuple[tuple[int, float], ...] = ()
+    text: str | None = None
+    error: str | None = None
 
 
 class Decoder(Protocol):
@@ -62,7 +66,7 @@ class _Sequence:
     logits: np.ndarray  # [V] the next token's logits
     max_new_tokens: int
     stops: set[int]
-    k: int | None
+    k: int
     history: list[int] = field(default_factory=list)  # every id, for the repetition penalty
     produced: int = 0
     done: bool = False
@@ -85,8 +89,9 @@ class SequentialDecoder:
     def add(self, prompt_ids: Sequence[int], *, cache: Cache | None = None, max_new_tokens: int = 16,
             temperature: float | None = None, top_k: int | None = None, top_p: float | None = None,
             min_p: float | None = None, repetition_penalty: float | None = None, seed: int | None = None,
-            stop_ids: Sequence[int] = (), logprobs: int | None = None) -> int:
-        """Prefill ``prompt_ids`` (after what ``cache`` holds) and return the sequence's id."""
+            stop_ids: Sequence[int] = (), top_logprobs: int = 0) -> int:
+        """Prefill ``prompt_ids`` (after what ``cache`` holds) and return the sequence's id;
+        ``top_logprobs=K`` gives each of its events the K most likely tokens."""
         if len(self.active) >= self.max_batch:
             raise GenerationError(f"the batch is full ({self.max_batch} sequences)")
         prompt = [int(i) for i in prompt_ids]
@@ -98,7 +103,7 @@ class SequentialDecoder:
         cache = cache if cache is not None else self.model.make_cache()
         logits = self.model.forward(prompt, cache, last_only=True)[-1]
         seq = _Sequence(cache, Sampler(options), logits, int(max_new_tokens),
-                        set(self.model.eos_token_ids) | {int(i) for i in stop_ids}, logprobs,
+                        set(self.model.eos_token_ids) | {int(i) for i in stop_ids}, int(top_logprobs),
                         history=list(cache.tokens) if options.repetition_penalty != 1.0 else [])
         seq_id = next(self._ids)
         self._seqs[seq_id] = seq
@@ -112,13 +117,14 @@ class SequentialDecoder:
             seq = self._seqs[seq_id]
             try:
                 token = seq.sampler(seq.logits, seq.history)
-            except NonFiniteLogits as exc:
+            except NonFiniteLogits as exc:  # this sequence ends; the others go on
                 seq.done = True
-                raise GenerationError(f"sequence {seq_id}: {exc}") from None
-            info = token_logprob(seq.logits, token, seq.k or 0)
+                events.append(TokenEvent(seq_id, -1, float("nan"), True, "error", error=str(exc)))
+                continue
+            info = token_logprob(seq.logits, token, seq.k)
             seq.produced += 1
             reason = ("stop" if token in seq.stops else "length" if seq.produced >= seq.max_new_tokens
-                      else "context" if limit is not None and seq.cache.length >= limit else None)
+                      or (limit is not None and seq.cache.length >= limit) else None)
             events.append(TokenEvent(seq_id, token, info.logprob, reason is not None, reason, info.top))
             if reason is not None:
                 seq.done = True

@@ -224,6 +224,10 @@ class Scheduler:
 
     def _deliver(self, choice: Choice, event: TokenEvent) -> None:
         """Turn one token into text for the client; a stop string or a finished sequence ends it."""
+        if event.finish_reason == "error":
+            choice.send(("error", (event.error or "no token could be chosen").splitlines()[0]))
+            self._finish(event.seq_id, None, keep=False, notify=False)
+            return
         self.generated_tokens += 1
         choice.tokens += 1
         text = choice.decoder.add(event.token)
@@ -236,9 +240,9 @@ class Scheduler:
                 reason = "stop"
             elif event.finished:
                 text += choice.matcher.flush()
-        choice.send(("token", text, event.token, event.logprob, getattr(event, "top", ())))
+        choice.send(("token", text, event.token, event.logprob, event.top_logprobs))
         if reason is not None:
-            self._finish(event.seq_id, "length" if reason == "context" else reason, keep=True)
+            self._finish(event.seq_id, reason, keep=True)
 
     def _finish(self, seq_id: int, reason: str | None, *, keep: bool, notify: bool = True) -> None:
         """End a sequence: keep a snapshot of where its reply ended, then leave the batch."""

@@ -35,7 +35,7 @@ def test_each_sequence_gets_what_it_gets_alone(fixture: str, sampling: dict) -> 
 def test_joining_between_steps_and_logprobs() -> None:
     model = load_cached("llama_gqa")
     decoder = SequentialDecoder(model, max_batch=2)
-    a = decoder.add(PROMPTS[0], max_new_tokens=5, temperature=0.0, logprobs=2)
+    a = decoder.add(PROMPTS[0], max_new_tokens=5, temperature=0.0, top_logprobs=2)
     first = decoder.step()
     b = decoder.add(PROMPTS[1], max_new_tokens=3, temperature=0.0)
     with pytest.raises(Exception, match="full"):
@@ -47,7 +47,7 @@ def test_joining_between_steps_and_logprobs() -> None:
     e0 = events[0]
     logits = model.forward(PROMPTS[0])[-1].astype(np.float64)
     ref = logits - (logits.max() + np.log(np.exp(logits - logits.max()).sum()))
-    assert abs(e0.logprob - ref[e0.token]) < 1e-4 and len(e0.top) == 2 and e0.top[0][0] == e0.token
+    assert abs(e0.logprob - ref[e0.token]) < 1e-4 and len(e0.top_logprobs) == 2 and e0.top_logprobs[0][0] == e0.token
     assert [e.finish_reason for e in events if e.finished] == ["length", "length"]
     assert decoder.active == []
     decoder.remove(a)
