@@ -132,7 +132,7 @@ def cmd_perplexity(args: argparse.Namespace) -> int:
 
     from ..evaluation.perplexity import perplexity, windows_for
 
-    text = read_text_file(args.file, "text", MAX_TEXT_BYTES)
+    text = read_text_file(args.file, "perplexity text", MAX_TEXT_BYTES, hint="give the text with --file PATH")
     if args.batch is not None and args.batch < 1:
         raise EvaluationError(f"--batch must be at least 1, got {args.batch}")
     model, _ = load_model(args)

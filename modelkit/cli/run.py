@@ -75,7 +75,10 @@ def logprob_lines(tok: Any, scored: list[Any], k: int) -> list[str]:
     """A table of the generated tokens: each with its log-probability and the k most likely
     tokens at its position (JSON-quoted, so spaces and newlines show)."""
     def shown(token: int) -> str:
-        text = json.dumps(tok.decode([token], skip_special_tokens=False), ensure_ascii=False)
+        text = tok.decode([token], skip_special_tokens=False)
+        if "\ufffd" in text:  # a piece of a UTF-8 character (byte fallback): show the token itself
+            text = tok.id_to_token(token) or text
+        text = json.dumps(text, ensure_ascii=False)
         return text.replace("\x7f", "\\u007f")  # the one control character JSON leaves raw
 
     head = "#\ttoken\tlogprob" + (f"\ttop {k}" if k else "")

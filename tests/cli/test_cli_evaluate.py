@@ -137,7 +137,7 @@ def test_perplexity_of_a_file_that_is_not_utf8(tmp_path: Path, capsys) -> None:
     bad.write_bytes("caf\u00e9 au lait".encode("latin-1"))
     code, _, err = cli(capsys, "perplexity", "-m", LLAMA, "--file", bad)
     assert code == 1
-    one_line_error(err, "the text is not UTF-8 text (byte 0xe9 at offset 3)")
+    one_line_error(err, "the perplexity text is not UTF-8 text (byte 0xe9 at offset 3)")
 
 
 @pytest.mark.parametrize("flags, needle", [
