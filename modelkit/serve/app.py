@@ -319,8 +319,9 @@ async def _api_error(request: Request, exc: Exception) -> Response:
 async def _http_error(request: Request, exc: Exception) -> Response:
     status = getattr(exc, "status_code", 500)
     kind = "not_found" if status == 404 else "method_not_allowed" if status == 405 else "http_error"
-    message = {404: f"no such endpoint: {request.method} {request.url.path}",
-               405: f"{request.method} is not allowed on {request.url.path}"}.get(status, str(getattr(exc, "detail", "")))
+    messages = {404: f"no such endpoint: {request.method} {request.url.path}",
+                405: f"{request.method} is not allowed on {request.url.path}"}
+    message = messages.get(status, str(getattr(exc, "detail", "")))
     return error_response(ApiError(status, message, code=kind))
 
 
