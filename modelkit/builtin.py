@@ -57,3 +57,10 @@ def register_weight_sources(register: Callable[..., None]) -> None:
     from .checkpoint.safetensors import SafetensorsSource
 
     register("safetensors", SafetensorsSource)
+
+
+@hookimpl
+def register_commands(register: Callable[..., None]) -> None:
+    from .serve.command import configure, run
+
+    register("serve", configure, run, help="serve the model over an OpenAI-compatible HTTP API")
