@@ -32,8 +32,8 @@ from gguf import Keys
 
 from . import family_rules as rules
 from .fragments import (COHERE2_NO_QK_NORM, FALCON_QKV, FULL_ROTARY, GEMMA3, GRANITE_HYBRID, GRANITE_ROPE, LLAMA_DEFAULTS, MAMBA2,
-                        NO_HEAD, PHI2_NO_QK_NORM, PHI3_NO_GATE_BIAS, QKV_THIRDS, ROPE_FREQS, STABLELM_QK_NORMS,
-                        UNPERMUTE_QK, Yaml)
+                        NO_DENSE_MLP, NO_HEAD, PHI2_NO_QK_NORM, PHI3_NO_GATE_BIAS, QKV_THIRDS, ROPE_FREQS,
+                        STABLELM_QK_NORMS, STACKED_EXPERTS, UNPERMUTE_QK, Yaml)
 from .metadata import Metadata, Tensors
 
 Rule = Callable[[Metadata, dict[str, Any], Tensors], None]
@@ -109,6 +109,7 @@ GPT2_NAMES = {  # GPT-2 style config.json names
     "max_position_embeddings": None,
 }
 LAYER_NORM_EPS = {"layer_norm_eps": Keys.Attention.LAYERNORM_EPS}
+EXPERTS = {"num_local_experts": Keys.LLM.EXPERT_COUNT, "num_experts_per_tok": Keys.LLM.EXPERT_USED_COUNT}
 MAMBA2_SIZES = {"mamba_d_conv": Keys.SSM.CONV_KERNEL, "mamba_d_state": Keys.SSM.STATE_SIZE,
                 "mamba_n_groups": Keys.SSM.GROUP_COUNT, "mamba_n_heads": Keys.SSM.TIME_STEP_RANK}
 
@@ -122,6 +123,11 @@ FAMILIES: dict[str, Family] = {f.arch: f for f in (
            constants=SILU, yaml=(FULL_ROTARY,)),
     Family("qwen3", "qwen3", "qwen3", "Qwen3ForCausalLM", "Qwen3 in llama.cpp's GGUF layout",
            constants=SILU, yaml=(FULL_ROTARY,)),
+    Family("qwen3moe", "qwen3_moe", "qwen3_moe", "Qwen3MoeForCausalLM", "Qwen3-MoE in llama.cpp's GGUF layout",
+           metadata={**EXPERTS, "moe_intermediate_size": Keys.LLM.EXPERT_FEED_FORWARD_LENGTH},
+           # llama.cpp's qwen3moe graph renormalises the top-k weights (build_moe_ffn(..., true, ...))
+           # and routes every layer (it has no dense layers: mlp_only_layers, decoder_sparse_step)
+           constants={**SILU, "norm_topk_prob": True}, yaml=(FULL_ROTARY, STACKED_EXPERTS, NO_DENSE_MLP)),
     Family("smollm3", "smollm3", "smollm3", "SmolLM3ForCausalLM", "SmolLM3 in llama.cpp's GGUF layout",
            # llama.cpp's smollm3 loader fixes n_no_rope_layer_step = 4: every fourth layer has no rotary
            constants={**SILU, "no_rope_layer_interval": 4}, presence=LLAMA_BIASES,
@@ -208,6 +214,11 @@ FAMILIES: dict[str, Family] = {f.arch: f for f in (
                      "mamba_proj_bias": "ssm_in.bias"},
            rules=(rules.granite_hybrid, rules.granite_multipliers),
            yaml=(MAMBA2, GRANITE_HYBRID, UNPERMUTE_QK)),
+    Family("granitemoe", "granitemoe", "granitemoe", "GraniteMoeForCausalLM",
+           "GraniteMoe (Granite 3 with routed experts) in llama.cpp's GGUF layout",
+           metadata={**GRANITE_SCALES, **EXPERTS}, constants=SILU, presence={"attention_bias": "attn_q.bias"},
+           rules=(rules.granite_multipliers,),
+           yaml=(LLAMA_DEFAULTS, FULL_ROTARY, UNPERMUTE_QK, ROPE_FREQS, STACKED_EXPERTS, NO_DENSE_MLP)),
     Family("granite", "granite3", "granite", "GraniteForCausalLM",
            "Granite 3 dense family in llama.cpp's GGUF layout (and attention-only Granite 4.0-H, "
            "which the converter writes as granite)",

@@ -163,3 +163,23 @@ NO_HEAD: Yaml = {"weights": "head.weight: null\n"}
 
 # Phi-3's fused gate_up_proj has gate rows first; it has no MLP biases
 PHI3_NO_GATE_BIAS: Yaml = {"weights": "layers.{i}.mlp.gate.bias: null\n"}
+
+# the experts' gate, up and down as llama.cpp stores them: stacked, [E, I, hidden] and
+# [E, hidden, I], as the moe kind reads them (the converter stacks per-expert tensors and splits
+# fused gate_up ones)
+STACKED_EXPERTS: Yaml = {"weights": """\
+layers.{i}.mlp.experts.gate.weight: blk.{i}.ffn_gate_exps.weight
+layers.{i}.mlp.experts.up.weight: blk.{i}.ffn_up_exps.weight
+layers.{i}.mlp.experts.down.weight: blk.{i}.ffn_down_exps.weight
+"""}
+
+# llama.cpp's qwen3moe and granitemoe have no dense MLP (nor Qwen3-MoE's mlp_only_layers and
+# decoder_sparse_step): a file has no dense MLP tensors, and the mapping reads none
+NO_DENSE_MLP: Yaml = {"weights": """\
+layers.{i}.mlp.gate.weight: null
+layers.{i}.mlp.up.weight: null
+layers.{i}.mlp.down.weight: null
+layers.{i}.mlp.gate.bias: null
+layers.{i}.mlp.up.bias: null
+layers.{i}.mlp.down.bias: null
+"""}

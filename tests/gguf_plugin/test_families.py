@@ -38,6 +38,7 @@ CONVERTED = {
     "cohere": "cohere-gguf", "cohere2": "cohere2-gguf", "gpt_bigcode": "gpt_bigcode-gguf",
     "gpt2": "gpt2-gguf", "bloom": "bloom-gguf", "falcon_7b": "falcon-gguf", "falcon_40b": "falcon-gguf",
     "mamba2": "mamba2-gguf", "mamba2_tied": "mamba2-gguf", "granite3": "granite3-gguf",
+    "qwen3_moe_sparse": "qwen3_moe-gguf", "granitemoe": "granitemoe-gguf",
     "gh_hybrid": "granite-gguf", "gh_all_mamba": "granite-gguf", "gh_moe": "granite-gguf",
     # an attention-only Granite 4.0-H is written as a dense Granite (arch "granite")
     "gh_attention_only": "granite3-gguf",

@@ -25,7 +25,8 @@ FIXTURE_OF = {"llama": "llama_gqa", "qwen2": "qwen2", "qwen3": "qwen3", "smollm3
               "starcoder2": "starcoder2", "command-r": "cohere", "cohere2": "cohere2", "falcon": "falcon_7b",
               "granite": "granite3", "granitehybrid": "gh_hybrid", "phi2": "phi", "phi3": "phi3",
               "stablelm": "stablelm", "gptneox": "gpt_neox", "starcoder": "gpt_bigcode", "gpt2": "gpt2",
-              "bloom": "bloom", "mamba2": "mamba2"}
+              "bloom": "bloom", "mamba2": "mamba2",
+              "qwen3moe": "qwen3_moe_sparse", "granitemoe": "granitemoe"}
 
 FULL_ROTARY_FAMILIES = sorted(arch for arch, f in FAMILIES.items() if FULL_ROTARY in f.yaml)
 
