@@ -35,7 +35,7 @@ from modelkit import (PLACEHOLDER, CheckpointError, TensorReader, WeightMismatch
 from .export_check import differences
 from .export_meta import model_metadata, tokenizer_metadata
 from .export_write import type_max, write_gguf
-from .families import FAMILIES, Family
+from .families import FAMILIES, ROWS, Family
 from .output import OutputFile, refuse_overlap
 from .wording import form_words, tensor_words
 
@@ -111,10 +111,10 @@ def family_of(mapping_name: str, plan: Any = None) -> Family:
     if mapping_name == "granite" and plan is not None and all("ssm" not in layer.blocks for layer in plan.layers) \
             and all(layer.blocks["mlp"].kind != "moe" for layer in plan.layers):
         return FAMILIES["granite"]
-    for family in FAMILIES.values():
+    for family in ROWS:
         if family.mapping == mapping_name:
             return family
-    known = ", ".join(sorted({f.mapping for f in FAMILIES.values()}))
+    known = ", ".join(sorted({f.mapping for f in ROWS}))
     raise CheckpointError(f"cannot convert this {mapping_name} folder to a GGUF file: modelkit writes GGUF files "
                           f"only for the families llama.cpp reads ({known})")
 

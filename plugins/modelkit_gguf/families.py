@@ -17,7 +17,9 @@ through gguf-py's ``TensorNameMap`` for the architecture and writes ``mappings/N
   ``weights`` entries whose tensors the converter changed, each with the transform that undoes
   the change and why);
 - ``gguf_constants``: metadata the converter writes as fixed values, for ``modelkit convert``
-  to write too.
+  to write too;
+- ``when``: for a family the converter writes under another's architecture (Mixtral as
+  ``llama``), the ``{arch}.*`` key whose non-zero value tells its files apart (``expert_count``).
 
 A family llama.cpp adds later is one row, then ``python -m modelkit_gguf.derive``.
 """
@@ -57,6 +59,8 @@ class Family:
     # metadata the converter writes as fixed values, which modelkit's writer writes too
     # (``{arch}.attention.layer_norm_epsilon`` for OLMo, which llama.cpp requires)
     gguf_constants: dict[str, Any] = field(default_factory=dict)
+    # a second family of the same architecture: it serves the files where this key is non-zero
+    when: str | None = None
 
     # config.json name <- GGUF key, for every architecture (gguf-py's templates)
     COMMON: ClassVar[dict[str, str]] = {
@@ -114,11 +118,18 @@ MAMBA2_SIZES = {"mamba_d_conv": Keys.SSM.CONV_KERNEL, "mamba_d_state": Keys.SSM.
                 "mamba_n_groups": Keys.SSM.GROUP_COUNT, "mamba_n_heads": Keys.SSM.TIME_STEP_RANK}
 
 
-FAMILIES: dict[str, Family] = {f.arch: f for f in (
+ROWS: tuple[Family, ...] = (
     Family("llama", "llama", "llama", "LlamaForCausalLM",
            "Llama family in llama.cpp's GGUF layout (Llama 1/2/3, SmolLM, TinyLlama, Mistral 7B)",
            constants=SILU, presence=LLAMA_BIASES,
            yaml=(LLAMA_DEFAULTS, FULL_ROTARY, UNPERMUTE_QK, ROPE_FREQS)),
+    Family("llama", "mixtral", "mixtral", "MixtralForCausalLM",
+           "Mixtral (Llama layers with routed experts) in llama.cpp's GGUF layout, which the converter "
+           "writes as llama",
+           # llama.cpp's llama graph routes by a softmax over all experts, top k renormalised, as Mixtral
+           metadata=EXPERTS, constants=SILU, presence={"attention_bias": "attn_q.bias"},
+           yaml=(LLAMA_DEFAULTS, FULL_ROTARY, UNPERMUTE_QK, ROPE_FREQS, STACKED_EXPERTS, NO_DENSE_MLP),
+           when=Keys.LLM.EXPERT_COUNT),
     Family("qwen2", "qwen2", "qwen2", "Qwen2ForCausalLM", "Qwen2 / Qwen2.5 in llama.cpp's GGUF layout",
            constants=SILU, yaml=(FULL_ROTARY,)),
     Family("qwen3", "qwen3", "qwen3", "Qwen3ForCausalLM", "Qwen3 in llama.cpp's GGUF layout",
@@ -225,4 +236,16 @@ FAMILIES: dict[str, Family] = {f.arch: f for f in (
            metadata=GRANITE_SCALES, constants=SILU, presence=LLAMA_BIASES,
            rules=(rules.granite_dense_mlp, rules.granite_multipliers),
            yaml=(LLAMA_DEFAULTS, FULL_ROTARY, GRANITE_ROPE, UNPERMUTE_QK, ROPE_FREQS)),
-)}
+)
+
+# general.architecture -> its family; those written under another's architecture are in ROWS only
+FAMILIES: dict[str, Family] = {f.arch: f for f in ROWS if f.when is None}
+
+
+def family_for(arch: str, meta: Metadata) -> Family | None:
+    """The family serving a file of ``arch`` with this metadata: one whose ``when`` key is set
+    (non-zero), else the architecture's own row."""
+    for family in ROWS:
+        if family.arch == arch and family.when is not None and meta.get(family.when):
+            return family
+    return FAMILIES.get(arch)

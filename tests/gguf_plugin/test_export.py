@@ -27,6 +27,8 @@ GGUF = FIXTURES / "gguf"
 REFUSED = {
     "mistral_window": "in layer 0's attention, the sliding window in tokens is 5, and a GGUF file of llama.cpp's "
                       "llama architecture has no setting for it (it would be none)",
+    "mixtral": "in layer 0's attention, the sliding window in tokens is 6, and a GGUF file of llama.cpp's "
+               "llama architecture has no setting for it (it would be none)",
     "qwen2_window": "in layer 1's attention, the sliding window in tokens is 4, and a GGUF file of llama.cpp's "
                     "qwen2 architecture has no setting for it (it would be none)",
     "starcoder2": "the sliding window in tokens is 4, and a GGUF file of llama.cpp's starcoder2 architecture",

@@ -14,7 +14,7 @@ import modelkit
 from conftest import FIXTURES
 from gguf_files import rewrite_gguf
 from modelkit_gguf import derive
-from modelkit_gguf.families import FAMILIES
+from modelkit_gguf.families import FAMILIES, ROWS
 from modelkit_gguf.fragments import FULL_ROTARY
 
 GGUF = FIXTURES / "gguf"
@@ -60,8 +60,18 @@ def test_every_refusal_of_a_gguf_mapping_is_exercised() -> None:
     import yaml
 
     tested = {(arch, message) for arch, _, message in REFUSALS}
-    for arch, family in FAMILIES.items():
+    for family in ROWS:
+        arch = family.arch
         checks = yaml.safe_load(derive.render(family)).get("checks") or []
         for check in checks:
             assert any(a == arch and m in check["message"] for a, m in tested), \
                 f"{family.name}: no test meets the refusal {check['message']!r}"
+
+
+def test_a_family_written_under_another_architecture_refuses_as_its_own(tmp_path: Path) -> None:
+    """Mixtral's mapping (a llama file with experts) has llama's checks, met on its own file."""
+    path = rewrite_gguf(GGUF / "mixtral.gguf", tmp_path / "m.gguf", meta={"llama.rope.dimension_count": 2})
+    with pytest.raises(modelkit.ConfigError) as info:
+        modelkit.inspect(path)
+    assert "llama.rope.dimension_count differs from the head size (partial rotary is not supported)" in str(info.value)
+    assert str(path) in str(info.value) and "\n" not in str(info.value)
