@@ -110,7 +110,8 @@ def _partial_rotary(plan: Plan, raw: dict[str, Any], arch: str, meta: Meta) -> N
 
 
 def _mamba2_sizes(plan: Plan, raw: dict[str, Any], arch: str, meta: Meta) -> None:
-    meta[Keys.SSM.INNER_SIZE] = plan.config["mamba_d_inner"]
+    # the mixer's inner width: mamba2's and granite's mamba_d_inner, mamba's d_inner
+    meta[Keys.SSM.INNER_SIZE] = plan.config["mamba_d_inner" if "mamba_d_inner" in plan.config else "d_inner"]
 
 
 def _kv_heads(plan: Plan, raw: dict[str, Any], arch: str, meta: Meta) -> None:

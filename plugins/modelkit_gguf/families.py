@@ -33,7 +33,7 @@ from typing import Any, ClassVar
 from gguf import Keys
 
 from . import family_rules as rules
-from .fragments import (COHERE2_NO_QK_NORM, FALCON_QKV, FULL_ROTARY, GEMMA3, GRANITE_HYBRID, GRANITE_ROPE, LLAMA_DEFAULTS, MAMBA2,
+from .fragments import (COHERE2_NO_QK_NORM, FALCON_QKV, FULL_ROTARY, GEMMA3, GRANITE_HYBRID, GRANITE_ROPE, LLAMA_DEFAULTS, MAMBA, MAMBA2,
                         NO_DENSE_MLP, NO_HEAD, PHI2_NO_QK_NORM, PHI3_NO_GATE_BIAS, QKV_THIRDS, ROPE_FREQS,
                         STABLELM_QK_NORMS, STACKED_EXPERTS, UNPERMUTE_QK, Yaml)
 from .metadata import Metadata, Tensors
@@ -204,6 +204,16 @@ ROWS: tuple[Family, ...] = (
            constants={"activation": "gelu"}, rules=(rules.falcon,), yaml=(FULL_ROTARY, FALCON_QKV),
            # the converter's name for its q, k, v re-ordering
            gguf_constants={Keys.LLM.TENSOR_DATA_LAYOUT: "jploski"}),
+    Family("mamba", "mamba", "mamba", "MambaForCausalLM", "Mamba (1) in llama.cpp's GGUF layout",
+           metadata={"state_size": Keys.SSM.STATE_SIZE, "conv_kernel": Keys.SSM.CONV_KERNEL,
+                     "time_step_rank": Keys.SSM.TIME_STEP_RANK, "layer_norm_epsilon": Keys.Attention.LAYERNORM_RMS_EPS,
+                     "rms_norm_eps": None, "num_attention_heads": None, "num_key_value_heads": None,
+                     "intermediate_size": None, "max_position_embeddings": None},
+           constants=SILU, presence={"use_bias": "ssm_in.bias", "use_conv_bias": "ssm_conv1d.bias"},
+           rules=(rules.mamba2_sizes,), yaml=(MAMBA,),
+           # "arbitrary value" and "unused, but seemingly required when loading" (MambaModel)
+           gguf_constants={Keys.LLM.CONTEXT_LENGTH: 2**20, Keys.LLM.FEED_FORWARD_LENGTH: 0,
+                           Keys.Attention.HEAD_COUNT: 0, Keys.SSM.DT_B_C_RMS: False}),
     Family("mamba2", "mamba2", "mamba2", "Mamba2ForCausalLM", "Mamba2 in llama.cpp's GGUF layout",
            metadata={"num_heads": Keys.SSM.TIME_STEP_RANK, "n_groups": Keys.SSM.GROUP_COUNT,
                      "state_size": Keys.SSM.STATE_SIZE, "conv_kernel": Keys.SSM.CONV_KERNEL,

@@ -224,8 +224,9 @@ def falcon(m: Metadata, cfg: Config, t: Tensors) -> None:
 
 
 def mamba2_sizes(m: Metadata, cfg: Config, t: Tensors) -> None:
-    """Mamba2's ``expand`` and ``head_dim`` from ``ssm.inner_size`` (llama.cpp's mamba2 loader
-    reads d_inner and the head count, ``ssm.time_step_rank``, and divides)."""
+    """Mamba's and Mamba2's ``expand``, and Mamba2's ``head_dim``, from ``ssm.inner_size``
+    (llama.cpp's mamba2 loader reads d_inner and the head count, ``ssm.time_step_rank``, and
+    divides; Mamba 1 has no head count)."""
     hidden, inner, heads = cfg.get("hidden_size"), m.count(Keys.SSM.INNER_SIZE), cfg.get("num_heads")
     if inner is None or not isinstance(hidden, int) or hidden <= 0:
         return

@@ -183,3 +183,16 @@ layers.{i}.mlp.gate.bias: null
 layers.{i}.mlp.up.bias: null
 layers.{i}.mlp.down.bias: null
 """}
+
+# MambaModel.modify_tensors (Mamba 1); Falcon-Mamba, written as mamba too, norms dt, B and C
+MAMBA: Yaml = {
+    "config": "gguf_dt_b_c_rms: {from: gguf.ssm.dt_b_c_rms, type: bool, default: false}\n",
+    "checks": '- {expr: "not gguf_dt_b_c_rms", message: "mamba.ssm.dt_b_c_rms is true (Falcon-Mamba\'s RMS norms '
+              'of dt, B and C are not supported)"}\n',
+    "weights": """\
+# the depthwise conv [C, 1, K] is stored squeezed, [C, K]
+layers.{i}.ssm.conv.weight: blk.{i}.ssm_conv1d.weight
+# A_log is stored as A = -exp(A_log), [d_inner, d_state]
+layers.{i}.ssm.A_log: {from: "blk.{i}.ssm_a", transform: undo_neg_exp}
+""",
+}

@@ -26,7 +26,7 @@ FIXTURE_OF = {"llama": "llama_gqa", "qwen2": "qwen2", "qwen3": "qwen3", "smollm3
               "granite": "granite3", "granitehybrid": "gh_hybrid", "phi2": "phi", "phi3": "phi3",
               "stablelm": "stablelm", "gptneox": "gpt_neox", "starcoder": "gpt_bigcode", "gpt2": "gpt2",
               "bloom": "bloom", "mamba2": "mamba2",
-              "qwen3moe": "qwen3_moe_sparse", "granitemoe": "granitemoe"}
+              "qwen3moe": "qwen3_moe_sparse", "granitemoe": "granitemoe", "mamba": "mamba"}
 
 FULL_ROTARY_FAMILIES = sorted(arch for arch, f in FAMILIES.items() if FULL_ROTARY in f.yaml)
 
@@ -37,6 +37,7 @@ REFUSALS: list[tuple[str, dict[str, Any], str]] = [
     ("granitehybrid", {Keys.Rope.SCALING_FINETUNED: True, Keys.Rope.DIMENSION_COUNT: 4},
      "rope.dimension_count differs from the head size (partial rotary is not supported)"),
     ("granite", {Keys.Rope.SCALING_FINETUNED: False}, "granite.rope.scaling.finetuned is false"),
+    ("mamba", {Keys.SSM.DT_B_C_RMS: True}, "mamba.ssm.dt_b_c_rms is true (Falcon-Mamba's RMS norms"),
     ("gemma3", {Keys.LLM.ATTN_LOGIT_SOFTCAPPING: 50.0}, "gemma3.attn_logit_softcapping is set"),
     ("gemma3", {Keys.Attention.VALUE_LENGTH: 8}, "gemma3.attention.value_length differs from key_length"),
 ]
