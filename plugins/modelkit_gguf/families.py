@@ -33,7 +33,7 @@ from typing import Any, ClassVar
 from gguf import Keys
 
 from . import family_rules as rules
-from .fragments import (COHERE2_NO_QK_NORM, FALCON_QKV, FULL_ROTARY, GEMMA3, GRANITE_HYBRID, GRANITE_ROPE, LLAMA_DEFAULTS, MAMBA, MAMBA2,
+from .fragments import (COHERE2_NO_QK_NORM, FALCON_QKV, FULL_ROTARY, GEMMA3, GRANITE_HYBRID, GRANITE_ROPE, LFM2, LLAMA_DEFAULTS, MAMBA, MAMBA2,
                         NO_DENSE_MLP, NO_HEAD, PHI2_NO_QK_NORM, PHI3_NO_GATE_BIAS, QKV_THIRDS, ROPE_FREQS,
                         STABLELM_QK_NORMS, STACKED_EXPERTS, UNPERMUTE_QK, Yaml)
 from .metadata import Metadata, Tensors
@@ -211,9 +211,9 @@ ROWS: tuple[Family, ...] = (
                      "intermediate_size": None, "max_position_embeddings": None},
            constants=SILU, presence={"use_bias": "ssm_in.bias", "use_conv_bias": "ssm_conv1d.bias"},
            rules=(rules.mamba2_sizes,), yaml=(MAMBA,),
-           # "arbitrary value" and "unused, but seemingly required when loading" (MambaModel)
-           gguf_constants={Keys.LLM.CONTEXT_LENGTH: 2**20, Keys.LLM.FEED_FORWARD_LENGTH: 0,
-                           Keys.Attention.HEAD_COUNT: 0, Keys.SSM.DT_B_C_RMS: False}),
+           # "unused, but seemingly required when loading"; classic Mamba norms no dt, B, C (MambaModel)
+           gguf_constants={Keys.LLM.FEED_FORWARD_LENGTH: 0, Keys.Attention.HEAD_COUNT: 0,
+                           Keys.SSM.DT_B_C_RMS: False}),
     Family("mamba2", "mamba2", "mamba2", "Mamba2ForCausalLM", "Mamba2 in llama.cpp's GGUF layout",
            metadata={"num_heads": Keys.SSM.TIME_STEP_RANK, "n_groups": Keys.SSM.GROUP_COUNT,
                      "state_size": Keys.SSM.STATE_SIZE, "conv_kernel": Keys.SSM.CONV_KERNEL,
@@ -223,6 +223,11 @@ ROWS: tuple[Family, ...] = (
            rules=(rules.mamba2_sizes,), yaml=(MAMBA2,),
            # "unused, but seemingly required when loading" (Mamba2Model)
            gguf_constants={Keys.LLM.FEED_FORWARD_LENGTH: 0, Keys.Attention.HEAD_COUNT: 0}),
+    Family("lfm2", "lfm2", "lfm2", "Lfm2ForCausalLM", "LiquidAI LFM2 in llama.cpp's GGUF layout",
+           metadata={"norm_eps": Keys.Attention.LAYERNORM_RMS_EPS, "rms_norm_eps": None,
+                     "conv_L_cache": Keys.ShortConv.L_CACHE, "num_key_value_heads": None},
+           # the converter writes the MLP's width as it is (block_auto_adjust_ff_dim applied)
+           constants={"block_auto_adjust_ff_dim": False}, rules=(rules.lfm2,), yaml=(LFM2,)),
     Family("granitehybrid", "granite", "granitemoehybrid", "GraniteMoeHybridForCausalLM",
            "Granite 4.0-H (Mamba2 and attention layers, shared MLP, optional experts) in llama.cpp's "
            "GGUF layout",

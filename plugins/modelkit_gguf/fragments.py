@@ -196,3 +196,12 @@ layers.{i}.ssm.conv.weight: blk.{i}.ssm_conv1d.weight
 layers.{i}.ssm.A_log: {from: "blk.{i}.ssm_a", transform: undo_neg_exp}
 """,
 }
+
+# LFM2Model: the short convolution [H, 1, L] stored squeezed, [H, L]; llama.cpp's lfm2 has no
+# convolution biases (its loader creates none), so a file with any is refused (unexpected tensors)
+LFM2: Yaml = {"weights": """\
+layers.{i}.conv.conv.weight: blk.{i}.shortconv.conv.weight
+layers.{i}.conv.in_proj.bias: null
+layers.{i}.conv.conv.bias: null
+layers.{i}.conv.out_proj.bias: null
+"""}

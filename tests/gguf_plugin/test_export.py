@@ -140,6 +140,20 @@ def test_families_llama_cpp_does_not_read_are_refused(tmp_path: Path, src: str) 
         export(fixture_path(src), tmp_path / "m.gguf")
 
 
+# folders of a family llama.cpp reads, with tensors its architecture has no place for
+NO_PLACE = {
+    "qwen3_moe": "llama.cpp's qwen3moe architecture: it has no place for the folder's MLP gate and up projections",
+    "lfm2": "llama.cpp's lfm2 architecture: it has no place for the folder's tensor 'conv.in_proj.bias'",
+}
+
+
+@pytest.mark.parametrize("name", sorted(NO_PLACE))
+def test_tensors_the_architecture_has_no_place_for_are_refused(tmp_path: Path, name: str) -> None:
+    with pytest.raises(CheckpointError) as info:
+        export(fixture_path(name), tmp_path / "m.gguf")
+    assert NO_PLACE[name] in str(info.value) and not list(tmp_path.iterdir())
+
+
 def test_other_refusals_are_plain(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="is a GGUF file already"):
         export(GGUF / "llama_gqa.gguf", tmp_path / "m.gguf")

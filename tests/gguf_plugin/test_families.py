@@ -40,7 +40,7 @@ CONVERTED = {
     "mamba2": "mamba2-gguf", "mamba2_tied": "mamba2-gguf", "granite3": "granite3-gguf",
     "qwen3_moe_sparse": "qwen3_moe-gguf", "granitemoe": "granitemoe-gguf",
     "mixtral": "mixtral-gguf",  # written as llama, with llama.expert_count
-    "mamba": "mamba-gguf",
+    "mamba": "mamba-gguf", "lfm2_hub_config": "lfm2-gguf",
     "gh_hybrid": "granite-gguf", "gh_all_mamba": "granite-gguf", "gh_moe": "granite-gguf",
     # an attention-only Granite 4.0-H is written as a dense Granite (arch "granite")
     "gh_attention_only": "granite3-gguf",

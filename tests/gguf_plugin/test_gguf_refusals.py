@@ -26,7 +26,8 @@ FIXTURE_OF = {"llama": "llama_gqa", "qwen2": "qwen2", "qwen3": "qwen3", "smollm3
               "granite": "granite3", "granitehybrid": "gh_hybrid", "phi2": "phi", "phi3": "phi3",
               "stablelm": "stablelm", "gptneox": "gpt_neox", "starcoder": "gpt_bigcode", "gpt2": "gpt2",
               "bloom": "bloom", "mamba2": "mamba2",
-              "qwen3moe": "qwen3_moe_sparse", "granitemoe": "granitemoe", "mamba": "mamba"}
+              "qwen3moe": "qwen3_moe_sparse", "granitemoe": "granitemoe", "mamba": "mamba",
+              "lfm2": "lfm2_hub_config"}
 
 FULL_ROTARY_FAMILIES = sorted(arch for arch, f in FAMILIES.items() if FULL_ROTARY in f.yaml)
 
