@@ -45,7 +45,8 @@ TYPES = {"f32": (Q.F32, LlamaFileType.ALL_F32), "f16": (Q.F16, LlamaFileType.MOS
 ALIASES = {"float32": "f32", "fp32": "f32", "float16": "f16", "fp16": "f16", "bfloat16": "bf16", "q8": "q8_0"}
 # tensors the converter keeps in float32 whatever the output type (ModelBase.prepare_tensors;
 # Mamba's A and D are F32 in its files too)
-F32_KINDS = ("ffn_gate_inp.weight", "position_embd.weight", "ssm_conv1d.weight", "ssm_a", "ssm_d")
+F32_KINDS = ("ffn_gate_inp.weight", "position_embd.weight", "ssm_conv1d.weight", "shortconv.conv.weight", "ssm_a",
+             "ssm_d")
 # the stored shape of tensors the GGUF mapping reshapes on loading (Mamba2Model.modify_tensors):
 # GGUF kind -> (canonical shape, the block's options) -> stored shape
 STORED_SHAPES: dict[str, Callable[[tuple[int, ...], dict[str, Any]], tuple[int, ...]]] = {

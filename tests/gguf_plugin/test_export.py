@@ -121,6 +121,14 @@ def test_half_and_quantised_files_load_close_to_the_folder(tmp_path: Path, name:
     assert max_abs(modelkit.load(out).forward(ids), want) < bound * np.abs(want).max()
 
 
+def test_the_short_convolution_stays_float32(tmp_path: Path) -> None:
+    # as the converter keeps it (SHORTCONV_CONV): llama.cpp's conv kernel reads float32 only
+    out = tmp_path / "m.gguf"
+    export(fixture_path("lfm2_hub_config"), out, dtype="f16")
+    types = {t.name: t.tensor_type.name for t in gguf.GGUFReader(out).tensors}
+    assert types["blk.0.shortconv.conv.weight"] == "F32" and types["blk.0.shortconv.in_proj.weight"] == "F16"
+
+
 @pytest.mark.parametrize("name", sorted(REFUSED))
 def test_what_a_gguf_file_cannot_hold_is_refused(tmp_path: Path, name: str) -> None:
     out = tmp_path / "m.gguf"
