@@ -40,6 +40,7 @@ CONTRACT: dict[str, tuple[str, list[str] | None]] = {
     # dense layers among the routed ones: mlp_only_layers [2]; decoder_sparse_step 2
     "qwen3_moe": ("qwen3_moe", ["sparse", "sparse", "dense", "sparse"]),
     "qwen3_moe_fused": ("qwen3_moe", ["dense", "sparse", "dense", "sparse"]),
+    "qwen3_moe_sparse": ("qwen3_moe", ["sparse"] * 3),  # every layer routed (its GGUF fixture)
     "compare_llama": ("llama", None),  # built by modelkit.testing's fixture builder (build_compare_fixture.py)
 }
 NAMES = list(CONTRACT)

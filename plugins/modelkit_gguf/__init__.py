@@ -26,10 +26,10 @@ from modelkit import hookimpl
 
 @hookimpl
 def register_architectures(register: Callable[..., None]) -> None:
-    from .families import FAMILIES
+    from .families import ROWS
 
     # one mapping per family, written by derive.py into mappings/ beside this file
-    for family in FAMILIES.values():
+    for family in ROWS:
         register(family.name, resources.files(__name__) / "mappings" / f"{family.mapping}.yaml")
 
 

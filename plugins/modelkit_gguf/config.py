@@ -22,7 +22,7 @@ from gguf import MODEL_ARCH_NAMES, MODEL_TENSOR, TENSOR_NAMES, Keys
 
 from modelkit import CheckpointError
 
-from .families import FAMILIES, Family
+from .families import FAMILIES, Family, family_for
 from .metadata import Metadata, Tensors
 
 # config.json name <- tokenizer metadata key
@@ -102,13 +102,13 @@ def config_from_metadata(meta: Mapping[str, Any], tensors: Mapping[str, tuple[in
     arch = meta.get(Keys.General.ARCHITECTURE)
     if not isinstance(arch, str) or not arch:
         raise CheckpointError(f"{path}: no 'general.architecture' metadata; not a model GGUF")
-    family = FAMILIES.get(arch)
+    m = Metadata(meta, arch, path)
+    family = family_for(arch, m)
     if family is None and arch not in MODEL_ARCH_NAMES.values():
         # no tensor name map: neither llama.cpp's names nor a mapping derived from them apply
         raise CheckpointError(f"{path}: metadata key 'general.architecture' is {arch[:80]!r}, an architecture the "
                               f"installed gguf package ({_gguf_version()}) has no tensor names for; modelkit "
                               f"reads GGUF files of {', '.join(sorted(FAMILIES))}")
-    m = Metadata(meta, arch, path)
     present = Tensors(tensors)
     cfg = _identity(family, arch)
     table = family.metadata_table() if family is not None else Family.common_table()

@@ -1,6 +1,6 @@
 """Writing the GGUF mappings: a family's Hugging Face mapping with llama.cpp's tensor names.
 
-For every family of :data:`~modelkit_gguf.families.FAMILIES`, the GGUF mapping
+For every family of :data:`~modelkit_gguf.families.ROWS`, the GGUF mapping
 ``mappings/NAME.yaml`` extends the Hugging Face mapping ``NAME``. Each of that mapping's
 ``weights`` entries gets the GGUF name gguf-py's ``TensorNameMap`` gives its checkpoint name for
 the architecture (``model.layers.{i}.self_attn.q_proj.weight`` -> ``blk.{i}.attn_q.weight``;
@@ -28,7 +28,7 @@ import yaml
 
 from modelkit import PLACEHOLDER, MappingError, find_mapping
 
-from .families import FAMILIES, Family
+from .families import ROWS, Family
 
 SECTIONS = ("config", "checks", "model", "layers", "weights")
 HEADER = """\
@@ -166,22 +166,22 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m modelkit_gguf.derive", description=__doc__.split("\n\n")[0])
     parser.add_argument("--check", action="store_true", help="only report mappings that are out of date")
     args = parser.parse_args(argv)
-    paths = {family.arch: mapping_file(family) for family in FAMILIES.values()}
-    old = {arch: path.read_text(encoding="utf-8") if path.is_file() else None for arch, path in paths.items()}
+    paths = {family.name: mapping_file(family) for family in ROWS}
+    old = {name: path.read_text(encoding="utf-8") if path.is_file() else None for name, path in paths.items()}
     if not args.check:
-        for family in FAMILIES.values():
-            paths[family.arch].write_text(stub(family), encoding="utf-8")
+        for family in ROWS:
+            paths[family.name].write_text(stub(family), encoding="utf-8")
     try:
-        texts = {family.arch: render(family) for family in FAMILIES.values()}
+        texts = {family.name: render(family) for family in ROWS}
     except BaseException:
-        for arch, text in old.items():  # put back what was there
+        for name, text in old.items():  # put back what was there
             if text is not None and not args.check:
-                paths[arch].write_text(text, encoding="utf-8")
+                paths[name].write_text(text, encoding="utf-8")
         raise
-    stale = [paths[arch].name for arch, text in texts.items() if old[arch] != text]
-    for arch, text in texts.items():
+    stale = [paths[name].name for name, text in texts.items() if old[name] != text]
+    for name, text in texts.items():
         if not args.check:
-            paths[arch].write_text(text, encoding="utf-8")
+            paths[name].write_text(text, encoding="utf-8")
     if stale:
         print(("out of date: " if args.check else "wrote: ") + ", ".join(stale), file=sys.stderr)
     return 1 if stale and args.check else 0

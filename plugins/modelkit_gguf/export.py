@@ -35,7 +35,7 @@ from modelkit import (PLACEHOLDER, CheckpointError, TensorReader, WeightMismatch
 from .export_check import differences
 from .export_meta import model_metadata, tokenizer_metadata
 from .export_write import type_max, write_gguf
-from .families import FAMILIES, Family
+from .families import FAMILIES, ROWS, Family
 from .output import OutputFile, refuse_overlap
 from .wording import form_words, tensor_words
 
@@ -45,7 +45,8 @@ TYPES = {"f32": (Q.F32, LlamaFileType.ALL_F32), "f16": (Q.F16, LlamaFileType.MOS
 ALIASES = {"float32": "f32", "fp32": "f32", "float16": "f16", "fp16": "f16", "bfloat16": "bf16", "q8": "q8_0"}
 # tensors the converter keeps in float32 whatever the output type (ModelBase.prepare_tensors;
 # Mamba's A and D are F32 in its files too)
-F32_KINDS = ("ffn_gate_inp.weight", "position_embd.weight", "ssm_conv1d.weight", "ssm_a", "ssm_d")
+F32_KINDS = ("ffn_gate_inp.weight", "position_embd.weight", "ssm_conv1d.weight", "shortconv.conv.weight", "ssm_a",
+             "ssm_d")
 # the stored shape of tensors the GGUF mapping reshapes on loading (Mamba2Model.modify_tensors):
 # GGUF kind -> (canonical shape, the block's options) -> stored shape
 STORED_SHAPES: dict[str, Callable[[tuple[int, ...], dict[str, Any]], tuple[int, ...]]] = {
@@ -111,10 +112,10 @@ def family_of(mapping_name: str, plan: Any = None) -> Family:
     if mapping_name == "granite" and plan is not None and all("ssm" not in layer.blocks for layer in plan.layers) \
             and all(layer.blocks["mlp"].kind != "moe" for layer in plan.layers):
         return FAMILIES["granite"]
-    for family in FAMILIES.values():
+    for family in ROWS:
         if family.mapping == mapping_name:
             return family
-    known = ", ".join(sorted({f.mapping for f in FAMILIES.values()}))
+    known = ", ".join(sorted({f.mapping for f in ROWS}))
     raise CheckpointError(f"cannot convert this {mapping_name} folder to a GGUF file: modelkit writes GGUF files "
                           f"only for the families llama.cpp reads ({known})")
 

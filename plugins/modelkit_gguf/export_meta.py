@@ -79,6 +79,14 @@ def _granite_hybrid(plan: Plan, raw: dict[str, Any], arch: str, meta: Meta) -> N
     meta[Keys.Rope.DIMENSION_COUNT] = plan.config["head_dim"]  # written with or without rotary
 
 
+def _lfm2(plan: Plan, raw: dict[str, Any], arch: str, meta: Meta) -> None:
+    # a short-convolution layer has no KV heads; the MLP's width as it runs (auto-adjusted or not)
+    kv = attention_option(plan, "num_kv_heads") or 0
+    meta[Keys.Attention.HEAD_COUNT_KV] = ([kv if "attn" in layer.blocks else 0 for layer in plan.layers],
+                                          GGUFValueType.ARRAY)
+    meta[Keys.LLM.FEED_FORWARD_LENGTH] = plan.config["ffn_size"]
+
+
 def _sliding_flags(plan: Plan, raw: dict[str, Any], arch: str, meta: Meta) -> None:
     # llama.cpp reads attention.sliding_window_pattern as one flag per layer (load_swa_pattern)
     kinds = _layer_kinds(plan)
@@ -110,7 +118,8 @@ def _partial_rotary(plan: Plan, raw: dict[str, Any], arch: str, meta: Meta) -> N
 
 
 def _mamba2_sizes(plan: Plan, raw: dict[str, Any], arch: str, meta: Meta) -> None:
-    meta[Keys.SSM.INNER_SIZE] = plan.config["mamba_d_inner"]
+    # the mixer's inner width: mamba2's and granite's mamba_d_inner, mamba's d_inner
+    meta[Keys.SSM.INNER_SIZE] = plan.config["mamba_d_inner" if "mamba_d_inner" in plan.config else "d_inner"]
 
 
 def _kv_heads(plan: Plan, raw: dict[str, Any], arch: str, meta: Meta) -> None:
@@ -135,7 +144,7 @@ INVERSES: dict[Callable[..., None], Callable[[Plan, dict[str, Any], str, Meta], 
     rules.granite_dense_mlp: _shared_mlp, rules.gemma3: _gemma3, rules.gemma2: _gemma2,
     rules.partial_rotary: _partial_rotary, rules.mamba2_sizes: _mamba2_sizes,
     rules.one_kv_head_is_multi_query: _kv_heads, rules.falcon: _kv_heads,
-    rules.kv_heads_from_tensors: _nothing,
+    rules.kv_heads_from_tensors: _nothing, rules.lfm2: _lfm2,
 }
 
 

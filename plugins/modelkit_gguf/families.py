@@ -17,7 +17,9 @@ through gguf-py's ``TensorNameMap`` for the architecture and writes ``mappings/N
   ``weights`` entries whose tensors the converter changed, each with the transform that undoes
   the change and why);
 - ``gguf_constants``: metadata the converter writes as fixed values, for ``modelkit convert``
-  to write too.
+  to write too;
+- ``when``: for a family the converter writes under another's architecture (Mixtral as
+  ``llama``), the ``{arch}.*`` key whose non-zero value tells its files apart (``expert_count``).
 
 A family llama.cpp adds later is one row, then ``python -m modelkit_gguf.derive``.
 """
@@ -31,9 +33,9 @@ from typing import Any, ClassVar
 from gguf import Keys
 
 from . import family_rules as rules
-from .fragments import (COHERE2_NO_QK_NORM, FALCON_QKV, FULL_ROTARY, GEMMA3, GRANITE_HYBRID, GRANITE_ROPE, LLAMA_DEFAULTS, MAMBA2,
-                        NO_HEAD, PHI2_NO_QK_NORM, PHI3_NO_GATE_BIAS, QKV_THIRDS, ROPE_FREQS, STABLELM_QK_NORMS,
-                        UNPERMUTE_QK, Yaml)
+from .fragments import (COHERE2_NO_QK_NORM, FALCON_QKV, FULL_ROTARY, GEMMA3, GRANITE_HYBRID, GRANITE_ROPE, LFM2, LLAMA_DEFAULTS, MAMBA, MAMBA2,
+                        NO_DENSE_MLP, NO_HEAD, PHI2_NO_QK_NORM, PHI3_NO_GATE_BIAS, QKV_THIRDS, ROPE_FREQS,
+                        STABLELM_QK_NORMS, STACKED_EXPERTS, UNPERMUTE_QK, Yaml)
 from .metadata import Metadata, Tensors
 
 Rule = Callable[[Metadata, dict[str, Any], Tensors], None]
@@ -57,6 +59,8 @@ class Family:
     # metadata the converter writes as fixed values, which modelkit's writer writes too
     # (``{arch}.attention.layer_norm_epsilon`` for OLMo, which llama.cpp requires)
     gguf_constants: dict[str, Any] = field(default_factory=dict)
+    # a second family of the same architecture: it serves the files where this key is non-zero
+    when: str | None = None
 
     # config.json name <- GGUF key, for every architecture (gguf-py's templates)
     COMMON: ClassVar[dict[str, str]] = {
@@ -109,19 +113,32 @@ GPT2_NAMES = {  # GPT-2 style config.json names
     "max_position_embeddings": None,
 }
 LAYER_NORM_EPS = {"layer_norm_eps": Keys.Attention.LAYERNORM_EPS}
+EXPERTS = {"num_local_experts": Keys.LLM.EXPERT_COUNT, "num_experts_per_tok": Keys.LLM.EXPERT_USED_COUNT}
 MAMBA2_SIZES = {"mamba_d_conv": Keys.SSM.CONV_KERNEL, "mamba_d_state": Keys.SSM.STATE_SIZE,
                 "mamba_n_groups": Keys.SSM.GROUP_COUNT, "mamba_n_heads": Keys.SSM.TIME_STEP_RANK}
 
 
-FAMILIES: dict[str, Family] = {f.arch: f for f in (
+ROWS: tuple[Family, ...] = (
     Family("llama", "llama", "llama", "LlamaForCausalLM",
            "Llama family in llama.cpp's GGUF layout (Llama 1/2/3, SmolLM, TinyLlama, Mistral 7B)",
            constants=SILU, presence=LLAMA_BIASES,
            yaml=(LLAMA_DEFAULTS, FULL_ROTARY, UNPERMUTE_QK, ROPE_FREQS)),
+    Family("llama", "mixtral", "mixtral", "MixtralForCausalLM",
+           "Mixtral (Llama layers with routed experts) in llama.cpp's GGUF layout, which the converter "
+           "writes as llama",
+           # llama.cpp's llama graph routes by a softmax over all experts, top k renormalised, as Mixtral
+           metadata=EXPERTS, constants=SILU, presence={"attention_bias": "attn_q.bias"},
+           yaml=(LLAMA_DEFAULTS, FULL_ROTARY, UNPERMUTE_QK, ROPE_FREQS, STACKED_EXPERTS, NO_DENSE_MLP),
+           when=Keys.LLM.EXPERT_COUNT),
     Family("qwen2", "qwen2", "qwen2", "Qwen2ForCausalLM", "Qwen2 / Qwen2.5 in llama.cpp's GGUF layout",
            constants=SILU, yaml=(FULL_ROTARY,)),
     Family("qwen3", "qwen3", "qwen3", "Qwen3ForCausalLM", "Qwen3 in llama.cpp's GGUF layout",
            constants=SILU, yaml=(FULL_ROTARY,)),
+    Family("qwen3moe", "qwen3_moe", "qwen3_moe", "Qwen3MoeForCausalLM", "Qwen3-MoE in llama.cpp's GGUF layout",
+           metadata={**EXPERTS, "moe_intermediate_size": Keys.LLM.EXPERT_FEED_FORWARD_LENGTH},
+           # llama.cpp's qwen3moe graph renormalises the top-k weights (build_moe_ffn(..., true, ...))
+           # and routes every layer (it has no dense layers: mlp_only_layers, decoder_sparse_step)
+           constants={**SILU, "norm_topk_prob": True}, yaml=(FULL_ROTARY, STACKED_EXPERTS, NO_DENSE_MLP)),
     Family("smollm3", "smollm3", "smollm3", "SmolLM3ForCausalLM", "SmolLM3 in llama.cpp's GGUF layout",
            # llama.cpp's smollm3 loader fixes n_no_rope_layer_step = 4: every fourth layer has no rotary
            constants={**SILU, "no_rope_layer_interval": 4}, presence=LLAMA_BIASES,
@@ -187,6 +204,16 @@ FAMILIES: dict[str, Family] = {f.arch: f for f in (
            constants={"activation": "gelu"}, rules=(rules.falcon,), yaml=(FULL_ROTARY, FALCON_QKV),
            # the converter's name for its q, k, v re-ordering
            gguf_constants={Keys.LLM.TENSOR_DATA_LAYOUT: "jploski"}),
+    Family("mamba", "mamba", "mamba", "MambaForCausalLM", "Mamba (1) in llama.cpp's GGUF layout",
+           metadata={"state_size": Keys.SSM.STATE_SIZE, "conv_kernel": Keys.SSM.CONV_KERNEL,
+                     "time_step_rank": Keys.SSM.TIME_STEP_RANK, "layer_norm_epsilon": Keys.Attention.LAYERNORM_RMS_EPS,
+                     "rms_norm_eps": None, "num_attention_heads": None, "num_key_value_heads": None,
+                     "intermediate_size": None, "max_position_embeddings": None},
+           constants=SILU, presence={"use_bias": "ssm_in.bias", "use_conv_bias": "ssm_conv1d.bias"},
+           rules=(rules.mamba2_sizes,), yaml=(MAMBA,),
+           # "unused, but seemingly required when loading"; classic Mamba norms no dt, B, C (MambaModel)
+           gguf_constants={Keys.LLM.FEED_FORWARD_LENGTH: 0, Keys.Attention.HEAD_COUNT: 0,
+                           Keys.SSM.DT_B_C_RMS: False}),
     Family("mamba2", "mamba2", "mamba2", "Mamba2ForCausalLM", "Mamba2 in llama.cpp's GGUF layout",
            metadata={"num_heads": Keys.SSM.TIME_STEP_RANK, "n_groups": Keys.SSM.GROUP_COUNT,
                      "state_size": Keys.SSM.STATE_SIZE, "conv_kernel": Keys.SSM.CONV_KERNEL,
@@ -196,6 +223,11 @@ FAMILIES: dict[str, Family] = {f.arch: f for f in (
            rules=(rules.mamba2_sizes,), yaml=(MAMBA2,),
            # "unused, but seemingly required when loading" (Mamba2Model)
            gguf_constants={Keys.LLM.FEED_FORWARD_LENGTH: 0, Keys.Attention.HEAD_COUNT: 0}),
+    Family("lfm2", "lfm2", "lfm2", "Lfm2ForCausalLM", "LiquidAI LFM2 in llama.cpp's GGUF layout",
+           metadata={"norm_eps": Keys.Attention.LAYERNORM_RMS_EPS, "rms_norm_eps": None,
+                     "conv_L_cache": Keys.ShortConv.L_CACHE, "num_key_value_heads": None},
+           # the converter writes the MLP's width as it is (block_auto_adjust_ff_dim applied)
+           constants={"block_auto_adjust_ff_dim": False}, rules=(rules.lfm2,), yaml=(LFM2,)),
     Family("granitehybrid", "granite", "granitemoehybrid", "GraniteMoeHybridForCausalLM",
            "Granite 4.0-H (Mamba2 and attention layers, shared MLP, optional experts) in llama.cpp's "
            "GGUF layout",
@@ -208,10 +240,27 @@ FAMILIES: dict[str, Family] = {f.arch: f for f in (
                      "mamba_proj_bias": "ssm_in.bias"},
            rules=(rules.granite_hybrid, rules.granite_multipliers),
            yaml=(MAMBA2, GRANITE_HYBRID, UNPERMUTE_QK)),
+    Family("granitemoe", "granitemoe", "granitemoe", "GraniteMoeForCausalLM",
+           "GraniteMoe (Granite 3 with routed experts) in llama.cpp's GGUF layout",
+           metadata={**GRANITE_SCALES, **EXPERTS}, constants=SILU, presence={"attention_bias": "attn_q.bias"},
+           rules=(rules.granite_multipliers,),
+           yaml=(LLAMA_DEFAULTS, FULL_ROTARY, UNPERMUTE_QK, ROPE_FREQS, STACKED_EXPERTS, NO_DENSE_MLP)),
     Family("granite", "granite3", "granite", "GraniteForCausalLM",
            "Granite 3 dense family in llama.cpp's GGUF layout (and attention-only Granite 4.0-H, "
            "which the converter writes as granite)",
            metadata=GRANITE_SCALES, constants=SILU, presence=LLAMA_BIASES,
            rules=(rules.granite_dense_mlp, rules.granite_multipliers),
            yaml=(LLAMA_DEFAULTS, FULL_ROTARY, GRANITE_ROPE, UNPERMUTE_QK, ROPE_FREQS)),
-)}
+)
+
+# general.architecture -> its family; those written under another's architecture are in ROWS only
+FAMILIES: dict[str, Family] = {f.arch: f for f in ROWS if f.when is None}
+
+
+def family_for(arch: str, meta: Metadata) -> Family | None:
+    """The family serving a file of ``arch`` with this metadata: one whose ``when`` key is set
+    (non-zero), else the architecture's own row."""
+    for family in ROWS:
+        if family.arch == arch and family.when is not None and meta.get(family.when):
+            return family
+    return FAMILIES.get(arch)

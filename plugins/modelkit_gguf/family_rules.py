@@ -224,8 +224,9 @@ def falcon(m: Metadata, cfg: Config, t: Tensors) -> None:
 
 
 def mamba2_sizes(m: Metadata, cfg: Config, t: Tensors) -> None:
-    """Mamba2's ``expand`` and ``head_dim`` from ``ssm.inner_size`` (llama.cpp's mamba2 loader
-    reads d_inner and the head count, ``ssm.time_step_rank``, and divides)."""
+    """Mamba's and Mamba2's ``expand``, and Mamba2's ``head_dim``, from ``ssm.inner_size``
+    (llama.cpp's mamba2 loader reads d_inner and the head count, ``ssm.time_step_rank``, and
+    divides; Mamba 1 has no head count)."""
     hidden, inner, heads = cfg.get("hidden_size"), m.count(Keys.SSM.INNER_SIZE), cfg.get("num_heads")
     if inner is None or not isinstance(hidden, int) or hidden <= 0:
         return
@@ -250,3 +251,20 @@ def kv_heads_from_tensors(m: Metadata, cfg: Config, t: Tensors) -> None:
     rows, head_dim = t.rows("attn_k.weight"), _head_dim(cfg)
     if rows and head_dim and rows % head_dim == 0:
         cfg["num_key_value_heads"] = rows // head_dim
+
+
+def lfm2(m: Metadata, cfg: Config, t: Tensors) -> None:
+    """LFM2's layer kinds, as llama.cpp's lfm2 loader reads them (src/models/lfm2.cpp): a layer
+    is a short convolution exactly when its ``attention.head_count_kv`` is 0 (LFM2Model writes
+    0 for them); the attention layers share one KV head count."""
+    layers = _layers(cfg)
+    if layers is None:
+        return
+    kv = m.per_layer(Keys.Attention.HEAD_COUNT_KV, layers) or [0] * layers
+    cfg["layer_types"] = ["full_attention" if n else "conv" for n in kv]
+    used = {n for n in kv if n}
+    if len(used) > 1:
+        raise m.error(Keys.Attention.HEAD_COUNT_KV, f"differs between attention layers ({sorted(used)}); "
+                                                    f"modelkit's attention layers share one head count")
+    if used:
+        cfg["num_key_value_heads"] = used.pop()

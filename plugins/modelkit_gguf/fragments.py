@@ -163,3 +163,45 @@ NO_HEAD: Yaml = {"weights": "head.weight: null\n"}
 
 # Phi-3's fused gate_up_proj has gate rows first; it has no MLP biases
 PHI3_NO_GATE_BIAS: Yaml = {"weights": "layers.{i}.mlp.gate.bias: null\n"}
+
+# the experts' gate, up and down as llama.cpp stores them: stacked, [E, I, hidden] and
+# [E, hidden, I], as the moe kind reads them (the converter stacks per-expert tensors and splits
+# fused gate_up ones)
+STACKED_EXPERTS: Yaml = {"weights": """\
+layers.{i}.mlp.experts.gate.weight: blk.{i}.ffn_gate_exps.weight
+layers.{i}.mlp.experts.up.weight: blk.{i}.ffn_up_exps.weight
+layers.{i}.mlp.experts.down.weight: blk.{i}.ffn_down_exps.weight
+"""}
+
+# llama.cpp's qwen3moe and granitemoe have no dense MLP (nor Qwen3-MoE's mlp_only_layers and
+# decoder_sparse_step): a file has no dense MLP tensors, and the mapping reads none
+NO_DENSE_MLP: Yaml = {"weights": """\
+layers.{i}.mlp.gate.weight: null
+layers.{i}.mlp.up.weight: null
+layers.{i}.mlp.down.weight: null
+layers.{i}.mlp.gate.bias: null
+layers.{i}.mlp.up.bias: null
+layers.{i}.mlp.down.bias: null
+"""}
+
+# MambaModel.modify_tensors (Mamba 1); Falcon-Mamba, written as mamba too, norms dt, B and C
+MAMBA: Yaml = {
+    "config": "gguf_dt_b_c_rms: {from: gguf.ssm.dt_b_c_rms, type: bool, default: false}\n",
+    "checks": '- {expr: "not gguf_dt_b_c_rms", message: "mamba.ssm.dt_b_c_rms is true (Falcon-Mamba\'s RMS norms '
+              'of dt, B and C are not supported)"}\n',
+    "weights": """\
+# the depthwise conv [C, 1, K] is stored squeezed, [C, K]
+layers.{i}.ssm.conv.weight: blk.{i}.ssm_conv1d.weight
+# A_log is stored as A = -exp(A_log), [d_inner, d_state]
+layers.{i}.ssm.A_log: {from: "blk.{i}.ssm_a", transform: undo_neg_exp}
+""",
+}
+
+# LFM2Model: the short convolution [H, 1, L] stored squeezed, [H, L]; llama.cpp's lfm2 has no
+# convolution biases (its loader creates none), so a file with any is refused (unexpected tensors)
+LFM2: Yaml = {"weights": """\
+layers.{i}.conv.conv.weight: blk.{i}.shortconv.conv.weight
+layers.{i}.conv.in_proj.bias: null
+layers.{i}.conv.conv.bias: null
+layers.{i}.conv.out_proj.bias: null
+"""}

@@ -22,7 +22,8 @@ TENSORS = {
     "mlp.experts.down.weight": "experts' down projections", "mlp.router.weight": "expert router",
     "ssm.conv.weight": "Mamba convolution weight", "ssm.conv.bias": "Mamba convolution bias",
     "ssm.in_proj.weight": "Mamba input projection", "ssm.A_log": "Mamba decay (A)",
-    "ssm.norm.weight": "Mamba gated norm", "embed.weight": "token embedding", "head.weight": "output head",
+    "ssm.norm.weight": "Mamba gated norm", "conv.conv.weight": "short convolution weight",
+    "conv.in_proj.weight": "short convolution input projection", "embed.weight": "token embedding", "head.weight": "output head",
 }
 # a transform a mapping applies on loading -> the form the tensor is stored in
 FORMS = {

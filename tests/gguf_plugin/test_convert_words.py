@@ -36,6 +36,16 @@ GGUF_TO_HF = {
     "gh_hybrid": "of granite: its Mamba convolution weight would have to be stored in another shape "
                  "(model.layers.N.mamba.conv1d.weight)",
     "llama3_rope_headdim": "it keeps Llama 3's rope scaling only as one divisor per frequency",
+    "mamba": "of mamba: its Mamba convolution weight would have to be stored in another shape "
+             "(backbone.layers.N.mixer.conv1d.weight)",
+    "mixtral": "of mixtral: its experts' gate and up projections would have to be stored as one tensor per piece "
+               "(model.layers.N.block_sparse_moe.experts.{j}.w1.weight)",
+    "qwen3_moe_sparse": "of qwen3_moe: its experts' gate and up projections would have to be stored as one tensor "
+                        "per piece (model.layers.N.mlp.experts.{j}.gate_proj.weight)",
+    "granitemoe": "of granitemoe: its experts' gate and up projections would have to be stored fused into one "
+                  "tensor (model.layers.N.block_sparse_moe.input_linear.weight)",
+    "lfm2_hub_config": "of lfm2: its short convolution weight would have to be stored in another shape "
+                       "(model.layers.N.conv.conv.weight)",
 }
 
 

@@ -27,6 +27,8 @@ GGUF = FIXTURES / "gguf"
 REFUSED = {
     "mistral_window": "in layer 0's attention, the sliding window in tokens is 5, and a GGUF file of llama.cpp's "
                       "llama architecture has no setting for it (it would be none)",
+    "mixtral": "in layer 0's attention, the sliding window in tokens is 6, and a GGUF file of llama.cpp's "
+               "llama architecture has no setting for it (it would be none)",
     "qwen2_window": "in layer 1's attention, the sliding window in tokens is 4, and a GGUF file of llama.cpp's "
                     "qwen2 architecture has no setting for it (it would be none)",
     "starcoder2": "the sliding window in tokens is 4, and a GGUF file of llama.cpp's starcoder2 architecture",
@@ -119,6 +121,14 @@ def test_half_and_quantised_files_load_close_to_the_folder(tmp_path: Path, name:
     assert max_abs(modelkit.load(out).forward(ids), want) < bound * np.abs(want).max()
 
 
+def test_the_short_convolution_stays_float32(tmp_path: Path) -> None:
+    # as the converter keeps it (SHORTCONV_CONV): llama.cpp's conv kernel reads float32 only
+    out = tmp_path / "m.gguf"
+    export(fixture_path("lfm2_hub_config"), out, dtype="f16")
+    types = {t.name: t.tensor_type.name for t in gguf.GGUFReader(out).tensors}
+    assert types["blk.0.shortconv.conv.weight"] == "F32" and types["blk.0.shortconv.in_proj.weight"] == "F16"
+
+
 @pytest.mark.parametrize("name", sorted(REFUSED))
 def test_what_a_gguf_file_cannot_hold_is_refused(tmp_path: Path, name: str) -> None:
     out = tmp_path / "m.gguf"
@@ -136,6 +146,20 @@ def test_families_llama_cpp_does_not_read_are_refused(tmp_path: Path, src: str) 
     with pytest.raises(CheckpointError, match=f"cannot convert this {src} folder to a GGUF file: modelkit writes "
                                               f"GGUF files only for the families llama.cpp reads"):
         export(fixture_path(src), tmp_path / "m.gguf")
+
+
+# folders of a family llama.cpp reads, with tensors its architecture has no place for
+NO_PLACE = {
+    "qwen3_moe": "llama.cpp's qwen3moe architecture: it has no place for the folder's MLP gate and up projections",
+    "lfm2": "llama.cpp's lfm2 architecture: it has no place for the folder's tensor 'conv.in_proj.bias'",
+}
+
+
+@pytest.mark.parametrize("name", sorted(NO_PLACE))
+def test_tensors_the_architecture_has_no_place_for_are_refused(tmp_path: Path, name: str) -> None:
+    with pytest.raises(CheckpointError) as info:
+        export(fixture_path(name), tmp_path / "m.gguf")
+    assert NO_PLACE[name] in str(info.value) and not list(tmp_path.iterdir())
 
 
 def test_other_refusals_are_plain(tmp_path: Path) -> None:

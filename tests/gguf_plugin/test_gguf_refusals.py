@@ -14,7 +14,7 @@ import modelkit
 from conftest import FIXTURES
 from gguf_files import rewrite_gguf
 from modelkit_gguf import derive
-from modelkit_gguf.families import FAMILIES
+from modelkit_gguf.families import FAMILIES, ROWS
 from modelkit_gguf.fragments import FULL_ROTARY
 
 GGUF = FIXTURES / "gguf"
@@ -25,7 +25,9 @@ FIXTURE_OF = {"llama": "llama_gqa", "qwen2": "qwen2", "qwen3": "qwen3", "smollm3
               "starcoder2": "starcoder2", "command-r": "cohere", "cohere2": "cohere2", "falcon": "falcon_7b",
               "granite": "granite3", "granitehybrid": "gh_hybrid", "phi2": "phi", "phi3": "phi3",
               "stablelm": "stablelm", "gptneox": "gpt_neox", "starcoder": "gpt_bigcode", "gpt2": "gpt2",
-              "bloom": "bloom", "mamba2": "mamba2"}
+              "bloom": "bloom", "mamba2": "mamba2",
+              "qwen3moe": "qwen3_moe_sparse", "granitemoe": "granitemoe", "mamba": "mamba",
+              "lfm2": "lfm2_hub_config"}
 
 FULL_ROTARY_FAMILIES = sorted(arch for arch, f in FAMILIES.items() if FULL_ROTARY in f.yaml)
 
@@ -36,6 +38,7 @@ REFUSALS: list[tuple[str, dict[str, Any], str]] = [
     ("granitehybrid", {Keys.Rope.SCALING_FINETUNED: True, Keys.Rope.DIMENSION_COUNT: 4},
      "rope.dimension_count differs from the head size (partial rotary is not supported)"),
     ("granite", {Keys.Rope.SCALING_FINETUNED: False}, "granite.rope.scaling.finetuned is false"),
+    ("mamba", {Keys.SSM.DT_B_C_RMS: True}, "mamba.ssm.dt_b_c_rms is true (Falcon-Mamba's RMS norms"),
     ("gemma3", {Keys.LLM.ATTN_LOGIT_SOFTCAPPING: 50.0}, "gemma3.attn_logit_softcapping is set"),
     ("gemma3", {Keys.Attention.VALUE_LENGTH: 8}, "gemma3.attention.value_length differs from key_length"),
 ]
@@ -59,8 +62,18 @@ def test_every_refusal_of_a_gguf_mapping_is_exercised() -> None:
     import yaml
 
     tested = {(arch, message) for arch, _, message in REFUSALS}
-    for arch, family in FAMILIES.items():
+    for family in ROWS:
+        arch = family.arch
         checks = yaml.safe_load(derive.render(family)).get("checks") or []
         for check in checks:
             assert any(a == arch and m in check["message"] for a, m in tested), \
                 f"{family.name}: no test meets the refusal {check['message']!r}"
+
+
+def test_a_family_written_under_another_architecture_refuses_as_its_own(tmp_path: Path) -> None:
+    """Mixtral's mapping (a llama file with experts) has llama's checks, met on its own file."""
+    path = rewrite_gguf(GGUF / "mixtral.gguf", tmp_path / "m.gguf", meta={"llama.rope.dimension_count": 2})
+    with pytest.raises(modelkit.ConfigError) as info:
+        modelkit.inspect(path)
+    assert "llama.rope.dimension_count differs from the head size (partial rotary is not supported)" in str(info.value)
+    assert str(path) in str(info.value) and "\n" not in str(info.value)
