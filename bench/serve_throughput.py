@@ -54,18 +54,22 @@ def stream_once(port: int, prompt: str, max_tokens: int, name: str = "bench") ->
     response = conn.getresponse()
     if response.status != 200:
         raise RuntimeError(f"HTTP {response.status}: {response.read()[:300]!r}")
-    first, tokens = None, 0
+    first, tokens, pieces = None, None, 0
     for line in response:
         if not line.startswith(b"data: ") or line.strip() == b"data: [DONE]":
             continue
         chunk = json.loads(line[6:])
         if chunk.get("usage"):
             tokens = chunk["usage"]["completion_tokens"]
-        elif first is None and chunk["choices"] and chunk["choices"][0]["text"]:
-            first = time.perf_counter() - t0
+        elif chunk["choices"] and chunk["choices"][0]["text"]:
+            pieces += 1
+            if first is None:
+                first = time.perf_counter() - t0
     conn.close()
     total = time.perf_counter() - t0
-    return (first if first is not None else total), total, tokens
+    # a server that ignores stream_options.include_usage (llama-cpp-python's) streams one token
+    # per chunk: count the chunks
+    return (first if first is not None else total), total, tokens if tokens is not None else pieces
 
 
 def measure(port: int, streams: int, requests: int, max_tokens: int, name: str = "bench") -> dict:
