@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 
 from .errors import out_of_memory
+from .flow import sum_of_branches
 
 if TYPE_CHECKING:
     from .model import Layer
@@ -28,7 +29,7 @@ def layer_forward_batch(layer: Layer, x: np.ndarray, states: Sequence[dict[str, 
             for name in step[0]:
                 y = _run(layer, name, y, states, positions)
         else:
-            y = _sum_of_branches(layer, step, x, states, positions)
+            y = sum_of_branches(step, x, lambda name, y: _run(layer, name, y, states, positions))
         if layer.residual != 1.0:
             if np.may_share_memory(y, x):  # a block handed back (a view of) its input
                 y = y * layer.residual
@@ -48,22 +49,3 @@ def _run(layer: Layer, name: str, x: np.ndarray, states: Sequence[dict[str, Any]
     except MemoryError as exc:
         raise out_of_memory(f"in layer {layer.index}, block {name} ({layer.kinds.get(name, '?')}), "
                             f"decoding a batch of {x.shape[0]} sequences", exc) from None
-
-
-def _sum_of_branches(layer: Layer, step: list[list[str]], x: np.ndarray, states: Sequence[dict[str, Any]],
-                     positions: Sequence[int]) -> np.ndarray:
-    """The sum of branches that all read ``x`` (a new array); shared leading blocks run once."""
-    memo: dict[tuple[str, ...], np.ndarray] = {}
-    total = None
-    for branch in step:
-        y = x
-        for j, name in enumerate(branch):
-            key = tuple(branch[: j + 1])
-            if key not in memo:
-                memo[key] = _run(layer, name, y, states, positions)
-            y = memo[key]
-        if total is None:
-            total = y.copy()
-        else:
-            total += y
-    return total

@@ -10,6 +10,7 @@ import numpy as np
 
 from .batched import layer_forward_batch
 from .errors import GenerationError, OutOfMemoryError, out_of_memory
+from .flow import sum_of_branches
 from .nn.block import Block, ForwardContext, Observer
 from .schema.resolve import Config
 from .schema.spec import LayerSpec, Mapping
@@ -83,21 +84,7 @@ class Layer:
 
     def _sum_of_branches(self, step: list[list[str]], x: np.ndarray, states: dict[str, Any],
                          ctx: ForwardContext) -> np.ndarray:
-        """The sum of branches that all read ``x`` (a new array); shared leading blocks run once."""
-        memo: dict[tuple[str, ...], np.ndarray] = {}
-        total = None
-        for branch in step:
-            y = x
-            for j, name in enumerate(branch):
-                key = tuple(branch[: j + 1])
-                if key not in memo:
-                    memo[key] = self._run(name, y, states, ctx)
-                y = memo[key]
-            if total is None:
-                total = y.copy()
-            else:
-                total += y
-        return total
+        return sum_of_branches(step, x, lambda name, y: self._run(name, y, states, ctx))
 
 
 @dataclass

@@ -170,16 +170,23 @@ class Attention(Block):
     def new_state(self) -> KVCache:
         return KVCache(self.kv, self.hd, self.window)
 
-    def forward(self, x: np.ndarray, state: KVCache | None, ctx: ForwardContext) -> np.ndarray:
-        t = x.shape[0]
-        qkv = linear(x, self.w_qkv)  # [T, D] -> [T, (H + 2KV) * hd]
+    def _project(self, x: np.ndarray) -> np.ndarray:
+        """q, k and v of the rows of ``x`` side by side, ``[T, (H + 2KV) * hd]``: the fused
+        projection, its bias, the clip and the q/k norms (rotary is the caller's: it needs
+        the positions)."""
+        qkv = linear(x, self.w_qkv)
         if self.b_qkv is not None:
             qkv += self.b_qkv
-        nq, nk = self.h * self.hd, self.kv * self.hd
         if self.clip is not None:
             np.clip(qkv, -self.clip, self.clip, out=qkv)
         if self.qk_norm is not None:
-            self._norm_qk(qkv, t, nq, nk)
+            self._norm_qk(qkv, x.shape[0], self.h * self.hd, self.kv * self.hd)
+        return qkv
+
+    def forward(self, x: np.ndarray, state: KVCache | None, ctx: ForwardContext) -> np.ndarray:
+        t = x.shape[0]
+        qkv = self._project(x)  # [T, D] -> [T, (H + 2KV) * hd]
+        nq, nk = self.h * self.hd, self.kv * self.hd
         if self.rope is not None:
             # q and k heads side by side, rotated in place inside qkv in one pass
             cos, sin_signed = self.rope.get_signed(ctx.pos, ctx.pos + t)
@@ -207,14 +214,8 @@ class Attention(Block):
         once (one pass over the weights), rotary at each row's own position, then each query
         over its own sequence's cache, exactly as a one-token :meth:`forward`."""
         b = x.shape[0]
-        qkv = linear(x, self.w_qkv)  # [B, D] -> [B, (H + 2KV) * hd]
-        if self.b_qkv is not None:
-            qkv += self.b_qkv
+        qkv = self._project(x)  # [B, D] -> [B, (H + 2KV) * hd]
         nq, nk = self.h * self.hd, self.kv * self.hd
-        if self.clip is not None:
-            np.clip(qkv, -self.clip, self.clip, out=qkv)
-        if self.qk_norm is not None:
-            self._norm_qk(qkv, b, nq, nk)
         if self.rope is not None:
             pos = np.asarray(positions, dtype=np.intp)
             cos, sin_signed = self.rope.get_signed(0, int(pos.max()) + 1)
