@@ -14,21 +14,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script or as bench.*
+from bench.served import modelkit_server  # noqa: E402
+
 HERE = Path(__file__).resolve().parent / "lm_eval"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,18 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lm-eval-python", required=True, help="the python of a venv with lm-eval[api] installed")
     p.add_argument("--limit", type=int, default=None, help="questions at most (default all ten)")
     args = p.parse_args(argv)
-    port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "modelkit", "serve", "--model", args.model,
-                               "--served-model-name", "modelkit", "--port", str(port)])
-    try:
-        for _ in range(600):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if server.poll() is not None:
-                    return 1
-                time.sleep(0.2)
+    with modelkit_server(["--model", args.model, "--served-model-name", "modelkit"]) as port:
         with tempfile.TemporaryDirectory() as tasks:
             text = (HERE / "capitals.yaml").read_text().replace("DATA_FILE", str(HERE / "capitals.jsonl"))
             (Path(tasks) / "capitals.yaml").write_text(text)
@@ -60,9 +43,6 @@ def main(argv: list[str] | None = None) -> int:
                 cmd += ["--limit", str(args.limit)]
             env = dict(os.environ, HF_DATASETS_OFFLINE="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
             return subprocess.run(cmd, env=env).returncode
-    finally:
-        server.send_signal(signal.SIGTERM)
-        server.wait(60)
 
 
 if __name__ == "__main__":

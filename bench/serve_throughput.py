@@ -19,14 +19,14 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script or as bench.*
+from bench.served import modelkit_server  # noqa: E402
 
 PROMPTS = ["Once upon a time, in a small village by the sea, there lived",
            "The history of the printing press begins",
@@ -36,12 +36,6 @@ PROMPTS = ["Once upon a time, in a small village by the sea, there lived",
            "In the year 2050, cities will",
            "A letter to my younger self: Dear",
            "The rules of chess are simple. First,"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def stream_once(port: int, prompt: str, max_tokens: int, name: str = "bench") -> tuple[float, float, int]:
@@ -113,24 +107,10 @@ def main(argv: list[str] | None = None) -> int:
         return report(args, args.port, args.name, streams)
     if not args.model:
         p.error("give --model (or --port of a running server)")
-    port = free_port()
-    cmd = [sys.executable, "-m", "modelkit", "serve", "--model", args.model, "--served-model-name", "bench",
-           "--port", str(port), "--max-batch", str(max(streams)), "--queue-size", str(4 * max(streams)),
-           "--prefix-cache-bytes", "0", *args.server_arg]
-    server = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
-    try:
-        for _ in range(600):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if server.poll() is not None:
-                    raise SystemExit(f"the server exited: {server.stderr.read()}")
-                time.sleep(0.2)
+    flags = ["--model", args.model, "--served-model-name", "bench", "--max-batch", str(max(streams)),
+             "--queue-size", str(4 * max(streams)), "--prefix-cache-bytes", "0", *args.server_arg]
+    with modelkit_server(flags) as port:
         return report(args, port, "bench", streams)
-    finally:
-        server.send_signal(signal.SIGTERM)
-        server.wait(60)
 
 
 def report(args: argparse.Namespace, port: int, name: str, streams: list[int]) -> int:

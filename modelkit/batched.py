@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 
 from .errors import out_of_memory
-from .flow import sum_of_branches
+from .flow import add_residual, run_step
 
 if TYPE_CHECKING:
     from .model import Layer
@@ -23,19 +23,11 @@ def layer_forward_batch(layer: Layer, x: np.ndarray, states: Sequence[dict[str, 
                         positions: Sequence[int]) -> np.ndarray:
     """``x [B, hidden]`` through ``layer``'s steps and residual adds, as :meth:`Layer.forward`
     does for one sequence; ``x`` is updated in place and returned."""
+    def run(name: str, y: np.ndarray) -> np.ndarray:
+        return _run(layer, name, y, states, positions)
+
     for step, after in zip(layer.steps, layer.after_add):
-        if len(step) == 1:
-            y = x
-            for name in step[0]:
-                y = _run(layer, name, y, states, positions)
-        else:
-            y = sum_of_branches(step, x, lambda name, y: _run(layer, name, y, states, positions))
-        if layer.residual != 1.0:
-            if np.may_share_memory(y, x):  # a block handed back (a view of) its input
-                y = y * layer.residual
-            else:
-                y *= layer.residual
-        x += y
+        add_residual(x, run_step(step, x, run), layer.residual)
         for name in after:  # post-norm blocks after the add
             x = _run(layer, name, x, states, positions)
     return x

@@ -1,4 +1,5 @@
-"""A layer's steps: the branches of a step, summed, with the blocks they share run once."""
+"""A layer's steps: the branches of a step, summed, with the blocks they share run once, and
+the residual add. Shared by the single-sequence and the batched layer paths."""
 
 from __future__ import annotations
 
@@ -25,3 +26,24 @@ def sum_of_branches(step: list[list[str]], x: np.ndarray,
         else:
             total += y
     return total
+
+
+def run_step(step: list[list[str]], x: np.ndarray, run: Callable[[str, np.ndarray], np.ndarray]) -> np.ndarray:
+    """What one step adds to the residual stream ``x``: its one branch's blocks in order, or the
+    sum of its parallel branches."""
+    if len(step) > 1:
+        return sum_of_branches(step, x, run)
+    y = x
+    for name in step[0]:
+        y = run(name, y)
+    return y
+
+
+def add_residual(x: np.ndarray, y: np.ndarray, multiplier: np.float32) -> None:
+    """``x += multiplier * y`` in place (``y`` scaled in place unless it is a view of ``x``)."""
+    if multiplier != 1.0:
+        if np.may_share_memory(y, x):  # a block handed back (a view of) its input
+            y = y * multiplier
+        else:
+            y *= multiplier
+    x += y

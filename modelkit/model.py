@@ -10,7 +10,7 @@ import numpy as np
 
 from .batched import layer_forward_batch
 from .errors import GenerationError, OutOfMemoryError, out_of_memory
-from .flow import sum_of_branches
+from .flow import add_residual, run_step
 from .nn.block import Block, ForwardContext, Observer
 from .schema.resolve import Config
 from .schema.spec import LayerSpec, Mapping
@@ -45,19 +45,11 @@ class Layer:
     def forward(self, x: np.ndarray, states: dict[str, Any], ctx: ForwardContext) -> np.ndarray:
         """The layer's output for ``x [T, hidden]``; ``ctx.observer``, when set, sees each
         block's output, each residual sum ("+") and then the layer's output ("output")."""
+        def run(name: str, y: np.ndarray) -> np.ndarray:
+            return self._run(name, y, states, ctx)
+
         for step, after in zip(self.steps, self.after_add):
-            if len(step) == 1:
-                y = x
-                for name in step[0]:
-                    y = self._run(name, y, states, ctx)
-            else:
-                y = self._sum_of_branches(step, x, states, ctx)
-            if self.residual != 1.0:
-                if np.may_share_memory(y, x):  # a block handed back (a view of) its input
-                    y = y * self.residual
-                else:
-                    y *= self.residual
-            x += y
+            add_residual(x, run_step(step, x, run), self.residual)
             if ctx.observer is not None:
                 ctx.observer(self.index, "+", x)
             for name in after:  # post-norm: blocks of the residual stream after the add
@@ -81,10 +73,6 @@ class Layer:
         if ctx.observer is not None:
             ctx.observer(self.index, name, y)
         return y
-
-    def _sum_of_branches(self, step: list[list[str]], x: np.ndarray, states: dict[str, Any],
-                         ctx: ForwardContext) -> np.ndarray:
-        return sum_of_branches(step, x, lambda name, y: self._run(name, y, states, ctx))
 
 
 @dataclass

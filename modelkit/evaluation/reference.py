@@ -124,13 +124,19 @@ def save_reference(path: str | Path, ids: np.ndarray, states: dict[str, np.ndarr
     arrays.update({k: np.asarray(v, dtype=np.float32) for k, v in states.items()})
     arrays["meta"] = np.array(json.dumps(meta, sort_keys=True))
     try:
-        with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-            for name, array in arrays.items():
-                buf = io.BytesIO()
-                np.lib.format.write_array(buf, np.ascontiguousarray(array), allow_pickle=False)
-                info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
-                info.compress_type = zipfile.ZIP_DEFLATED
-                zf.writestr(info, buf.getvalue())
+        write_npz_deterministic(path, arrays)
     except OSError as exc:
         raise EvaluationError(f"{path}: cannot write the reference ({exc.strerror})") from None
     return path
+
+
+def write_npz_deterministic(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """An .npz whose bytes depend on the arrays only (no pickles): np.savez_compressed embeds
+    zip timestamps, so the entries are written with a fixed date."""
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for name, array in arrays.items():
+            buf = io.BytesIO()
+            np.lib.format.write_array(buf, np.ascontiguousarray(array), allow_pickle=False)
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            zf.writestr(info, buf.getvalue())

@@ -23,17 +23,17 @@ model against it.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import math
 import random
 import shutil
 import sys
-import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from ..evaluation.reference import write_npz_deterministic
 
 # the files a fixture folder keeps from save_pretrained
 KEEP_FILES = {"config.json", "generation_config.json", "model.safetensors", "model.safetensors.index.json",
@@ -183,18 +183,6 @@ def save_model(model: Any, d: Path) -> None:
             else:
                 f.unlink()
     assert (d / "model.safetensors").exists() or (d / "model.safetensors.index.json").exists()
-
-
-def write_npz_deterministic(path: Path, arrays: dict) -> None:
-    """An .npz whose bytes depend on the arrays only: np.savez_compressed embeds zip
-    timestamps, so the entries are written with a fixed date."""
-    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-        for k, v in arrays.items():
-            buf = io.BytesIO()
-            np.lib.format.write_array(buf, np.ascontiguousarray(v), allow_pickle=False)
-            info = zipfile.ZipInfo(f"{k}.npy", date_time=(1980, 1, 1, 0, 0, 0))
-            info.compress_type = zipfile.ZIP_DEFLATED
-            zf.writestr(info, buf.getvalue())
 
 
 def reload(d: Path, **kw: Any) -> Any:
