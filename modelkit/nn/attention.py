@@ -17,6 +17,7 @@ from .kv_cache import KV_BLOCK, KVCache
 from .linear import linear, product_layout
 from .norms import layer_norm, rms_norm
 from .options import Option
+from .parallel import map_pieces
 from .rope import inverse_frequencies, rotary_table, rotate
 
 # queries per block when attending over long prompts (the tunable option query_block): bounds
@@ -279,48 +280,58 @@ class Attention(Block):
         # [T, H, hd] -> [KV, group, T, hd]: query head h reads kv head h // group
         qh = q.reshape(t, self.kv, self.group, self.hd).transpose(1, 2, 0, 3)
         # query blocks small enough that a block's scores stay in cache through the softmax's
-        # passes (NumPy's elementwise work is single-threaded and memory-bound)
+        # passes (NumPy's elementwise work is memory-bound)
         qb_max = self.query_block
         keys_seen = start + t if self.window is None else min(start + t, self.window + qb_max)
         step = min(qb_max, max(SCORE_MIN_QUERIES, SCORE_BLOCK // (self.h * keys_seen)))
-        for b0 in range(0, t, step):
-            b1 = min(t, b0 + step)
-            n_keys = start + b1  # keys a query in this block can see at most
-            k0 = 0 if self.window is None else max(0, start + b0 - self.window + 1)
-            off = cache.offset  # positions before it are no longer stored (a window's cache)
-            keys_t = cache.kt[:, :, k0 - off:n_keys - off]  # [KV, hd, S]
-            vals = cache.v[:, k0 - off:n_keys - off]  # [KV, S, hd]
-            tb = b1 - b0
-            qb = np.ascontiguousarray(qh[:, :, b0:b1]).reshape(self.kv, self.group * tb, self.hd)
-            scores = (qb @ keys_t).reshape(self.kv, self.group, tb, n_keys - k0)
-            if self.slopes is not None:
-                alibi = self.alibi(np.arange(k0, n_keys))  # [KV, group, 1, S]
-                if self.alibi_scaled:
-                    scores += alibi
-                    scores *= self.scale
-                else:
-                    scores *= self.scale
-                    scores += alibi
-            if self.softcap is not None:
-                self._cap(scores)
-            if self.window is not None:
-                kpos = np.arange(k0, n_keys)
-                qpos = np.arange(start + b0, start + b1)[:, None]
-                hidden = (kpos[None, :] > qpos) | (kpos[None, :] <= qpos - self.window)
-                scores[:, :, hidden] = -np.inf
-            elif tb > 1:
-                # only the last tb keys (this block's own positions) can lie in a query's future
-                scores[..., n_keys - k0 - tb:] += _causal_bias(tb)
-            # softmax, normalised after the product with the values ([.., hd] divisions, not [.., S])
-            scores -= scores.max(axis=-1, keepdims=True)
-            np.maximum(scores, EXP_FLOOR, out=scores)  # no subnormals (see EXP_FLOOR)
-            np.exp(scores, out=scores)
-            total = scores.sum(axis=-1).reshape(self.kv, self.group * tb, 1)
-            ctx = scores.reshape(self.kv, self.group * tb, -1) @ vals  # [KV, group*Tb, hd]
-            ctx /= total
-            # [KV, group, Tb, hd] -> [Tb, H * hd]
-            out[b0:b1] = ctx.reshape(self.kv, self.group, tb, self.hd).transpose(2, 0, 1, 3).reshape(tb, -1)
+        bias = _causal_bias(step) if self.window is None else None
+        # the blocks are independent: spread over the cores, the last (seeing the most keys) first
+        spans = [(b0, min(t, b0 + step)) for b0 in range(0, t, step)][::-1]
+        map_pieces(lambda span: self._attend_block(qh, cache, start, span, bias, out), spans)
         return out
+
+    def _attend_block(self, qh: np.ndarray, cache: KVCache, start: int, span: tuple[int, int],
+                      bias: np.ndarray | None, out: np.ndarray) -> None:
+        """Queries ``span`` of ``qh`` [KV, group, T, hd] over the keys they see, into ``out``'s rows."""
+        b0, b1 = span
+        n_keys = start + b1  # keys a query in this block can see at most
+        k0 = 0 if self.window is None else max(0, start + b0 - self.window + 1)
+        off = cache.offset  # positions before it are no longer stored (a window's cache)
+        keys_t = cache.kt[:, :, k0 - off:n_keys - off]  # [KV, hd, S]
+        vals = cache.v[:, k0 - off:n_keys - off]  # [KV, S, hd]
+        tb = b1 - b0
+        qb = np.ascontiguousarray(qh[:, :, b0:b1]).reshape(self.kv, self.group * tb, self.hd)
+        scores = (qb @ keys_t).reshape(self.kv, self.group, tb, n_keys - k0)
+        if self.slopes is not None:
+            alibi = self.alibi(np.arange(k0, n_keys))  # [KV, group, 1, S]
+            if self.alibi_scaled:
+                scores += alibi
+                scores *= self.scale
+            else:
+                scores *= self.scale
+                scores += alibi
+        if self.softcap is not None:
+            self._cap(scores)
+        if self.window is not None:
+            kpos = np.arange(k0, n_keys)
+            qpos = np.arange(start + b0, start + b1)[:, None]
+            hidden = (kpos[None, :] > qpos) | (kpos[None, :] <= qpos - self.window)
+            scores[:, :, hidden] = -np.inf
+        elif tb > 1:
+            # only the last tb keys (this block's own positions) can lie in a query's future
+            scores[..., n_keys - k0 - tb:] += bias[:tb, :tb]
+        # softmax, normalised after the product with the values ([.., hd] divisions, not [.., S])
+        top = scores.max(axis=-1, keepdims=True)  # [KV, group, Tb, 1]
+        scores -= top
+        # no subnormals (see EXP_FLOOR); the floor as a [.., 1] array, not a scalar: NumPy's
+        # maximum against a scalar (or a broadcast one) runs about half as fast
+        np.maximum(scores, np.full_like(top, EXP_FLOOR), out=scores)
+        np.exp(scores, out=scores)
+        total = scores.sum(axis=-1).reshape(self.kv, self.group * tb, 1)
+        ctx = scores.reshape(self.kv, self.group * tb, -1) @ vals  # [KV, group*Tb, hd]
+        ctx /= total
+        # [KV, group, Tb, hd] -> [Tb, H * hd]
+        out[b0:b1] = ctx.reshape(self.kv, self.group, tb, self.hd).transpose(2, 0, 1, 3).reshape(tb, -1)
 
     def _attend_one(self, q: np.ndarray, cache: KVCache) -> np.ndarray:
         """One (already scaled) query [1, H, hd] over the keys it sees (every cached one, or the

@@ -1,0 +1,85 @@
+"""map_pieces: every piece once, BLAS held to one thread inside and given back after, errors raised."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from threadpoolctl import threadpool_limits
+
+from modelkit.nn.parallel import blas_threads, map_pieces
+
+
+@pytest.fixture
+def two_blas_threads():
+    with threadpool_limits(limits=2, user_api="blas"):
+        if blas_threads() < 2:
+            pytest.skip("BLAS here is not threaded")
+        yield
+
+
+def test_every_piece_runs_once_on_the_pool(two_blas_threads) -> None:
+    seen, names = [], set()
+
+    def work(piece: int) -> None:
+        seen.append(piece)
+        names.add(threading.current_thread().name)
+
+    map_pieces(work, list(range(50)))
+    assert sorted(seen) == list(range(50))
+    assert all(name.startswith("modelkit-piece") for name in names)
+    assert blas_threads() == 2  # given back
+
+
+def test_blas_is_one_thread_inside_a_piece(two_blas_threads) -> None:
+    from threadpoolctl import threadpool_info
+
+    inside = []
+    map_pieces(lambda _: inside.append([lib["num_threads"] for lib in threadpool_info()
+                                        if lib["user_api"] == "blas"]), [0, 1, 2])
+    assert inside and all(counts == [1] * len(counts) for counts in inside)
+    assert all(lib["num_threads"] == 2 for lib in threadpool_info() if lib["user_api"] == "blas")
+
+
+def test_an_error_in_a_piece_is_raised_and_blas_restored(two_blas_threads) -> None:
+    def work(piece: int) -> None:
+        if piece == 3:
+            raise MemoryError("piece 3")
+
+    with pytest.raises(MemoryError, match="piece 3"):
+        map_pieces(work, list(range(8)))
+    assert blas_threads() == 2
+
+
+def test_pieces_inside_a_piece_run_in_place() -> None:
+    done = []
+
+    def outer(i: int) -> None:
+        map_pieces(lambda j: done.append((i, j)), [0, 1])  # from a pool thread: no deadlock
+
+    with threadpool_limits(limits=2, user_api="blas"):
+        map_pieces(outer, [0, 1, 2])
+    assert sorted(done) == [(i, j) for i in range(3) for j in range(2)]
+
+
+def test_one_blas_thread_keeps_the_pieces_on_the_calling_thread() -> None:
+    names = set()
+    with threadpool_limits(limits=1, user_api="blas"):
+        map_pieces(lambda _: names.add(threading.current_thread().name), [0, 1, 2])
+    assert names == {threading.current_thread().name}
+
+
+def test_concurrent_callers_give_blas_its_threads_back(two_blas_threads) -> None:
+    barrier = threading.Barrier(2)
+
+    def caller() -> None:
+        barrier.wait()
+        for _ in range(20):
+            map_pieces(lambda _: None, [0, 1, 2, 3])
+
+    threads = [threading.Thread(target=caller) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert blas_threads() == 2
