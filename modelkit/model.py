@@ -12,6 +12,7 @@ from .batched import layer_forward_batch
 from .errors import GenerationError, OutOfMemoryError, out_of_memory
 from .flow import add_residual, run_step
 from .nn.block import Block, ForwardContext, Observer
+from .nn.parallel import PIECE_ROWS, map_rows
 from .schema.resolve import Config
 from .schema.spec import LayerSpec, Mapping
 
@@ -65,8 +66,12 @@ class Layer:
 
     def _run(self, name: str, x: np.ndarray, states: dict[str, Any], ctx: ForwardContext) -> np.ndarray:
         """Block ``name`` on ``x``; a shortage of memory is reported with the layer and block."""
+        block = self.blocks[name]
         try:
-            y = self.blocks[name].forward(x, states.get(name), ctx)
+            if block.TOKENWISE and x.shape[0] >= 2 * PIECE_ROWS:  # a long prompt's rows over the cores
+                y = map_rows(lambda rows: block.forward(rows, None, ForwardContext(ctx.pos, rows.shape[0])), x)
+            else:
+                y = block.forward(x, states.get(name), ctx)
         except MemoryError as exc:
             raise out_of_memory(f"in layer {self.index}, block {name} ({self.kinds.get(name, '?')}), on "
                                 f"{ctx.length:,} tokens after {ctx.pos:,}", exc) from None

@@ -17,6 +17,8 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
+import numpy as np
+
 Piece = TypeVar("Piece")
 
 _lock = threading.Lock()
@@ -84,3 +86,38 @@ def map_pieces(work: Callable[[Piece], None], pieces: Sequence[Piece]) -> None:
             _state["inside"] -= 1
             if not _state["inside"]:  # the last one gives BLAS its threads back
                 _controller().limit(limits=_state["saved"])
+
+
+# a token-wise block is split into pieces of at least this many rows: below it, one product
+# over every row reads the weights once and BLAS's own threads split it well enough
+PIECE_ROWS = 128
+
+
+def row_spans(rows: int, pieces: int) -> list[tuple[int, int]]:
+    """``rows`` split into at most ``pieces`` contiguous spans of at least PIECE_ROWS rows each
+    (one span when there are too few)."""
+    count = max(1, min(pieces, rows // PIECE_ROWS))
+    edges = [rows * i // count for i in range(count + 1)]
+    return list(zip(edges[:-1], edges[1:]))
+
+
+def map_rows(forward: Callable[[Any], Any], x: Any) -> Any:
+    """``forward(x)`` for a function whose every output row depends on its input row alone
+    (a token-wise block over ``x [T, hidden]``), computed on spans of rows spread over the
+    cores (see :func:`map_pieces`); the result is assembled in one new array."""
+    spans = row_spans(x.shape[0], blas_threads() if not getattr(_worker, "busy", False) else 1)
+    if len(spans) == 1:
+        return forward(x)
+    out: list[Any] = [None]
+    made = threading.Lock()
+
+    def work(span: tuple[int, int]) -> None:
+        a, b = span
+        y = forward(x[a:b])
+        with made:
+            if out[0] is None:
+                out[0] = np.empty((x.shape[0], *y.shape[1:]), y.dtype)
+        out[0][a:b] = y
+
+    map_pieces(work, spans)
+    return out[0]

@@ -83,3 +83,39 @@ def test_concurrent_callers_give_blas_its_threads_back(two_blas_threads) -> None
     for thread in threads:
         thread.join()
     assert blas_threads() == 2
+
+
+def test_row_spans_cover_the_rows_in_pieces_of_at_least_piece_rows() -> None:
+    from modelkit.nn.parallel import PIECE_ROWS, row_spans
+
+    assert row_spans(PIECE_ROWS * 2 - 1, 2) == [(0, PIECE_ROWS * 2 - 1)]
+    for rows, pieces in [(256, 2), (1000, 2), (513, 3), (4096, 8)]:
+        spans = row_spans(rows, pieces)
+        assert spans[0][0] == 0 and spans[-1][1] == rows and len(spans) <= pieces
+        assert all(a == prev_b for (_, prev_b), (a, _) in zip(spans, spans[1:]))
+        assert all(b - a >= PIECE_ROWS for a, b in spans)
+
+
+def test_map_rows_equals_one_call(two_blas_threads) -> None:
+    import numpy as np
+
+    from modelkit.nn.parallel import map_rows
+
+    x = np.random.default_rng(0).standard_normal((700, 24), dtype=np.float32)
+    w = np.random.default_rng(1).standard_normal((24, 40), dtype=np.float32)
+    np.testing.assert_allclose(map_rows(lambda rows: np.tanh(rows @ w), x), np.tanh(x @ w), atol=1e-5)
+
+
+def test_a_long_prompt_gives_the_same_logits_on_one_thread_and_in_pieces() -> None:
+    import numpy as np
+
+    import modelkit
+    from conftest import fixture_path
+
+    model = modelkit.load(fixture_path("llama_gqa"))
+    ids = np.random.default_rng(0).integers(0, model.vocab_size, 600)
+    with threadpool_limits(limits=2, user_api="blas"):
+        pieces = model.forward(ids)
+    with threadpool_limits(limits=1, user_api="blas"):
+        serial = model.forward(ids)
+    np.testing.assert_allclose(pieces, serial, atol=1e-5)
