@@ -12,6 +12,7 @@ both), so a one-thread setting keeps everything on one core.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -22,7 +23,8 @@ import numpy as np
 Piece = TypeVar("Piece")
 
 _lock = threading.Lock()
-_state: dict[str, Any] = {"controller": None, "pool": None, "pool_size": 0, "inside": 0, "saved": None}
+_state: dict[str, Any] = {"controller": None, "pool": None, "pool_size": 0, "pid": None, "inside": 0,
+                         "saved": None}
 _worker = threading.local()  # set in the pool's threads: a piece that maps pieces runs them itself
 
 
@@ -43,12 +45,13 @@ def blas_threads() -> int:
 
 
 def _pool(size: int) -> ThreadPoolExecutor:
-    if _state["pool_size"] != size:
-        if _state["pool"] is not None:
+    # a forked child inherits the pool object but not its threads: it makes its own
+    if _state["pool_size"] != size or _state["pid"] != os.getpid():
+        if _state["pool"] is not None and _state["pid"] == os.getpid():
             _state["pool"].shutdown(wait=False)
         _state["pool"] = ThreadPoolExecutor(size, thread_name_prefix="modelkit-piece",
                                             initializer=setattr, initargs=(_worker, "busy", True))
-        _state["pool_size"] = size
+        _state["pool_size"], _state["pid"] = size, os.getpid()
     return _state["pool"]
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import signal
 import threading
+import time
 
 import pytest
 from threadpoolctl import threadpool_limits
@@ -119,3 +121,28 @@ def test_a_long_prompt_gives_the_same_logits_on_one_thread_and_in_pieces() -> No
     with threadpool_limits(limits=1, user_api="blas"):
         serial = model.forward(ids)
     np.testing.assert_allclose(pieces, serial, atol=1e-5)
+
+
+def test_a_forked_child_makes_its_own_pool(two_blas_threads) -> None:
+    import os
+
+    map_pieces(lambda _: None, [0, 1])  # the parent's pool exists
+    pid = os.fork()
+    if pid == 0:  # the child: the inherited pool has no threads of its own
+        try:
+            done = []
+            map_pieces(done.append, [0, 1, 2])
+            os._exit(0 if sorted(done) == [0, 1, 2] else 1)
+        except BaseException:
+            os._exit(2)
+    deadline = time.monotonic() + 30
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            pytest.fail("map_pieces hung in a forked child")
+        time.sleep(0.01)
+    assert os.waitstatus_to_exitcode(status) == 0
