@@ -165,11 +165,8 @@ def test_cli_convert_errors_are_one_line(tmp_path: Path) -> None:
     assert bad.returncode == 2  # argparse: not a choice
 
 
-@pytest.mark.parametrize("transform", ["{scale: {factor: 2.0}}", "{add: {value: $rms_norm_eps}}"])
-def test_target_transform_without_an_inverse_is_refused(tmp_path: Path, gguf_gqa: Path,
-                                                        monkeypatch: pytest.MonkeyPatch, transform: str) -> None:
-    # a safetensors mapping that stores a tensor in another form: only {add: {value: <number>}}
-    # (Gemma's norms) is undone when writing; anything else is refused by name, nothing written
+def _user_mapping(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, transform: str) -> None:
+    # a safetensors mapping that stores the attention output projection in another form
     user = tmp_path / "maps"
     user.mkdir()
     (user / "llama_scaled.yaml").write_text(
@@ -177,7 +174,31 @@ def test_target_transform_without_an_inverse_is_refused(tmp_path: Path, gguf_gqa
         "weights:\n  layers.{i}.attn.o.weight: {from: 'model.layers.{i}.self_attn.o_proj.weight', "
         f"transform: {transform}}}\n", encoding="utf-8")
     monkeypatch.setenv("MODELKIT_MAPPINGS", str(user))
-    words = "scaled" if "scale" in transform else "offset by a setting of the model"
+
+
+@pytest.mark.parametrize("transform", ["{scale: {factor: 2.0}}", "{add: {value: $rms_norm_eps}}",
+                                       "[transpose, {reshape: {to: [-1], from: [-1, $hidden_size]}}, "
+                                       "{reshape: {to: [$hidden_size, -1], from: [-1]}}]"])
+def test_target_transforms_are_undone_by_their_inverses(tmp_path: Path, gguf_gqa: Path,
+                                                        monkeypatch: pytest.MonkeyPatch, transform: str) -> None:
+    # each transform's registered inverse writes the form the mapping reads, with its arguments
+    # resolved over the config: the folder loads back to the GGUF file's weights
+    _user_mapping(tmp_path, monkeypatch, transform)
+    convert(gguf_gqa, tmp_path / "hf")
+    ids, _ = reference("llama_gqa")
+    np.testing.assert_allclose(modelkit.load(tmp_path / "hf").forward(ids), modelkit.load(gguf_gqa).forward(ids),
+                               rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize(("transform", "words"), [
+    ("{scale: {factor: 0.0}}", "scaled"),
+    ("{reshape: {to: [-1, $hidden_size]}}", "in another shape"),  # no 'from': the stored shape is unknown
+])
+def test_target_transform_without_an_inverse_is_refused(tmp_path: Path, gguf_gqa: Path,
+                                                        monkeypatch: pytest.MonkeyPatch, transform: str,
+                                                        words: str) -> None:
+    # a form that cannot be written back is refused by name, in words, and nothing is written
+    _user_mapping(tmp_path, monkeypatch, transform)
     with pytest.raises(modelkit.MappingError, match=f"cannot convert this GGUF file to a Hugging Face folder of "
                                                     f"llama-scaled: its attention output projection would have to "
                                                     f"be stored {words} .model.layers.N.self_attn.o_proj.weight."):
