@@ -21,7 +21,7 @@ from ..errors import CheckpointError, MappingError
 from ..plugins.registry import Registry
 from ..schema.resolve import resolve_config, resolve_value
 from ..schema.spec import PLACEHOLDER, STACK_PLACEHOLDER, Mapping
-from .plan import PlannedTransform
+from .plan import PlannedTransform, applicable_forms
 
 Shape = tuple[int, ...]
 
@@ -143,10 +143,11 @@ def stored_layout(mapping: Mapping, raw: dict[str, Any], shapes: dict[str, Shape
             raise refuse("no_place")
         entry_cfg = cfg.with_layer(int(parts[1])) if is_layer else cfg
         key = f"{mapping.path}: weights.{template}"
+        spec = (applicable_forms(spec, entry_cfg, key) or [spec])[0]  # the form this config stores
+        name = mapping.checkpoint_names(spec.sources, parts[1] if is_layer else "")[0]
         chain = [PlannedTransform(registry.transforms[n], resolve_value(a, entry_cfg, f"{key}.{n}"))
                  for n, a in spec.transforms]
         before, piece, after = _split_chain(chain, refuse)
-        name = mapping.checkpoint_names(spec.sources, parts[1] if is_layer else "")[0]
         count = None if spec.stack is None else resolve_value(spec.stack, entry_cfg, f"{key}.stack")
         if count is not None and tuple(shape[:1]) != (count,):
             raise refuse("incomplete", f"{count} pieces stacked, the parameter has shape {list(shape)}")
