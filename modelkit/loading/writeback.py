@@ -69,6 +69,7 @@ class StoredTensor:
     members: list[Member]
     before: list[PlannedTransform] = field(default_factory=list)  # applied to all of it before a piece is taken
     whole: Shape = ()  # its shape after ``before`` (where the pieces are placed)
+    shown: str = ""  # its weights entry's checkpoint name, N for the layer (for messages)
 
     def build(self, arrays: dict[str, np.ndarray]) -> np.ndarray:
         """The stored tensor (float32) from its members' canonical arrays."""
@@ -130,53 +131,67 @@ def stored_layout(mapping: Mapping, raw: dict[str, Any], shapes: dict[str, Shape
     by_target = {w.target: w for w in mapping.weights}
     tensors: dict[str, StoredTensor] = {}
     for canonical, shape in shapes.items():
-        parts = canonical.split(".")
-        is_layer = parts[0] == "layers"
-        template = _template(canonical)
-        spec = by_target.get(template)
-        shown = mapping.checkpoint_names(spec.sources, "N" if is_layer else "")[0] if spec else ""
-
-        def refuse(reason: str, detail: str = "", _s=spec, _t=template, _shown=shown) -> CannotWriteBack:
-            return CannotWriteBack(reason, _t, _shown, [n for n, _ in (_s.transforms if _s else [])], detail)
-
-        if spec is None:
-            raise refuse("no_place")
-        entry_cfg = cfg.with_layer(int(parts[1])) if is_layer else cfg
-        key = f"{mapping.path}: weights.{template}"
-        spec = (applicable_forms(spec, entry_cfg, key) or [spec])[0]  # the form this config stores
-        name = mapping.checkpoint_names(spec.sources, parts[1] if is_layer else "")[0]
-        chain = [PlannedTransform(registry.transforms[n], resolve_value(a, entry_cfg, f"{key}.{n}"))
-                 for n, a in spec.transforms]
-        before, piece, after = _split_chain(chain, refuse)
-        count = None if spec.stack is None else resolve_value(spec.stack, entry_cfg, f"{key}.stack")
-        if count is not None and tuple(shape[:1]) != (count,):
-            raise refuse("incomplete", f"{count} pieces stacked, the parameter has shape {list(shape)}")
-        pieces = [(name, None, tuple(shape))] if count is None else \
-            [(name.replace(STACK_PLACEHOLDER, str(j)), j, tuple(shape[1:])) for j in range(count)]
-        for stored, index, piece_shape in pieces:
-            member = Member(canonical, index, piece, after)
-            try:
-                at_piece = _shape_back(piece_shape, after)
-                whole = at_piece if piece is None else tuple(piece.transform.inverse.shape(at_piece, **piece.args))
-            except CheckpointError as exc:
-                raise refuse("no_inverse", str(exc)) from None
-            have = tensors.get(stored)
+        for part in _pieces(mapping, by_target, cfg, registry, canonical, tuple(shape)):
+            have = tensors.get(part.name)
             if have is None:
-                tensors[stored] = StoredTensor(stored, (), [member], before, whole)
+                tensors[part.name] = part
                 continue
-            if piece is None or have.members[0].piece is None or have.before != before \
-                    or len(have.whole) != len(whole):
-                raise refuse("shared")
-            have.members.append(member)
-            have.whole = tuple(max(a, b) for a, b in zip(have.whole, whole))
+            if part.members[0].piece is None or have.members[0].piece is None or have.before != part.before \
+                    or len(have.whole) != len(part.whole):
+                raise CannotWriteBack("shared", _template(canonical), part.shown)
+            have.members += part.members
+            have.whole = tuple(max(a, b) for a, b in zip(have.whole, part.whole))
     for t in tensors.values():
-        t.shape = _shape_back(t.whole, t.before) if t.before else t.whole
+        template = _template(t.members[0].canonical)
         if t.members[0].piece is not None:
             held = sum(int(np.prod(_shape_back(shapes[m.canonical][1 if m.index is not None else 0:], m.after)))
                        for m in t.members)
             if held != int(np.prod(t.whole)):
-                raise CannotWriteBack("incomplete", _template(t.members[0].canonical), t.name)
+                raise CannotWriteBack("incomplete", template, t.shown)
+        try:
+            t.shape = _shape_back(t.whole, t.before)
+        except CheckpointError as exc:
+            raise CannotWriteBack("no_inverse", template, t.shown, [x.transform.name for x in t.before],
+                                  str(exc)) from None
     return _groups(tensors)
+
+
+def _pieces(mapping: Mapping, by_target: dict[str, Any], cfg: Any, registry: Registry, canonical: str,
+            shape: Shape) -> list[StoredTensor]:
+    """The stored tensors (or the parts of them) one canonical parameter makes: one, or one per
+    piece of a stacked entry."""
+    parts = canonical.split(".")
+    layer = parts[1] if parts[0] == "layers" else ""
+    template = _template(canonical)
+    entry = by_target.get(template)
+    if entry is None:
+        raise CannotWriteBack("no_place", template, canonical)
+    key = f"{mapping.path}: weights.{template}"
+    entry_cfg = cfg.with_layer(int(layer)) if layer else cfg
+    spec = (applicable_forms(entry, entry_cfg, key) or [entry])[0]  # the form this config stores
+    shown = mapping.checkpoint_names(spec.sources, "N" if layer else "")[0]
+
+    def refuse(reason: str, detail: str = "") -> CannotWriteBack:
+        return CannotWriteBack(reason, template, shown, [n for n, _ in spec.transforms], detail)
+
+    chain = [PlannedTransform(registry.transforms[n], resolve_value(a, entry_cfg, f"{key}.{n}"))
+             for n, a in spec.transforms]
+    before, piece, after = _split_chain(chain, refuse)
+    name = mapping.checkpoint_names(spec.sources, layer)[0]
+    count = None if spec.stack is None else resolve_value(spec.stack, entry_cfg, f"{key}.stack")
+    if count is not None and shape[:1] != (count,):
+        raise refuse("incomplete", f"{count} pieces stacked, the parameter has shape {list(shape)}")
+    pieces = [(name, None, shape)] if count is None else \
+        [(name.replace(STACK_PLACEHOLDER, str(j)), j, shape[1:]) for j in range(count)]
+    out = []
+    for stored, index, piece_shape in pieces:
+        try:
+            at_piece = _shape_back(piece_shape, after)
+            whole = at_piece if piece is None else tuple(piece.transform.inverse.shape(at_piece, **piece.args))
+        except CheckpointError as exc:
+            raise refuse("no_inverse", str(exc)) from None
+        out.append(StoredTensor(stored, (), [Member(canonical, index, piece, after)], before, whole, shown))
+    return out
 
 
 def _groups(tensors: dict[str, StoredTensor]) -> list[list[StoredTensor]]:

@@ -204,3 +204,38 @@ def test_target_transform_without_an_inverse_is_refused(tmp_path: Path, gguf_gqa
                                                     f"be stored {words} .model.layers.N.self_attn.o_proj.weight."):
         convert(gguf_gqa, tmp_path / "hf")
     assert not (tmp_path / "hf" / "model.safetensors").exists()
+
+
+@pytest.mark.parametrize(("entry", "words"), [
+    # half of a fused tensor: the other half is nowhere in the GGUF file
+    ("{from: 'model.layers.{i}.self_attn.o_proj.weight', transform: {split: {parts: 2, index: 0}}}",
+     "its attention output projection would have to be stored in one tensor (model.layers.N.self_attn.o_proj.weight) "
+     "with parts that the GGUF file does not hold"),
+    # the same tensor as the query projection, unchanged
+    ("model.layers.{i}.self_attn.q_proj.weight",
+     "its attention output projection would have to be stored as the same tensor as another "
+     "(model.layers.N.self_attn.q_proj.weight)"),
+])
+def test_a_layout_that_cannot_hold_the_parameters_is_refused(tmp_path: Path, gguf_gqa: Path,
+                                                             monkeypatch: pytest.MonkeyPatch, entry: str,
+                                                             words: str) -> None:
+    user = tmp_path / "maps"
+    user.mkdir()
+    (user / "llama_odd.yaml").write_text(
+        "modelkit_mapping: 1\nextends: llama\nname: llama-odd\nmatch: {model_type: [llama]}\n"
+        f"weights:\n  layers.{{i}}.attn.o.weight: {entry}\n", encoding="utf-8")
+    monkeypatch.setenv("MODELKIT_MAPPINGS", str(user))
+    with pytest.raises(modelkit.MappingError) as info:
+        convert(gguf_gqa, tmp_path / "hf")
+    assert str(info.value) == f"cannot convert this GGUF file to a Hugging Face folder of llama-odd: {words}"
+    assert not (tmp_path / "hf").exists()
+
+
+def test_the_gguf_transforms_have_inverses() -> None:
+    from modelkit_gguf.transforms import neg_exp, permute_rope, undo_neg_exp, unpermute_rope
+
+    rng = np.random.default_rng(0)
+    q = rng.standard_normal((8, 3)).astype(np.float32)
+    np.testing.assert_array_equal(permute_rope(unpermute_rope(q, 2), 2), q)
+    a = -np.exp(rng.standard_normal((4, 2))).astype(np.float32)
+    np.testing.assert_allclose(neg_exp(undo_neg_exp(a)), a, rtol=1e-6)
