@@ -20,7 +20,7 @@ import numpy as np
 
 from ..errors import CheckpointError
 from ..plugins.registry import Inverse
-from .transforms import _falcon_rows, reshape_shape
+from .transforms import falcon_rows, reshape_shape
 
 Shape = tuple[int, ...]
 
@@ -58,7 +58,7 @@ def place_falcon_qkv(whole: np.ndarray, piece: np.ndarray, part: str, num_heads:
                      head_dim: int, layout: str) -> None:
     """Write q, k or v back into Falcon's fused query_key_value, row groups as
     :func:`~modelkit.loading.transforms.falcon_qkv` takes them."""
-    per, groups = _falcon_rows(num_heads, num_kv_heads, layout, part)
+    per, groups = falcon_rows(num_heads, num_kv_heads, layout, part)
     rest = whole.shape[1:]
     blocks = whole.reshape(-1, per, head_dim, *rest)  # a view: whole is C-contiguous
     heads = piece.reshape(-1, head_dim, *rest)  # [heads, head_dim, ...] in the order taken

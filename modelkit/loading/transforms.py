@@ -87,7 +87,7 @@ def reshape_shape(shape: Shape, to: list[int], **stored: list[int]) -> Shape:
     return _fit_shape(shape, to, "reshape to")
 
 
-def _falcon_rows(num_heads: int, num_kv_heads: int, layout: str, part: str) -> tuple[int, list]:
+def falcon_rows(num_heads: int, num_kv_heads: int, layout: str, part: str) -> tuple[int, list]:
     """Row groups (in head units) of Falcon's fused query_key_value for one part."""
     if layout == "grouped":  # new_decoder_architecture: per KV group, its query heads then k then v
         per = num_heads // num_kv_heads + 2
@@ -108,7 +108,7 @@ def falcon_qkv(a: np.ndarray, part: str, num_heads: int, num_kv_heads: int, head
     Falcon fuses three ways: ``grouped`` (new_decoder_architecture, falcon-40b/180b),
     ``multi_query`` (falcon-7b) and ``interleaved`` (falcon-rw, classic multi-head).
     """
-    per, groups = _falcon_rows(num_heads, num_kv_heads, layout, part)
+    per, groups = falcon_rows(num_heads, num_kv_heads, layout, part)
     rest = a.shape[1:]
     blocks = a.reshape(-1, per, head_dim, *rest)
     out = np.concatenate([blocks[g, s] for g, s in groups], axis=0)
