@@ -77,9 +77,10 @@ class StoredTensor:
         if first.piece is None:
             return first.stored_piece(arrays[first.canonical])
         whole = np.zeros(self.whole, dtype=np.float32)
-        for m in self.members:
-            piece = m.stored_piece(arrays[m.canonical])
+        pieces = [m.stored_piece(arrays[m.canonical]) for m in self.members]
+        for m, piece in zip(self.members, pieces):
             m.piece.transform.inverse.place(whole, piece, **m.piece.args)
+        for m, piece in zip(self.members, pieces):  # each piece reads back as placed: none overlap
             if not np.array_equal(m.piece.transform.apply(whole, **m.piece.args), piece):
                 raise CheckpointError(f"{self.name}: the pieces written into it overlap")
         for t in reversed(self.before):
