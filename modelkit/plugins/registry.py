@@ -114,9 +114,10 @@ def build_registry(pm: pluggy.PluginManager) -> Registry:
             owner = reg.transforms[name].plugin if name in reg.transforms else ""
             _unique(reg.transforms, "transform", name, plugin, owner)
             if inverse is not None and (not isinstance(inverse, Inverse)
-                                        or (inverse.apply is None) == (inverse.place is None)):
+                                        or (inverse.apply is None) == (inverse.place is None)
+                                        or (inverse.place is not None and inverse.shape is None)):
                 raise PluginError(f"transform '{name}' (plugin {plugin}): inverse must be a modelkit.Inverse "
-                                  f"with one of apply or place")
+                                  f"with one of apply or place (place with the whole's shape)")
             reg.transforms[name] = Transform(name, plugin, apply, shape, inverse)
         return register
 

@@ -59,13 +59,17 @@ def test_pieces_placed_back_give_the_fused_tensor(name: str, shape: tuple, piece
 
 
 class _BadInverse:
+    def __init__(self, inverse):
+        self.inverse = inverse
+
     @hookimpl
     def register_transforms(self, register):
-        register("bad_inverse", lambda a: a, inverse=lambda a: a)
+        register("bad_inverse", lambda a: a, inverse=self.inverse)
 
 
-def test_an_inverse_is_a_modelkit_inverse() -> None:
-    plugins.register_plugin(_BadInverse(), "bad-inverse")
+@pytest.mark.parametrize("inverse", [lambda a: a, Inverse(), Inverse(place=lambda w, p: None)])
+def test_an_inverse_is_a_modelkit_inverse(inverse) -> None:
+    plugins.register_plugin(_BadInverse(inverse), "bad-inverse")
     try:
         with pytest.raises(modelkit.PluginError, match="transform 'bad_inverse' .plugin bad-inverse.: inverse "
                                                        "must be a modelkit.Inverse with one of apply or place"):
