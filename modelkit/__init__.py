@@ -37,7 +37,9 @@ _LAZY = {
     "Tokenizer": "text.tokenizer",
     # loading
     "inspect": "loading", "find_mapping": "loading", "resolve_path": "loading", "TensorReader": "loading.build",
-    "Plan": "loading.plan", "Model": "model", "Cache": "model", "PLACEHOLDER": "schema.spec",
+    "Plan": "loading.plan", "Inverse": "plugins.registry",
+    "stored_layout": "loading.writeback", "StoredTensor": "loading.writeback",
+    "CannotWriteBack": "loading.writeback", "Model": "model", "Cache": "model", "PLACEHOLDER": "schema.spec",
     # generation
     "SamplingOptions": "generation.options", "Sampler": "generation.sampling",
     "GenerationStats": "generation.loop", "Piece": "generation.loop",

@@ -46,10 +46,11 @@ def register_block_kinds(register: Callable[..., None]) -> None:
 
 @hookimpl
 def register_transforms(register: Callable[..., None]) -> None:
+    from .loading.inverses import CORE_INVERSES
     from .loading.transforms import CORE_TRANSFORMS
 
     for name, (apply, shape) in CORE_TRANSFORMS.items():
-        register(name, apply, shape)
+        register(name, apply, shape, inverse=CORE_INVERSES.get(name))
 
 
 @hookimpl

@@ -203,14 +203,31 @@ def _stack_count(w: WeightSpec, cfg: Config, key: str, where: str) -> int | None
 
 def _stored_form(mapping: Mapping, w: WeightSpec, layer_index: str, cfg: Config, infos: dict[str, TensorInfo],
                  key: str, where: str) -> WeightSpec:
-    """The first of an entry's forms (the entry, then its fallbacks) with a tensor in the
-    checkpoint; the entry itself when no form has one (its tensors are then reported missing)."""
-    for form in (w, *w.fallbacks):
+    """The first of an entry's forms (the entry, then its fallbacks) whose ``when`` holds with a
+    tensor in the checkpoint; else the first whose ``when`` holds (its tensors are then reported
+    missing)."""
+    forms = applicable_forms(w, cfg, key)
+    for form in forms:
         names = mapping.checkpoint_names(form.sources, layer_index)
         count = _stack_count(form, cfg, key, where) or 1
         if any(n.replace(STACK_PLACEHOLDER, str(j)) in infos for n in names for j in range(count)):
             return form
-    return w
+    return forms[0] if forms else w
+
+
+def applicable_forms(w: WeightSpec, cfg: Config, key: str) -> list[WeightSpec]:
+    """An entry's forms (the entry, then its fallbacks) whose ``when`` holds over ``cfg``."""
+    out = []
+    for form in (w, *w.fallbacks):
+        if form.when is None:
+            out.append(form)
+            continue
+        holds = resolve_value(form.when, cfg, f"{key}.when")
+        if not isinstance(holds, bool):
+            raise ConfigError(f"{key}.when must be true or false, got {holds!r}")
+        if holds:
+            out.append(form)
+    return out
 
 
 def _plan_tensor(mapping: Mapping, w: WeightSpec, canonical: str, ps: ParamSpec, layer_index: str,

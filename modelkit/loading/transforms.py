@@ -55,16 +55,20 @@ def slice_shape(shape: Shape, start: int, stop: int, axis: int = 0) -> Shape:
     return tuple(out)
 
 
-def reshape(a: np.ndarray, to: list[int]) -> np.ndarray:
-    """Reshape (one entry may be -1): e.g. a depthwise conv weight [C, 1, K] -> [C, K]."""
-    return np.ascontiguousarray(a.reshape(to))
+def reshape(a: np.ndarray, to: list[int], **stored: list[int]) -> np.ndarray:
+    """Reshape (one entry may be -1): e.g. a depthwise conv weight [C, 1, K] -> [C, K].
+
+    ``from`` (optional, one entry may be -1) is the shape the checkpoint stores: checked on
+    loading, and the shape ``modelkit convert`` writes the tensor back in."""
+    return np.ascontiguousarray(a.reshape(reshape_shape(a.shape, to, **stored)))
 
 
-def reshape_shape(shape: Shape, to: list[int]) -> Shape:
-    target = list(to)
+def _fit_shape(shape: Shape, target: list[int], what: str) -> Shape:
+    """``target`` with its -1 filled in from ``shape``'s size; refused when sizes differ."""
+    target = list(target)
     size = int(np.prod(shape))
     if target.count(-1) > 1:
-        raise CheckpointError(f"reshape to {target}: at most one -1")
+        raise CheckpointError(f"{what} {target}: at most one -1")
     if -1 in target:
         known = int(np.prod([d for d in target if d != -1]))
         if known == 0 or size % known:
@@ -75,7 +79,15 @@ def reshape_shape(shape: Shape, to: list[int]) -> Shape:
     return tuple(target)
 
 
-def _falcon_rows(num_heads: int, num_kv_heads: int, layout: str, part: str) -> tuple[int, list]:
+def reshape_shape(shape: Shape, to: list[int], **stored: list[int]) -> Shape:
+    if set(stored) - {"from"}:
+        raise CheckpointError(f"reshape: unknown arguments {sorted(set(stored) - {'from'})}; expected to, from")
+    if "from" in stored and tuple(shape) != _fit_shape(shape, stored["from"], "reshape from"):
+        raise CheckpointError(f"reshape: expected a stored shape of {list(stored['from'])}, got {list(shape)}")
+    return _fit_shape(shape, to, "reshape to")
+
+
+def falcon_rows(num_heads: int, num_kv_heads: int, layout: str, part: str) -> tuple[int, list]:
     """Row groups (in head units) of Falcon's fused query_key_value for one part."""
     if layout == "grouped":  # new_decoder_architecture: per KV group, its query heads then k then v
         per = num_heads // num_kv_heads + 2
@@ -96,7 +108,7 @@ def falcon_qkv(a: np.ndarray, part: str, num_heads: int, num_kv_heads: int, head
     Falcon fuses three ways: ``grouped`` (new_decoder_architecture, falcon-40b/180b),
     ``multi_query`` (falcon-7b) and ``interleaved`` (falcon-rw, classic multi-head).
     """
-    per, groups = _falcon_rows(num_heads, num_kv_heads, layout, part)
+    per, groups = falcon_rows(num_heads, num_kv_heads, layout, part)
     rest = a.shape[1:]
     blocks = a.reshape(-1, per, head_dim, *rest)
     out = np.concatenate([blocks[g, s] for g, s in groups], axis=0)

@@ -54,7 +54,9 @@ def register_transforms(register: Callable[..., None]) -> None:
     ``apply(array, **args) -> array`` turns a checkpoint tensor into the canonical tensor, and
     ``shape(shape_tuple, **args) -> shape_tuple`` predicts the result's shape without reading
     data, so the loader can check every tensor before any compute. ``shape`` may be omitted
-    for transforms that keep the shape.
+    for transforms that keep the shape. ``inverse`` (a :class:`modelkit.Inverse`, optional) says
+    how ``modelkit convert`` writes a tensor back in the form the transform reads it from;
+    without one, a checkpoint needing that form is refused there.
     """
 
 

@@ -20,13 +20,30 @@ class Architecture:
 
 
 @dataclass(frozen=True)
+class Inverse:
+    """How to write a tensor back in the form a transform reads it from (``modelkit convert``).
+
+    Either ``apply(array, **args)``, the stored tensor from the transformed one, or, for a
+    transform that takes one piece of a stored tensor, ``place(whole, piece, **args)``, which
+    writes the piece into that tensor in place. ``shape(shape, **args)`` gives the stored shape
+    (for ``place``: the least shape of the whole); None keeps the shape. ``args`` are the
+    transform's own."""
+
+    apply: Callable[..., Any] | None = None
+    place: Callable[..., None] | None = None
+    shape: Callable[..., tuple] | None = None
+
+
+@dataclass(frozen=True)
 class Transform:
-    """A named weight transform: ``apply`` on data and ``shape`` on shapes alone."""
+    """A named weight transform: ``apply`` on data and ``shape`` on shapes alone, and how to
+    undo it (``inverse``; None: modelkit does not write its form back)."""
 
     name: str
     plugin: str
     apply: Callable[..., Any]
     shape: Callable[..., tuple] | None = None
+    inverse: Inverse | None = None
 
 
 @dataclass(frozen=True)
@@ -92,10 +109,16 @@ def build_registry(pm: pluggy.PluginManager) -> Registry:
         return register
 
     def transform_register(plugin: str) -> Callable[..., None]:
-        def register(name: str, apply: Callable[..., Any], shape: Callable[..., tuple] | None = None) -> None:
+        def register(name: str, apply: Callable[..., Any], shape: Callable[..., tuple] | None = None,
+                     inverse: Inverse | None = None) -> None:
             owner = reg.transforms[name].plugin if name in reg.transforms else ""
             _unique(reg.transforms, "transform", name, plugin, owner)
-            reg.transforms[name] = Transform(name, plugin, apply, shape)
+            if inverse is not None and (not isinstance(inverse, Inverse)
+                                        or (inverse.apply is None) == (inverse.place is None)
+                                        or (inverse.place is not None and inverse.shape is None)):
+                raise PluginError(f"transform '{name}' (plugin {plugin}): inverse must be a modelkit.Inverse "
+                                  f"with one of apply or place (place with the whole's shape)")
+            reg.transforms[name] = Transform(name, plugin, apply, shape, inverse)
         return register
 
     def source_register(plugin: str) -> Callable[..., None]:

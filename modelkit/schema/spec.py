@@ -74,6 +74,9 @@ class WeightSpec:
     # and stack, tried in order when none of this one's tensors is stored (a YAML list of
     # objects: Mixtral's experts one tensor per expert, or fused as transformers 5 holds them)
     fallbacks: list["WeightSpec"] = field(default_factory=list)
+    # a form of a list of forms: a $expression, the config in which the checkpoint stores this
+    # form (None: any); a form whose expression is false is not tried, nor written by convert
+    when: Any = None
 
 
 @dataclass

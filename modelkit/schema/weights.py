@@ -12,7 +12,7 @@ from typing import Any, Collection
 
 from .spec import PLACEHOLDER, STACK_PLACEHOLDER, WeightSpec
 
-WEIGHT_KEYS = {"from", "transform", "optional", "stack"}
+WEIGHT_KEYS = {"from", "transform", "optional", "stack", "when"}
 
 
 class WeightsSection:
@@ -47,7 +47,14 @@ class WeightsSection:
         if not whole and "optional" in spec:
             raise self.fail(key, "optional belongs to a whole entry; a list of forms, each with its own "
                                  "transforms, is required")
+        if whole and "when" in spec:
+            raise self.fail(key, "when belongs to one of a list of forms (a YAML list of objects)")
         self.check_keys(spec, WEIGHT_KEYS if whole else WEIGHT_KEYS - {"optional"}, key)
+        when = spec.get("when")
+        if when is not None:
+            if not (isinstance(when, str) and when.startswith("$")):
+                raise self.fail(f"{key}.when", f"expected a $expression, got {when!r}")
+            self.check_value(when, f"{key}.when", names)
         stack = spec.get("stack")
         if stack is not None:
             if not (isinstance(stack, int) and not isinstance(stack, bool) and stack >= 1
@@ -72,7 +79,7 @@ class WeightsSection:
         optional = spec.get("optional", False)
         self.expect(optional, bool, f"{key}.optional", "true or false")
         transforms = self.parse_transforms(spec.get("transform", []), f"{key}.transform", names)
-        return WeightSpec(target, sources, transforms, optional, stack)
+        return WeightSpec(target, sources, transforms, optional, stack, when=when)
 
     def parse_transforms(self, data: Any, key: str, names: set[str]) -> list[tuple[str, dict[str, Any]]]:
         if isinstance(data, (str, dict)):

@@ -42,10 +42,12 @@ def register_weight_sources(register: Callable[..., None]) -> None:
 
 @hookimpl
 def register_transforms(register: Callable[..., None]) -> None:
-    from .transforms import undo_neg_exp, unpermute_rope, unpermute_rope_shape
+    from modelkit import Inverse
 
-    register("unpermute_rope", unpermute_rope, unpermute_rope_shape)
-    register("undo_neg_exp", undo_neg_exp)
+    from .transforms import neg_exp, permute_rope, undo_neg_exp, unpermute_rope, unpermute_rope_shape
+
+    register("unpermute_rope", unpermute_rope, unpermute_rope_shape, inverse=Inverse(apply=permute_rope))
+    register("undo_neg_exp", undo_neg_exp, inverse=Inverse(apply=neg_exp))
 
 
 @hookimpl

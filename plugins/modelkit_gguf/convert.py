@@ -6,9 +6,11 @@ same plan as :func:`modelkit.load` (dequantised to float32, transforms such as
 ``unpermute_rope`` applied), then get the names of the architecture's safetensors mapping
 (``llama`` for ``llama-gguf``, ``gemma3`` for ``gemma3-gguf``): the canonical parameter
 ``layers.3.attn.q.weight`` becomes ``model.layers.3.self_attn.q_proj.weight``. Where that
-mapping transforms a tensor on loading (Gemma's norms get 1 added), the inverse is written, so
-the folder loads back to the same weights. One tensor is in memory at a time; the safetensors
-file is written as it goes.
+mapping transforms a tensor on loading (Gemma's norms get 1 added, Falcon's q, k and v are cut
+out of one fused tensor, Mamba's conv1d is reshaped, Mixtral's experts are stacked), the inverse
+registered with the transform is written (:func:`modelkit.stored_layout`), so the folder loads
+back to the same weights. One group of tensors (those made from the same parameters: one fused
+tensor, or one expert stack) is in memory at a time; the safetensors file is written as it goes.
 """
 
 from __future__ import annotations
@@ -17,15 +19,14 @@ import json
 import os
 import struct
 import sys
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
 
-from modelkit import (PLACEHOLDER, CheckpointError, MappingError, Plan, TensorReader, UnknownArchitectureError,
-                      WeightMismatchError, WeightSource, find_mapping, inspect, resolve_path)
+from modelkit import (CannotWriteBack, CheckpointError, MappingError, Plan, StoredTensor, TensorReader,
+                      UnknownArchitectureError, WeightMismatchError, WeightSource, find_mapping, inspect,
+                      resolve_path, stored_layout)
 
 from .output import OutputFolder, refuse_overlap
 from .wording import form_words, tensor_words
@@ -50,70 +51,37 @@ def _numpy_dtype(name: str) -> Any:
     return DTYPES[name][0]
 
 
-# transforms a safetensors mapping applies on loading that convert undoes when writing, with
-# literal arguments: Gemma's norms are stored as w - 1 and get {add: {value: 1.0}} on loading,
-# so the folder stores the (1 + w) weights a GGUF holds minus 1
-INVERSES: dict[str, tuple[str, Callable[[np.ndarray, float], np.ndarray]]] = {
-    "add": ("value", lambda a, value: (a - np.float32(value)).astype(np.float32)),
-}
-
-
-@dataclass
-class Destination:
-    """Where one canonical parameter goes in the folder: its name there, and the inverses of the
-    target mapping's transforms, in the order they are applied when writing."""
-
-    name: str
-    undo: list[tuple[Callable[[np.ndarray, float], np.ndarray], float]] = field(default_factory=list)
-
-    def apply(self, array: np.ndarray) -> np.ndarray:
-        for fn, arg in self.undo:
-            array = fn(array, arg)
-        return array
-
-
 def _cannot(target: Any, what: str) -> MappingError:
     return MappingError(f"cannot convert this GGUF file to a Hugging Face folder of {target.name}: {what}")
 
 
-def _undo(template: str, target: Any, transforms: list[tuple[str, dict[str, Any]]], name: str) -> list[Any]:
-    undo = []
-    for tname, args in reversed(transforms):  # the last transform applied is undone first
-        inverse = INVERSES.get(tname)
-        arg = args.get(inverse[0]) if inverse is not None else None
-        if inverse is None or set(args) != {inverse[0]} or isinstance(arg, bool) \
-                or not isinstance(arg, (int, float)):
-            raise _cannot(target, f"its {tensor_words(template)} would have to be stored "
-                                  f"{form_words([n for n, _ in transforms])} ({name}), and modelkit does not "
-                                  f"write that form back")
-        undo.append((inverse[1], float(arg)))
-    return undo
+def _words(exc: CannotWriteBack) -> str:
+    """What a :class:`CannotWriteBack` says, in plain words."""
+    what = tensor_words(exc.template)
+    if exc.reason == "no_place":
+        return f"the GGUF file has a {what} ({exc.stored}) that the Hugging Face layout has no place for"
+    if exc.reason == "incomplete":
+        return (f"its {what} would have to be stored in one tensor ({exc.stored}) with parts that the GGUF "
+                f"file does not hold")
+    if exc.reason == "shared":
+        return f"its {what} would have to be stored as the same tensor as another ({exc.stored})"
+    return (f"its {what} would have to be stored {form_words(exc.transforms)} ({exc.stored}), and modelkit "
+            f"does not write that form back")
 
 
-def hf_names(plan: Plan, target: Any) -> dict[str, Destination]:
-    """Canonical parameter -> the tensor name ``target`` (a safetensors mapping) reads it from,
-    and how to undo the transforms ``target`` applies to it on loading.
+def hf_layout(plan: Plan, target: Any, hf_raw: dict[str, Any]) -> list[list[StoredTensor]]:
+    """The tensors of ``target``'s (a safetensors mapping's) layout for the planned canonical
+    parameters, grouped by the parameters they are made from (:func:`modelkit.stored_layout`):
+    ``layers.3.attn.q.weight`` becomes ``model.layers.3.self_attn.q_proj.weight``, a stacked
+    entry one tensor per expert, fused entries one tensor from their pieces, each transform
+    ``target`` applies on loading undone by its registered inverse.
 
-    Refuses, in plain words, a target that lacks an entry, stacks a tensor from pieces, or
-    transforms it in a way with no inverse here.
+    Refuses, in plain words, a parameter ``target`` has no place for or a form with no inverse.
     """
-    by_target = {w.target: w for w in target.weights}
-    out = {}
-    for canonical in plan.tensors:
-        parts = canonical.split(".")
-        is_layer = parts[0] == "layers"
-        template = ".".join(["layers", PLACEHOLDER, *parts[2:]]) if is_layer else canonical
-        spec = by_target.get(template)
-        if spec is None:
-            raise _cannot(target, f"the GGUF file has a {tensor_words(template)} ({canonical}) that the Hugging "
-                                  f"Face layout of {target.name} has no place for")
-        shown = target.checkpoint_names(spec.sources, "N" if is_layer else "")[0]
-        if spec.stack is not None:
-            raise _cannot(target, f"its {tensor_words(template)} would have to be stored as one tensor per "
-                                  f"piece ({shown}), and modelkit does not write those")
-        name = target.checkpoint_names(spec.sources, parts[1] if is_layer else "")[0]
-        out[canonical] = Destination(name, _undo(template, target, spec.transforms, shown))
-    return out
+    try:
+        return stored_layout(target, hf_raw, {c: tuple(p.shape) for c, p in plan.tensors.items()})
+    except CannotWriteBack as exc:
+        raise _cannot(target, _words(exc)) from None
 
 
 def _hf_config(raw: dict[str, Any], torch_dtype: str) -> dict[str, Any]:
@@ -172,28 +140,32 @@ def dtype_max(dtype: str) -> float:
     return float(ml_dtypes.finfo(_numpy_dtype(dtype)).max)
 
 
-def write_weights(source: WeightSource, plan: Plan, names: dict[str, Destination], f: BinaryIO,
+def write_weights(source: WeightSource, plan: Plan, groups: list[list[StoredTensor]], f: BinaryIO,
                   dtype: str, progress: bool = False, clip: bool = False) -> tuple[int, dict[str, int]]:
-    """Stream every planned tensor into one safetensors file open as ``f``; returns the parameter
-    count and, with ``clip``, how many values were clipped in each tensor that needed it."""
+    """Stream every stored tensor into one safetensors file open as ``f``, one group (the tensors
+    built from the same parameters) in memory at a time; returns the parameter count and, with
+    ``clip``, how many values were clipped in each tensor that needed it."""
     np_dtype = _numpy_dtype(dtype)
-    entries = [(names[c].name, tuple(p.shape)) for c, p in plan.tensors.items()]
+    entries = [(t.name, t.shape) for group in groups for t in group]
     header, _ = _safetensors_header(entries, DTYPES[dtype][1], np.dtype(np_dtype).itemsize)
     reader = TensorReader(source)
     bar = _progress_bar(len(entries), progress)
     count, clipped = 0, {}
     try:
         f.write(header)
-        for canonical, planned in plan.tensors.items():
-            name = names[canonical].name
-            array = names[canonical].apply(reader.read(planned))  # float32, in the folder's form
-            array, n_clipped = _fit(array, np_dtype, dtype, name, clip)
-            if n_clipped:
-                clipped[name] = n_clipped
-            _write_array(f, array)
-            count += array.size
-            if bar is not None:
-                bar.update(1)
+        for group in groups:
+            needed = dict.fromkeys(m.canonical for t in group for m in t.members)
+            arrays = {c: reader.read(plan.tensors[c]) for c in needed}  # float32, canonical form
+            for t in group:
+                array = t.build(arrays)
+                array, n_clipped = _fit(array, np_dtype, dtype, t.name, clip)
+                if n_clipped:
+                    clipped[t.name] = n_clipped
+                _write_array(f, array)
+                count += array.size
+                if bar is not None:
+                    bar.update(1)
+            del arrays
     finally:
         reader.close()
         if bar is not None:
@@ -270,11 +242,11 @@ def convert(src: str | os.PathLike, out: str | os.PathLike, *, dtype: str = "flo
             raise UnknownArchitectureError(
                 f"{source.path}: no safetensors mapping matches model_type {raw.get('model_type')!r}, "
                 f"so there is no Hugging Face layout to write") from None
-        names = hf_names(plan, target.mapping)
+        groups = hf_layout(plan, target.mapping, hf_raw)
         refuse_overlap(source, out)
         with OutputFolder(out, force) as folder:
             n_params, clipped = folder.write(
-                "model.safetensors", lambda f: write_weights(source, plan, names, f, dtype, progress, clip))
+                "model.safetensors", lambda f: write_weights(source, plan, groups, f, dtype, progress, clip))
             folder.write_json("config.json", hf_raw)
             files = ["config.json", "model.safetensors"]
             if _tokenizer_files(source, folder, raw.get("max_position_embeddings")):

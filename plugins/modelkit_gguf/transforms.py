@@ -44,3 +44,15 @@ def undo_neg_exp(a: np.ndarray) -> np.ndarray:
         raise ValueError(f"{int(np.sum(~(a < 0)))} of {a.size} values are not negative; "
                          f"llama.cpp stores A = -exp(A_log) < 0")
     return np.log(-a.astype(np.float64)).astype(np.float32)
+
+
+def permute_rope(a: np.ndarray, heads: int) -> np.ndarray:
+    """The inverse of :func:`unpermute_rope`: llama.cpp's row order (LlamaModel.permute)."""
+    rest = a.shape[1:]
+    return np.ascontiguousarray(
+        a.reshape(heads, 2, a.shape[0] // heads // 2, *rest).swapaxes(1, 2).reshape(a.shape))
+
+
+def neg_exp(a: np.ndarray) -> np.ndarray:
+    """The inverse of :func:`undo_neg_exp`: ``A = -exp(A_log)``."""
+    return (-np.exp(a.astype(np.float64))).astype(np.float32)

@@ -165,11 +165,8 @@ def test_cli_convert_errors_are_one_line(tmp_path: Path) -> None:
     assert bad.returncode == 2  # argparse: not a choice
 
 
-@pytest.mark.parametrize("transform", ["{scale: {factor: 2.0}}", "{add: {value: $rms_norm_eps}}"])
-def test_target_transform_without_an_inverse_is_refused(tmp_path: Path, gguf_gqa: Path,
-                                                        monkeypatch: pytest.MonkeyPatch, transform: str) -> None:
-    # a safetensors mapping that stores a tensor in another form: only {add: {value: <number>}}
-    # (Gemma's norms) is undone when writing; anything else is refused by name, nothing written
+def _user_mapping(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, transform: str) -> None:
+    # a safetensors mapping that stores the attention output projection in another form
     user = tmp_path / "maps"
     user.mkdir()
     (user / "llama_scaled.yaml").write_text(
@@ -177,9 +174,68 @@ def test_target_transform_without_an_inverse_is_refused(tmp_path: Path, gguf_gqa
         "weights:\n  layers.{i}.attn.o.weight: {from: 'model.layers.{i}.self_attn.o_proj.weight', "
         f"transform: {transform}}}\n", encoding="utf-8")
     monkeypatch.setenv("MODELKIT_MAPPINGS", str(user))
-    words = "scaled" if "scale" in transform else "offset by a setting of the model"
+
+
+@pytest.mark.parametrize("transform", ["{scale: {factor: 2.0}}", "{add: {value: $rms_norm_eps}}",
+                                       "[transpose, {reshape: {to: [-1], from: [-1, $hidden_size]}}, "
+                                       "{reshape: {to: [$hidden_size, -1], from: [-1]}}]"])
+def test_target_transforms_are_undone_by_their_inverses(tmp_path: Path, gguf_gqa: Path,
+                                                        monkeypatch: pytest.MonkeyPatch, transform: str) -> None:
+    # each transform's registered inverse writes the form the mapping reads, with its arguments
+    # resolved over the config: the folder loads back to the GGUF file's weights
+    _user_mapping(tmp_path, monkeypatch, transform)
+    convert(gguf_gqa, tmp_path / "hf")
+    ids, _ = reference("llama_gqa")
+    np.testing.assert_allclose(modelkit.load(tmp_path / "hf").forward(ids), modelkit.load(gguf_gqa).forward(ids),
+                               rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize(("transform", "words"), [
+    ("{scale: {factor: 0.0}}", "scaled"),
+    ("{reshape: {to: [-1, $hidden_size]}}", "in another shape"),  # no 'from': the stored shape is unknown
+])
+def test_target_transform_without_an_inverse_is_refused(tmp_path: Path, gguf_gqa: Path,
+                                                        monkeypatch: pytest.MonkeyPatch, transform: str,
+                                                        words: str) -> None:
+    # a form that cannot be written back is refused by name, in words, and nothing is written
+    _user_mapping(tmp_path, monkeypatch, transform)
     with pytest.raises(modelkit.MappingError, match=f"cannot convert this GGUF file to a Hugging Face folder of "
                                                     f"llama-scaled: its attention output projection would have to "
                                                     f"be stored {words} .model.layers.N.self_attn.o_proj.weight."):
         convert(gguf_gqa, tmp_path / "hf")
     assert not (tmp_path / "hf" / "model.safetensors").exists()
+
+
+@pytest.mark.parametrize(("entry", "words"), [
+    # half of a fused tensor: the other half is nowhere in the GGUF file
+    ("{from: 'model.layers.{i}.self_attn.o_proj.weight', transform: {split: {parts: 2, index: 0}}}",
+     "its attention output projection would have to be stored in one tensor (model.layers.N.self_attn.o_proj.weight) "
+     "with parts that the GGUF file does not hold"),
+    # the same tensor as the query projection, unchanged
+    ("model.layers.{i}.self_attn.q_proj.weight",
+     "its attention output projection would have to be stored as the same tensor as another "
+     "(model.layers.N.self_attn.q_proj.weight)"),
+])
+def test_a_layout_that_cannot_hold_the_parameters_is_refused(tmp_path: Path, gguf_gqa: Path,
+                                                             monkeypatch: pytest.MonkeyPatch, entry: str,
+                                                             words: str) -> None:
+    user = tmp_path / "maps"
+    user.mkdir()
+    (user / "llama_odd.yaml").write_text(
+        "modelkit_mapping: 1\nextends: llama\nname: llama-odd\nmatch: {model_type: [llama]}\n"
+        f"weights:\n  layers.{{i}}.attn.o.weight: {entry}\n", encoding="utf-8")
+    monkeypatch.setenv("MODELKIT_MAPPINGS", str(user))
+    with pytest.raises(modelkit.MappingError) as info:
+        convert(gguf_gqa, tmp_path / "hf")
+    assert str(info.value) == f"cannot convert this GGUF file to a Hugging Face folder of llama-odd: {words}"
+    assert not (tmp_path / "hf").exists()
+
+
+def test_the_gguf_transforms_have_inverses() -> None:
+    from modelkit_gguf.transforms import neg_exp, permute_rope, undo_neg_exp, unpermute_rope
+
+    rng = np.random.default_rng(0)
+    q = rng.standard_normal((8, 3)).astype(np.float32)
+    np.testing.assert_array_equal(permute_rope(unpermute_rope(q, 2), 2), q)
+    a = -np.exp(rng.standard_normal((4, 2))).astype(np.float32)
+    np.testing.assert_allclose(neg_exp(undo_neg_exp(a)), a, rtol=1e-6)

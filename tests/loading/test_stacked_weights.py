@@ -121,6 +121,9 @@ def test_transforms_apply_to_each_piece(tmp_path: Path) -> None:
     ({"from": W1, "stack": "four"}, "expected a positive count or a $expression"),
     ({"from": W1, "stack": "$experts"}, "names experts, which the config section does not declare"),
     ([{"from": W1, "stack": 4, "optional": True}], "optional belongs to a whole entry"),
+    ({"from": W1, "stack": 4, "when": "$num_experts > 2"}, "when belongs to one of a list of forms"),
+    ([{"from": W1, "stack": 4, "when": "yes"}], "expected a $expression"),
+    ([{"from": W1, "stack": 4, "when": "$experts > 2"}], "names experts, which the config section does not declare"),
     ([{"from": W1, "stack": 4, "transform": "transpose", "source": "x"}], "unknown key(s) source"),
     ([], "needs at least one checkpoint tensor name"),
 ])
@@ -129,6 +132,23 @@ def test_bad_stacked_entries_are_mapping_errors(tmp_path: Path, entry: Any, mess
     with pytest.raises(modelkit.MappingError, match=r"weights\.layers\.\{i\}\.mlp\.experts\.gate\.weight") as info:
         load_mapping(path)
     assert message in str(info.value)
+
+
+@pytest.mark.parametrize("when,loads", [("$num_experts > 2", True), ("$num_experts > 99", False)])
+def test_a_form_whose_when_is_false_is_not_tried(tmp_path: Path, when: str, loads: bool) -> None:
+    # the stored (one tensor per expert) form is tried only when its expression holds; else the
+    # fused form is, which this checkpoint lacks
+    fused = "model.layers.{i}.mlp.experts.gate_up_proj"
+    path = _user_mapping(tmp_path, {"layers.{i}.mlp.experts.gate.weight": [
+        {"from": W1, "stack": "$num_experts", "when": when},
+        {"from": fused, "transform": {"split": {"parts": 2, "index": 0, "axis": 1}}}]})
+    folder = copy_fixture("mixtral", tmp_path / "m")
+    if loads:
+        ids, ref = reference("mixtral")
+        assert max_abs(modelkit.load(folder, mapping=path).forward(ids), ref) < ATOL
+    else:
+        assert ("model.layers.0.mlp.experts.gate_up_proj", "layers.0.mlp.experts.gate.weight", (4, 24, 32)) \
+            in _report(folder, mapping=path).missing
 
 
 def test_j_is_only_a_checkpoint_placeholder(tmp_path: Path) -> None:
