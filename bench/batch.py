@@ -10,9 +10,9 @@ process's CPU time (steadier than wall time on a shared machine, where other pro
 inflates it less); ms per batched step; and two times to first token: ``ttft`` with all N
 arriving together (the batched prefill of the N prompts, then the step that gives all N their
 first token), and ``join`` for one more stream joining N-1 that are already decoding (its
-prefill and the step that gives its first token). The default checkpoint is the SmolLM2-135M shape under
-~/.cache/modelkit/bench/checkpoints (``python3 bench/checkpoints.py smollm2-135m``; its
-``smollm2-135m-real`` sibling, the real weights, works the same).
+prefill and the step that gives its first token). The default checkpoint is the SmolLM2-135M
+shape under ~/.cache/modelkit/bench/checkpoints (``python3 bench/checkpoints.py smollm2-135m``;
+its ``smollm2-135m-real`` sibling, the real weights, works the same).
 """
 
 from __future__ import annotations
