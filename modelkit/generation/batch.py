@@ -13,7 +13,9 @@ them all back through :meth:`modelkit.Model.decode_batch`. A sequence gives the 
         for event in decoder.step():
             ...  # event.seq_id, event.token, event.logprob, event.finished, event.finish_reason
 
-:func:`generate_batch` (also ``Model.generate_batch``) is the offline form: a list of prompts
+:meth:`~BatchDecoder.add_many` lets several sequences join at once, their prompts read together
+in one batched prefill (:meth:`modelkit.Model.prefill_batch`); a server admits the requests that
+arrived during a step so. :func:`generate_batch` (also ``Model.generate_batch``) is the offline form: a list of prompts
 in, a list of new ids out. Not thread-safe: one thread adds, steps and removes.
 """
 
@@ -160,7 +162,8 @@ def generate_batch(model: Model, prompts: Sequence[Sequence[int]], *, max_batch:
                    **options: Any) -> list[list[int]]:
     """New ids after each prompt, decoded together (at most ``max_batch`` at a time, the next
     prompt joining as soon as one finishes): for each prompt the ids ``model.generate`` gives
-    it alone with the same options (an EOS or stop id that ends a sequence is its last id).
+    it alone with the same options (an EOS or stop id that ends a sequence is its last id). The
+    prompts that join in the same step are read in one batched prefill.
     Options as :meth:`BatchDecoder.add`, the same for every prompt (a ``seed`` seeds each
     sequence's own generator alike)."""
     prompts = list(prompts)
