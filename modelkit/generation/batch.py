@@ -15,8 +15,8 @@ them all back through :meth:`modelkit.Model.decode_batch`. A sequence gives the 
 
 :meth:`~BatchDecoder.add_many` lets several sequences join at once, their prompts read together
 in one batched prefill (:meth:`modelkit.Model.prefill_batch`); a server admits the requests that
-arrived during a step so. :func:`generate_batch` (also ``Model.generate_batch``) is the offline form: a list of prompts
-in, a list of new ids out. Not thread-safe: one thread adds, steps and removes.
+arrived during a step so. :func:`generate_batch` (also ``Model.generate_batch``) is the offline
+form: a list of prompts in, a list of new ids out. Not thread-safe: one thread adds, steps and removes.
 """
 
 from __future__ import annotations
