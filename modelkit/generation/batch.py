@@ -167,6 +167,7 @@ def generate_batch(model: Model, prompts: Sequence[Sequence[int]], *, max_batch:
     Options as :meth:`BatchDecoder.add`, the same for every prompt (a ``seed`` seeds each
     sequence's own generator alike)."""
     prompts = list(prompts)
+    cache = options.pop("cache", None)  # add's cache: a one-prompt call continuing it
     out: list[list[int]] = [[] for _ in prompts]
     decoder = BatchDecoder(model, max_batch)
     owner: dict[int, int] = {}  # sequence id -> prompt index
@@ -181,7 +182,8 @@ def generate_batch(model: Model, prompts: Sequence[Sequence[int]], *, max_batch:
                 break
             joining.append(index)
         if joining:  # the prompts that join in the same step are read together
-            for seq_id, index in zip(decoder.add_many([prompts[i] for i in joining], options=options), joining):
+            added = decoder.add_many([prompts[i] for i in joining], [cache] * len(joining), options)
+            for seq_id, index in zip(added, joining):
                 owner[seq_id] = index
         for event in decoder.step():
             if event.finish_reason == "error":
