@@ -2,17 +2,17 @@
 
     python3 -m bench.batch [CHECKPOINT] [--streams 1,4,8,16] [--prompt 32] [--tokens 32]
 
-For each number of streams N: N random prompts of about ``--prompt`` tokens join at once
-(each prefilled as it joins), then greedy decoding of ``--tokens`` tokens each, all N in every
-step. Prints per N: aggregate decode tokens/s (every stream's tokens over the decoding time)
-and its ratio to the first N's (one stream by default); the same per second of the process's
-CPU time (steadier than wall time on a shared machine, where other processes' load inflates it
-less); ms per batched step; and two times to first token: ``ttft`` with all N arriving
-together (every prefill, then the step that gives all N their first token), and ``join`` for
-one more stream joining N-1 that are already decoding (its prefill and the step that gives its
-first token). The default checkpoint is the SmolLM2-135M shape under
-~/.cache/modelkit/bench/checkpoints (``python3 bench/checkpoints.py smollm2-135m``; its
-``smollm2-135m-real`` sibling, the real weights, works the same).
+For each number of streams N: N random prompts of about ``--prompt`` tokens join at once (read
+together in one batched prefill), then greedy decoding of ``--tokens`` tokens each, all N in
+every step. Prints per N: aggregate decode tokens/s (every stream's tokens over the decoding
+time) and its ratio to the first N's (one stream by default); the same per second of the
+process's CPU time (steadier than wall time on a shared machine, where other processes' load
+inflates it less); ms per batched step; and two times to first token: ``ttft`` with all N
+arriving together (the batched prefill of the N prompts, then the step that gives all N their
+first token), and ``join`` for one more stream joining N-1 that are already decoding (its
+prefill and the step that gives its first token). The default checkpoint is the SmolLM2-135M
+shape under ~/.cache/modelkit/bench/checkpoints (``python3 bench/checkpoints.py smollm2-135m``;
+its ``smollm2-135m-real`` sibling, the real weights, works the same).
 """
 
 from __future__ import annotations
@@ -38,8 +38,7 @@ def measure(model, streams: int, prompt: int, tokens: int, seed: int = 0) -> dic
     options = dict(max_new_tokens=tokens + 1, temperature=0.0, stop_ids=[])
     decoder = BatchDecoder(model, max_batch=max(streams, 1))
     t0 = time.perf_counter()
-    for p in prompts:
-        decoder.add(p, **options)
+    decoder.add_many(prompts, options=options)  # all N arrive together: one batched prefill
     decoder.step()  # every stream's first token (chosen from its prefill) and the first batched forward
     ttft = time.perf_counter() - t0  # all N first tokens come out of that step
     steps = made = 0

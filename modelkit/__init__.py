@@ -27,7 +27,7 @@ _LAZY = {
     # modules: modelkit.testing's fixture builder runs where torch is and pluggy may not be)
     "hookimpl": "plugins.hookspecs",
     # building blocks for plugins (modelkit.nn)
-    "Block": "nn.block", "ForwardContext": "nn.block", "ParamSpec": "nn.block",
+    "Block": "nn.block", "ForwardContext": "nn.block", "ParamSpec": "nn.block", "row_spans": "nn.block",
     "Option": "nn.options", "REQUIRED": "nn.options",
     "linear": "nn.linear", "product_layout": "nn.linear", "ACTIVATIONS": "nn.activations", "silu": "nn.activations",
     "softplus": "nn.activations", "rms_norm": "nn.norms", "layer_norm": "nn.norms",

@@ -232,21 +232,36 @@ class Model:
             raise GenerationError(f"sequence of {max(positions) + 1} tokens is longer than the model's "
                                   f"{self.pos_embed.shape[0]} learned positions")
         with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
-            h = self.embed[ids]  # [B] -> [B, E] (a copy we own)
-            if self.embedding_multiplier != 1.0:
-                h *= self.embedding_multiplier
-            if self.embed_proj is not None:
-                h = h @ self.embed_proj.T  # [B, E] -> [B, D]
-            if self.pos_embed is not None:
-                h += self.pos_embed[positions]
-            if self.embed_norm is not None:
-                h = self.embed_norm.forward_batch(h, [None] * ids.size, positions)
+            h = self._embed_rows(ids, positions)
             for i, layer in enumerate(self.layers):
                 h = layer.forward_batch(h, [c.layers[i] for c in caches], positions)
             for cache, token in zip(caches, ids.tolist()):
                 cache.length += 1
                 cache.tokens.append(token)
             return self._head(h)
+
+    def prefill_batch(self, prompts: Sequence[Sequence[int] | np.ndarray], caches: Sequence[Cache]) -> np.ndarray:
+        """Read ``prompts[i]`` into ``caches[i]`` for every i in the same forwards (token-wise
+        work over all their tokens at once, attention and recurrent state per sequence; at most
+        ``prefill_chunk`` rows a forward); the logits after each prompt's last token, [B, vocab].
+        Row i equals ``forward(prompts[i], caches[i], last_only=True)[0]`` up to float32
+        rounding (see :mod:`modelkit.prefill`)."""
+        from .prefill import prefill_batch
+
+        return prefill_batch(self, prompts, caches)
+
+    def _embed_rows(self, ids: np.ndarray, positions: Sequence[int] | np.ndarray) -> np.ndarray:
+        """The input of layer 0 for tokens ``ids`` [N] at ``positions`` [N] (of any sequences)."""
+        h = self.embed[ids]  # [N] -> [N, E] (a copy we own)
+        if self.embedding_multiplier != 1.0:
+            h *= self.embedding_multiplier
+        if self.embed_proj is not None:
+            h = h @ self.embed_proj.T  # [N, E] -> [N, D]
+        if self.pos_embed is not None:
+            h += self.pos_embed[positions]
+        if self.embed_norm is not None:
+            h = self.embed_norm.forward(h, None, ForwardContext(0, h.shape[0]))
+        return h
 
     def hidden_states(self, ids: Sequence[int] | np.ndarray, cache: Cache | None = None) -> np.ndarray:
         """The final-normed hidden states [T, hidden] (before the head)."""

@@ -13,13 +13,15 @@ them all back through :meth:`modelkit.Model.decode_batch`. A sequence gives the 
         for event in decoder.step():
             ...  # event.seq_id, event.token, event.logprob, event.finished, event.finish_reason
 
-:func:`generate_batch` (also ``Model.generate_batch``) is the offline form: a list of prompts
-in, a list of new ids out. Not thread-safe: one thread adds, steps and removes.
+:meth:`~BatchDecoder.add_many` lets several sequences join at once, their prompts read together
+in one batched prefill (:meth:`modelkit.Model.prefill_batch`); a server admits the requests that
+arrived during a step so. :func:`generate_batch` (also ``Model.generate_batch``) is the offline
+form: a list of prompts in, a list of new ids out. Not thread-safe: one thread adds, steps and removes.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
@@ -74,14 +76,47 @@ class BatchDecoder:
         tokens) and ``text`` (events carry each token's text). The prompt is read here, before
         the call returns; the first token comes from the next :meth:`step`.
         """
-        if self.full:
+        return self.add_many([prompt_ids], [cache], options)[0]
+
+    def add_many(self, prompts: Sequence[Sequence[int]], caches: Sequence[Cache | None] | None = None,
+                 options: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None) -> list[int]:
+        """Register several sequences whose prompts are read together, in one batched prefill
+        (:meth:`modelkit.Model.prefill_batch`: the weights are read once for all of them, not
+        once a prompt); returns their ids, in order. Each sequence gets what :meth:`add` would
+        give it alone (the same logits to float32 rounding, the same greedy tokens).
+
+        ``caches[i]`` (or None) is what :meth:`add`'s ``cache`` is to prompt i; ``options`` is
+        one dict of :meth:`add`'s options for every prompt, or one dict per prompt. Every
+        prompt and its options are checked before any is read: an error adds none of them."""
+        prompts = list(prompts)
+        caches = list(caches) if caches is not None else [None] * len(prompts)
+        if isinstance(options, Mapping) or options is None:
+            options = [dict(options or {})] * len(prompts)
+        options = list(options)
+        if not len(prompts) == len(caches) == len(options):
+            raise GenerationError(f"add_many: {len(prompts)} prompts, {len(caches)} caches and "
+                                  f"{len(options)} option sets")
+        if len(self._active) + len(prompts) > self.max_batch:
             raise GenerationError(f"the batch is full ({self.max_batch} sequences); wait for one to finish")
-        if cache is not None and any(cache is s.cache for s in self._active.values()):
+        given = [c for c in caches if c is not None]
+        if any(c is s.cache for c in given for s in self._active.values()):
             raise GenerationError("that cache belongs to an active sequence (snapshot it to share its state)")
-        seq = BatchSequence(self.model, self._next_id, prompt_ids, cache, options)
-        self._next_id += 1
-        self._active[seq.id] = seq
-        return seq.id
+        if len({id(c) for c in given}) != len(given):
+            raise GenerationError("add_many: one cache is given twice (each sequence needs its own)")
+        seqs = [BatchSequence(self.model, self._next_id + i, p, c, o)
+                for i, (p, c, o) in enumerate(zip(prompts, caches, options))]
+        reading = [seq for seq in seqs if seq.prompt]
+        if len(reading) == 1:  # one prompt: the plain forward
+            seq = reading[0]
+            reading[0].start(self.model.forward(seq.prompt, seq.cache, last_only=True)[0])
+        elif reading:
+            rows = self.model.prefill_batch([seq.prompt for seq in reading], [seq.cache for seq in reading])
+            for seq, row in zip(reading, rows):
+                seq.start(row)
+        self._next_id += len(seqs)
+        for seq in seqs:
+            self._active[seq.id] = seq
+        return [seq.id for seq in seqs]
 
     def step(self) -> list[TokenEvent]:
         """One token for every active sequence, in joining order: each chooses from its logits,
@@ -127,22 +162,29 @@ def generate_batch(model: Model, prompts: Sequence[Sequence[int]], *, max_batch:
                    **options: Any) -> list[list[int]]:
     """New ids after each prompt, decoded together (at most ``max_batch`` at a time, the next
     prompt joining as soon as one finishes): for each prompt the ids ``model.generate`` gives
-    it alone with the same options (an EOS or stop id that ends a sequence is its last id).
+    it alone with the same options (an EOS or stop id that ends a sequence is its last id). The
+    prompts that join in the same step are read in one batched prefill.
     Options as :meth:`BatchDecoder.add`, the same for every prompt (a ``seed`` seeds each
     sequence's own generator alike)."""
     prompts = list(prompts)
+    cache = options.pop("cache", None)  # add's cache: a one-prompt call continuing it
     out: list[list[int]] = [[] for _ in prompts]
     decoder = BatchDecoder(model, max_batch)
     owner: dict[int, int] = {}  # sequence id -> prompt index
     waiting = iter(range(len(prompts)))
     pending = True
     while pending or decoder.active:
-        while pending and not decoder.full:
+        joining = []
+        while pending and len(decoder.active) + len(joining) < decoder.max_batch:
             index = next(waiting, None)
             if index is None:
                 pending = False
                 break
-            owner[decoder.add(prompts[index], **options)] = index
+            joining.append(index)
+        if joining:  # the prompts that join in the same step are read together
+            added = decoder.add_many([prompts[i] for i in joining], [cache] * len(joining), options)
+            for seq_id, index in zip(added, joining):
+                owner[seq_id] = index
         for event in decoder.step():
             if event.finish_reason == "error":
                 raise GenerationError(event.error)

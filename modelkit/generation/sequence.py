@@ -75,7 +75,23 @@ class BatchSequence:
         self.sampler = Sampler(SamplingOptions.resolve(model.generation_config, **sampling))
         extra = [stop_ids] if isinstance(stop_ids, (int, np.integer)) else list(stop_ids or ())
         self.stops = set(model.eos_token_ids) | {int(i) for i in extra}
-        self.cache = self._prefill(prompt_ids, cache)
+        self.cache, self.prompt = self._prepare(prompt_ids, cache)
+        if isinstance(stop_strings, str):
+            stop_strings = [stop_strings]
+        self.stop_strings = stop_strings
+        if (want_text or stop_strings) and model.tokenizer is None:
+            raise TokenizerError("the model has no tokenizer.json, so its output cannot be decoded to text")
+        self.want_text = want_text
+        if not self.prompt:
+            self.start(None)
+
+    def start(self, row: np.ndarray | None) -> None:
+        """Begin after the prompt is read: ``row`` [vocab] is the logits after its last token
+        (None when the prompt was empty and the cache kept them); the next token is chosen
+        from them."""
+        if row is not None:
+            self.cache.keep_logits(row)
+        self.logits = self.cache.next_logits()
         self.new_tokens = 0
         self.history = None
         if self.sampler.options.repetition_penalty != 1.0:  # every id seen, in one buffer
@@ -83,19 +99,16 @@ class BatchSequence:
             self.history[:len(self.cache.tokens)] = self.cache.tokens
         self.seen = len(self.cache.tokens)
         self.decoder = self.matcher = None
-        if isinstance(stop_strings, str):
-            stop_strings = [stop_strings]
-        if want_text or stop_strings:
+        if self.want_text or self.stop_strings:
             from ..text.decoding import IncrementalDecoder
 
-            if model.tokenizer is None:
-                raise TokenizerError("the model has no tokenizer.json, so its output cannot be decoded to text")
-            self.decoder = IncrementalDecoder(model.tokenizer, context=self.cache.tokens[-8:])
-            self.matcher = StopStrings(stop_strings) if stop_strings else None
+            self.decoder = IncrementalDecoder(self.model.tokenizer, context=self.cache.tokens[-8:])
+            self.matcher = StopStrings(self.stop_strings) if self.stop_strings else None
 
-    def _prefill(self, prompt_ids: Sequence[int], cache: Cache | None) -> Cache:
-        """Read the prompt into the cache (a new one, or ``cache`` continued) and keep the
-        logits of its last position: the next token is chosen from them."""
+    def _prepare(self, prompt_ids: Sequence[int], cache: Cache | None) -> tuple[Cache, list[int]]:
+        """The cache the prompt continues (a new one, or ``cache``) and the prompt's ids,
+        checked; the prompt is read by the caller (alone, or with others in one batched
+        prefill), which then calls :meth:`start` with its last logits."""
         model = self.model
         prompt = [int(i) for i in prompt_ids]
         if cache is not None and not hasattr(cache, "tokens"):
@@ -105,14 +118,14 @@ class BatchSequence:
         if limit is not None and cache.length + len(prompt) > limit:
             raise GenerationError(f"the prompt has {cache.length + len(prompt)} tokens; this model has {limit} "
                                   f"learned positions, so it cannot read more than {limit} tokens")
-        if prompt:
-            row = model.forward(prompt, cache, last_only=True)[0]
-            cache.keep_logits(row)
-        elif cache.next_logits() is None:
+        if not prompt and cache.next_logits() is None:
             raise GenerationError("the prompt is empty: give at least one token (or a cache whose last "
                                   "logits were kept, such as a batch sequence's)")
-        self.logits = cache.next_logits()
-        return cache
+        if prompt:
+            bad = [i for i in prompt if not 0 <= i < model.vocab_size]
+            if bad:
+                raise GenerationError(f"token id {bad[0]} is outside the vocabulary (0..{model.vocab_size - 1})")
+        return cache, prompt
 
     def choose(self) -> TokenEvent:
         """Pick the next token from the kept logits; the event says whether the sequence ends."""

@@ -12,7 +12,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import ConfigError, out_of_memory
-from .block import Block, ForwardContext, ParamSpec
+from .block import Block, ForwardContext, ParamSpec, row_spans
 from .kv_cache import KV_BLOCK, KVCache
 from .linear import linear, product_layout
 from .norms import layer_norm, rms_norm
@@ -185,26 +185,38 @@ class Attention(Block):
         return qkv
 
     def forward(self, x: np.ndarray, state: KVCache | None, ctx: ForwardContext) -> np.ndarray:
-        t = x.shape[0]
+        return self._mix(x, [state if state is not None else self.new_state()], [ctx])
+
+    def forward_ragged(self, x: np.ndarray, states: Sequence[KVCache], ctxs: Sequence[ForwardContext]) -> np.ndarray:
+        """The prompts of B sequences at once, their rows one after the other (see
+        :meth:`Block.forward_ragged`): the projections over every row (one pass over the
+        weights), then each sequence's rotary, cache and attention on its own rows, as
+        :meth:`forward` does for one."""
+        return self._mix(x, states, ctxs)
+
+    def _mix(self, x: np.ndarray, states: Sequence[KVCache], ctxs: Sequence[ForwardContext]) -> np.ndarray:
+        """Sequence i's ``ctxs[i].length`` rows of ``x``, from position ``ctxs[i].pos``, over its
+        cache ``states[i]`` (which they extend); the sequences' rows one after the other."""
         qkv = self._project(x)  # [T, D] -> [T, (H + 2KV) * hd]
         nq, nk = self.h * self.hd, self.kv * self.hd
-        if self.rope is not None:
-            # q and k heads side by side, rotated in place inside qkv in one pass
-            cos, sin_signed = self.rope.get_signed(ctx.pos, ctx.pos + t)
-            rotate(qkv[:, :nq + nk].reshape(t, self.h + self.kv, self.hd), cos, sin_signed, self.rot_dim,
-                   self.interleaved)
-        q = qkv[:, :nq].reshape(t, self.h, self.hd)
-        k = qkv[:, nq:nq + nk].reshape(t, self.kv, self.hd)
-        v = qkv[:, nq + nk:].reshape(t, self.kv, self.hd)
-        if state is None:
-            state = self.new_state()
-        start = state.length
-        state.append(k, v)
-        try:
-            out = self.attend(q, state, start)  # [T, H * hd]
-        except MemoryError as exc:
-            raise out_of_memory(f"computing attention scores of {t:,} queries over {state.length:,} keys",
-                                exc) from None
+        out = np.empty((x.shape[0], nq), np.float32)
+        for (s0, s1), state, ctx in zip(row_spans(ctxs), states, ctxs):
+            t, part = s1 - s0, qkv[s0:s1]
+            if self.rope is not None:
+                # q and k heads side by side, rotated in place inside qkv in one pass
+                cos, sin_signed = self.rope.get_signed(ctx.pos, ctx.pos + t)
+                rotate(part[:, :nq + nk].reshape(t, self.h + self.kv, self.hd), cos, sin_signed, self.rot_dim,
+                       self.interleaved)
+            q = part[:, :nq].reshape(t, self.h, self.hd)
+            k = part[:, nq:nq + nk].reshape(t, self.kv, self.hd)
+            v = part[:, nq + nk:].reshape(t, self.kv, self.hd)
+            start = state.length
+            state.append(k, v)
+            try:
+                out[s0:s1] = self.attend(q, state, start)  # [T, H * hd]
+            except MemoryError as exc:
+                raise out_of_memory(f"computing attention scores of {t:,} queries over {state.length:,} keys",
+                                    exc) from None
         y = linear(out, self.w_o)  # [T, H * hd] -> [T, D]
         if self.b_o is not None:
             y += self.b_o

@@ -6,7 +6,9 @@ specs, asks the class which parameters it needs (with shapes) and, once every te
 builds one instance per layer. At run time the model calls ``forward(x, state, ctx)`` with the
 hidden states ``x [T, hidden]`` (float32) and the block's own cache state (``None`` for
 stateless blocks). A batched decoding step calls ``forward_batch(x, states, positions)`` with one
-token of each of B sequences, ``x [B, hidden]``, and each sequence's own state and position.
+token of each of B sequences, ``x [B, hidden]``, and each sequence's own state and position; a
+batched prefill calls ``forward_ragged(x, states, ctxs)`` with several tokens of each of B
+sequences, their rows one sequence after the other.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import numpy as np
 
 from .options import REQUIRED, Option
 
-__all__ = ["Block", "ParamSpec", "ForwardContext", "Option", "REQUIRED", "Observer"]
+__all__ = ["Block", "ParamSpec", "ForwardContext", "Option", "REQUIRED", "Observer", "row_spans"]
 
 # a diagnostic callback: (layer index or None, block name, the block's output)
 Observer = Callable[[Optional[int], str, np.ndarray], None]
@@ -45,6 +47,16 @@ class ForwardContext:
     length: int
     shared: dict[str, Any] = field(default_factory=dict)
     observer: Observer | None = None
+
+
+def row_spans(ctxs: Sequence[ForwardContext]) -> list[tuple[int, int]]:
+    """Where each sequence's rows lie in a ragged batch: ``(start, stop)`` per context, the
+    sequences' ``length`` rows one after the other."""
+    spans, start = [], 0
+    for ctx in ctxs:
+        spans.append((start, start + ctx.length))
+        start += ctx.length
+    return spans
 
 
 class Block:
@@ -130,4 +142,21 @@ class Block:
         out = np.empty_like(x)
         for i, (state, pos) in enumerate(zip(states, positions)):
             out[i] = self.forward(x[i:i + 1], state, ForwardContext(int(pos), 1))[0]
+        return out
+
+    def forward_ragged(self, x: np.ndarray, states: Sequence[Any], ctxs: Sequence[ForwardContext]) -> np.ndarray:
+        """Several tokens of each of B sequences at once (a batched prefill): ``x [T1 + ... +
+        TB, hidden]`` holds sequence i's ``ctxs[i].length`` rows from position ``ctxs[i].pos``,
+        the sequences one after the other (:func:`row_spans`), each with its own cache state
+        ``states[i]``; returns the same shape.
+
+        Each sequence's rows must equal ``forward(its rows, states[i], ctxs[i])``, which is what
+        this default does, one sequence after the other; a :attr:`TOKENWISE` block runs once over
+        every row. Kinds that share their weight reads across sequences (attention, Mamba2)
+        override this."""
+        if self.TOKENWISE:
+            return self.forward(x, None, ForwardContext(0, x.shape[0]))
+        out = np.empty_like(x)
+        for (start, stop), state, ctx in zip(row_spans(ctxs), states, ctxs):
+            out[start:stop] = self.forward(x[start:stop], state, ctx)
         return out

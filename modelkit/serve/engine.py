@@ -23,7 +23,10 @@ class Decoder(Protocol):
     """What the scheduler drives. ``add`` prefills a prompt (continuing ``cache`` when given) and
     returns the new sequence's id; ``step`` picks one token for every active sequence and feeds
     it back; a finished sequence leaves ``active`` but its cache stays readable through
-    ``cache_of`` until the next ``step``; ``remove`` drops a sequence at once (a client gone)."""
+    ``cache_of`` until the next ``step``; ``remove`` drops a sequence at once (a client gone).
+    A decoder may also have ``add_many(prompts, caches, options) -> [seq_id]``, which reads
+    several prompts in one batched prefill (an error adds none of them), as the library's does:
+    the scheduler then admits the prompts of a turn together, else one ``add`` at a time."""
 
     active: list[int]
 

@@ -73,6 +73,19 @@ class Choice:
             self.cancelled = True
 
 
+@dataclass
+class _Job:
+    """A choice ready to join: the prompt ids left to read, the cache they continue (None: a
+    new one), how many ids a cached prefix covered and the echo already read, its echo."""
+
+    choice: Choice
+    rest: list[int]
+    cache: Any
+    cached: int
+    read: int
+    prompt_info: Any
+
+
 class Scheduler:
     """Owns ``model`` on its own thread. ``submit`` queues choices (all or none);
     ``stop`` finishes or cancels what is in flight and ends the thread."""
@@ -92,6 +105,8 @@ class Scheduler:
         self.prefilled_tokens = 0  # tokens run through the model to read prompts
         self.generated_tokens = 0
         self.steps = 0
+        self.prefills = 0  # prefills run: each reads the prompts admitted in one turn together
+        self.largest_prefill = 0  # the most prompts one prefill read
         self._thread = threading.Thread(target=self._loop, name="modelkit-scheduler", daemon=True)
 
     # ---- the request side --------------------------------------------------------------
@@ -115,7 +130,8 @@ class Scheduler:
             waiting, running = len(self._waiting), len(self._running)
         return {"running": running, "waiting": waiting, "max_batch": self.max_batch,
                 "queue_size": self.queue_size, "prefilled_tokens": self.prefilled_tokens,
-                "generated_tokens": self.generated_tokens, "steps": self.steps,
+                "generated_tokens": self.generated_tokens, "steps": self.steps, "prefills": self.prefills,
+                "largest_prefill": self.largest_prefill,
                 "prefix_cache": self.prefix_cache.stats()}
 
     def stop(self, timeout: float = 0.0) -> None:
@@ -148,8 +164,7 @@ class Scheduler:
                 while self._waiting and len(self._running) + len(admit) < self.max_batch:
                     admit.append(self._waiting.popleft())
             try:
-                for choice in admit:
-                    self._admit(choice)
+                self._admit_all(admit)
                 self._drop_cancelled()
                 if self._running:
                     self._step()
@@ -160,28 +175,53 @@ class Scheduler:
                     self._running.pop(seq_id, None)
                     self.decoder.remove(seq_id)
 
-    def _admit(self, choice: Choice) -> None:
-        """Read the prompt (reusing a cached prefix) and join the batch, or answer at once."""
-        if choice.cancelled:
-            choice.send(("end", "cancelled", 0))
-            return
+    def _admit_all(self, choices: list[Choice]) -> None:
+        """Admit the choices taken from the queue in one turn: their prompts are read together,
+        in one batched prefill (the weights read once for all of them, not once a prompt). When
+        that fails (a prompt or its options refused, memory short), each is admitted on its own,
+        so only the failing one hears of it."""
+        ready = [job for choice in choices if (job := self._guarded(choice, self._prepare))]
+        if len(ready) > 1 and hasattr(self.decoder, "add_many"):
+            try:
+                seq_ids = self.decoder.add_many([job.rest for job in ready], [job.cache for job in ready],
+                                                [job.choice.options for job in ready])
+            except ModelkitError:
+                seq_ids = None
+            if seq_ids is not None:
+                self._counted(len(ready))
+                for job, seq_id in zip(ready, seq_ids):
+                    self._join(job, seq_id)
+                return
+            # from the start: the failed prefill may have extended their caches
+            ready = [job for old in ready if (job := self._guarded(old.choice, self._prepare))]
+        for job in ready:
+            self._guarded(job.choice, self._add_one, job)
+
+    def _guarded(self, choice: Choice, action: Callable[..., Any], *args: Any) -> Any:
+        """``action(choice, *args)``; an error is the choice's answer (None returned), never the
+        scheduler's end."""
         try:
-            self._prefill(choice)
+            return action(choice, *args)
         except ModelkitError as exc:
             choice.send(("error", str(exc).splitlines()[0]))
         except Exception as exc:  # noqa: BLE001 - a bug must not end the thread that serves everyone
             log.exception("prefill failed")
             choice.send(("error", f"internal error while reading the prompt ({type(exc).__name__})"))
+        return None
 
-    def _prefill(self, choice: Choice) -> None:
+    def _prepare(self, choice: Choice) -> _Job | None:
+        """What is left of the prompt to read (after a cached prefix) and the cache it continues,
+        or None when the choice is answered at once (cancelled, or only its echo asked)."""
+        if choice.cancelled:
+            choice.send(("end", "cancelled", 0))
+            return None
         model, ids = self.model, choice.prompt_ids
-        max_new = choice.options.get("max_new_tokens", 16)
         prompt_info = None
-        cached = 0
+        cached = read = 0
         if choice.echo_k is not None:  # every prompt position's logits: no prefix to skip
             cache = model.make_cache()
             prompt_info = prompt_logprobs(model, ids, choice.echo_k, cache)
-            self.prefilled_tokens += len(ids) - 1
+            read = len(ids) - 1
             rest = ids[-1:]
         else:
             hit = self.prefix_cache.lookup(ids)
@@ -190,17 +230,32 @@ class Scheduler:
             rest = ids[cached:]
         choice.decoder = IncrementalDecoder(model.tokenizer, context=ids[-8:])
         choice.matcher = StopStrings(choice.stop_strings) if choice.stop_strings else None
-        if max_new == 0:  # only the prompt's log-probabilities (echo)
+        if choice.options.get("max_new_tokens", 16) == 0:  # only the prompt's log-probabilities (echo)
+            self.prefilled_tokens += read
             choice.send(("prompt", prompt_info, cached))
             choice.send(("end", "length", 0))
-            return
-        seq_id = self.decoder.add(rest, cache=cache, **choice.options)
-        self.prefilled_tokens += len(rest)
+            return None
+        return _Job(choice, rest, cache, cached, read, prompt_info)
+
+    def _add_one(self, choice: Choice, job: _Job) -> None:
+        """Read one prompt on its own and join the batch."""
+        seq_id = self.decoder.add(job.rest, cache=job.cache, **choice.options)
+        self._counted(1)
+        self._join(job, seq_id)
+
+    def _counted(self, prompts: int) -> None:
+        self.prefills += 1
+        self.largest_prefill = max(self.largest_prefill, prompts)
+
+    def _join(self, job: _Job, seq_id: int) -> None:
+        """The prompt is read: the choice runs in the batch from the next step."""
+        choice = job.choice
+        self.prefilled_tokens += job.read + len(job.rest)
         choice.seq_id = seq_id
         self._running[seq_id] = choice
         if choice.echo_k is None:
             self.prefix_cache.store(self.decoder.cache_of(seq_id), choice.text)
-        choice.send(("prompt", prompt_info, cached))
+        choice.send(("prompt", job.prompt_info, job.cached))
 
     def _drop_cancelled(self) -> None:
         for seq_id, choice in list(self._running.items()):

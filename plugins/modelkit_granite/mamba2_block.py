@@ -20,7 +20,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from modelkit import (ACTIVATIONS, Block, ConfigError, ForwardContext, Option, ParamSpec, causal_conv, linear,
-                      product_layout)
+                      product_layout, row_spans)
 
 from .mamba2 import (PENDING_WINDOW, PendingSteps, decay_rates, fold_pending, gated,
                      gated_rms_norm, ssd_chunked, ssd_step, state_shape, time_steps)
@@ -148,24 +148,46 @@ class Mamba2(Block):
         return Mamba2State(self.k, self.conv_dim, self.h, self.hd, self.g, self.n, self.window)
 
     def forward(self, x: np.ndarray, state: Mamba2State | None, ctx: ForwardContext) -> np.ndarray:
-        if state is None:
-            state = self.new_state()
+        return self._mix(x, [state if state is not None else self.new_state()], [(0, x.shape[0])])
+
+    def forward_batch(self, x: np.ndarray, states: Sequence[Mamba2State], positions: Sequence[int]) -> np.ndarray:
+        """One token of each of B sequences, ``x [B, hidden]``: the projections, gate and norm
+        over every row at once, the conv and the SSM step of each row on its own state."""
+        return self._mix(x, states, [(i, i + 1) for i in range(x.shape[0])])
+
+    def forward_ragged(self, x: np.ndarray, states: Sequence[Mamba2State], ctxs: Sequence[ForwardContext]) -> np.ndarray:
+        """The prompts of B sequences, their rows one after the other: the projections, gate and
+        norm over every row at once, the conv and the scan of each sequence on its own state."""
+        return self._mix(x, states, row_spans(ctxs))
+
+    def _mix(self, x: np.ndarray, states: Sequence[Mamba2State], spans: Sequence[tuple[int, int]]) -> np.ndarray:
+        """Rows ``start:stop`` of ``x`` continue ``states[i]`` for each ``spans[i]``: token-wise
+        work over all rows, the conv and the scan per sequence."""
         t = x.shape[0]
         d, cd, h, hd, g, n = self.d, self.conv_dim, self.h, self.hd, self.g, self.n
         proj = linear(x, self.w_in)  # [T, hidden] -> [T, D + C + H]
         if self.b_in is not None:
             proj += self.b_in
         z = proj[:, :d]
-        xbc = self.act(causal_conv(proj[:, d:d + cd], state.conv, self.conv_w, self.conv_b))
+        if len(spans) == 1:
+            xbc = causal_conv(proj[:, d:d + cd], states[0].conv, self.conv_w, self.conv_b)
+        else:
+            xbc = np.empty((t, cd), np.float32)
+            for (s0, s1), state in zip(spans, states):  # each sequence continues its own conv history
+                xbc[s0:s1] = causal_conv(proj[s0:s1, d:d + cd], state.conv, self.conv_w, self.conv_b)
+        xbc = self.act(xbc)
         dt = time_steps(proj[:, d + cd:], self.dt_bias, self.limit)  # [T, H]
         xs = xbc[:, :d].reshape(t, h, hd)  # [T, H, P]
         b = xbc[:, d:d + g * n].reshape(t, g, n)  # [T, G, N]
         c = xbc[:, d + g * n:].reshape(t, g, n)
-        if t == 1:
-            y = ssd_step(xs[0], dt[0], self.a, b[0], c[0], state.base, state.pending)[None]
-        else:
-            y = ssd_chunked(xs, dt, self.a, b, c, state.ssm, self.chunk, state.fresh)  # [T, H, P]
-        state.fresh = False
+        y = np.empty((t, h, hd), np.float32)
+        for (s0, s1), state in zip(spans, states):
+            if s1 - s0 == 1:
+                y[s0] = ssd_step(xs[s0], dt[s0], self.a, b[s0], c[s0], state.base, state.pending)
+            else:
+                y[s0:s1] = ssd_chunked(xs[s0:s1], dt[s0:s1], self.a, b[s0:s1], c[s0:s1], state.ssm, self.chunk,
+                                       state.fresh)  # [T, H, P]
+            state.fresh = False
         y += xs * self.skip[:, None]  # skip connection from x (before the dt scaling)
         y = y.reshape(t, d)
         if self.norm == "none":
@@ -173,38 +195,6 @@ class Mamba2(Block):
         else:
             out = gated_rms_norm(y, z, self.norm_w, g, self.eps, norm_first=self.norm == "before_gate")
         res = linear(out, self.w_out)  # [T, D] -> [T, hidden]
-        if self.b_out is not None:
-            res += self.b_out
-        return res
-
-    def forward_batch(self, x: np.ndarray, states: Sequence[Mamba2State], positions: Sequence[int]) -> np.ndarray:
-        """One token of each of B sequences, ``x [B, hidden]``: the projections, gate and norm
-        over every row at once, the conv and the SSM step of each row on its own state."""
-        bsz = x.shape[0]
-        d, cd, h, hd, g, n = self.d, self.conv_dim, self.h, self.hd, self.g, self.n
-        proj = linear(x, self.w_in)  # [B, hidden] -> [B, D + C + H]
-        if self.b_in is not None:
-            proj += self.b_in
-        z = proj[:, :d]
-        xbc = np.empty((bsz, cd), np.float32)
-        for i, state in enumerate(states):  # each row continues its own conv history
-            xbc[i] = causal_conv(proj[i:i + 1, d:d + cd], state.conv, self.conv_w, self.conv_b)[0]
-        xbc = self.act(xbc)
-        dt = time_steps(proj[:, d + cd:], self.dt_bias, self.limit)  # [B, H]
-        xs = xbc[:, :d].reshape(bsz, h, hd)  # [B, H, P]
-        b = xbc[:, d:d + g * n].reshape(bsz, g, n)  # [B, G, N]
-        c = xbc[:, d + g * n:].reshape(bsz, g, n)
-        y = np.empty((bsz, h, hd), np.float32)
-        for i, state in enumerate(states):
-            y[i] = ssd_step(xs[i], dt[i], self.a, b[i], c[i], state.base, state.pending)
-            state.fresh = False
-        y += xs * self.skip[:, None]
-        y = y.reshape(bsz, d)
-        if self.norm == "none":
-            out = gated(y, z)
-        else:
-            out = gated_rms_norm(y, z, self.norm_w, g, self.eps, norm_first=self.norm == "before_gate")
-        res = linear(out, self.w_out)  # [B, D] -> [B, hidden]
         if self.b_out is not None:
             res += self.b_out
         return res
