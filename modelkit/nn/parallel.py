@@ -96,7 +96,7 @@ def map_pieces(work: Callable[[Piece], None], pieces: Sequence[Piece]) -> None:
 PIECE_ROWS = 128
 
 
-def row_spans(rows: int, pieces: int) -> list[tuple[int, int]]:
+def piece_spans(rows: int, pieces: int) -> list[tuple[int, int]]:
     """``rows`` split into at most ``pieces`` contiguous spans of at least PIECE_ROWS rows each
     (one span when there are too few)."""
     count = max(1, min(pieces, rows // PIECE_ROWS))
@@ -108,7 +108,7 @@ def map_rows(forward: Callable[[Any], Any], x: Any) -> Any:
     """``forward(x)`` for a function whose every output row depends on its input row alone
     (a token-wise block over ``x [T, hidden]``), computed on spans of rows spread over the
     cores (see :func:`map_pieces`); the result is assembled in one new array."""
-    spans = row_spans(x.shape[0], blas_threads() if not getattr(_worker, "busy", False) else 1)
+    spans = piece_spans(x.shape[0], blas_threads() if not getattr(_worker, "busy", False) else 1)
     if len(spans) == 1:
         return forward(x)
     out: list[Any] = [None]

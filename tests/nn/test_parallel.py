@@ -87,12 +87,12 @@ def test_concurrent_callers_give_blas_its_threads_back(two_blas_threads) -> None
     assert blas_threads() == 2
 
 
-def test_row_spans_cover_the_rows_in_pieces_of_at_least_piece_rows() -> None:
-    from modelkit.nn.parallel import PIECE_ROWS, row_spans
+def test_piece_spans_cover_the_rows_in_pieces_of_at_least_piece_rows() -> None:
+    from modelkit.nn.parallel import PIECE_ROWS, piece_spans
 
-    assert row_spans(PIECE_ROWS * 2 - 1, 2) == [(0, PIECE_ROWS * 2 - 1)]
+    assert piece_spans(PIECE_ROWS * 2 - 1, 2) == [(0, PIECE_ROWS * 2 - 1)]
     for rows, pieces in [(256, 2), (1000, 2), (513, 3), (4096, 8)]:
-        spans = row_spans(rows, pieces)
+        spans = piece_spans(rows, pieces)
         assert spans[0][0] == 0 and spans[-1][1] == rows and len(spans) <= pieces
         assert all(a == prev_b for (_, prev_b), (a, _) in zip(spans, spans[1:]))
         assert all(b - a >= PIECE_ROWS for a, b in spans)
