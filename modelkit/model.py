@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Sequence
 
@@ -12,7 +13,7 @@ from .batched import layer_forward_batch
 from .errors import GenerationError, OutOfMemoryError, out_of_memory
 from .flow import add_residual, run_step
 from .nn.block import Block, ForwardContext, Observer
-from .nn.parallel import PIECE_ROWS, map_rows
+from .nn.parallel import PIECE_ROWS, blas_held_to_one, map_rows
 from .schema.resolve import Config
 from .schema.spec import LayerSpec, Mapping
 
@@ -143,6 +144,9 @@ class Model:
         self.config = config
         self.mapping = mapping
         self.layers = layers
+        # a long prompt runs with BLAS held to one thread and its pieces on every core when
+        # every block splits into pieces (see modelkit.nn.parallel)
+        self.spreads = all(block.SPREADS for layer in layers for block in layer.blocks.values())
         self.embed = embed  # [vocab, E]: E is the hidden width unless embed_proj maps it there
         self.embed_proj = embed_proj  # [hidden, E] or None
         self.pos_embed = pos_embed
@@ -210,7 +214,8 @@ class Model:
             for start in range(0, ids.size, chunk):
                 piece = ids[start:start + chunk]
                 is_last = start + chunk >= ids.size
-                h = self._run_layers(piece, cache, observer)
+                with blas_held_to_one() if self.spreads and piece.size >= 2 * PIECE_ROWS else nullcontext():
+                    h = self._run_layers(piece, cache, observer)
                 if last_only and not is_last:
                     continue
                 pieces.append(self._head(h[-1:] if last_only else h, observer))

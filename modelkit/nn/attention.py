@@ -69,6 +69,8 @@ class Attention(Block):
     ALiBi or none; ``window`` limits each query to itself and the window-1 keys before it.
     """
 
+    SPREADS = True  # long prompts: its products by rows, its query blocks on the pool
+
     OPTIONS = {
         "num_heads": Option("int", "$num_heads", "query heads", min=1),
         "num_kv_heads": Option("int", "$num_kv_heads", "key/value heads (grouped-query attention)", min=1),

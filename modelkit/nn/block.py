@@ -75,6 +75,10 @@ class Block:
     # True for a stateless block whose every output row depends on its input row alone (norms,
     # MLPs, experts): a batched step then runs it once over all sequences' rows
     TOKENWISE: ClassVar[bool] = False
+    # True for a kind whose long-prompt work all splits into pieces (rows, attention's query
+    # blocks; see modelkit.nn.parallel): a model made only of such kinds holds BLAS to one
+    # thread for a long prompt and runs the pieces on every core
+    SPREADS: ClassVar[bool] = False
 
     def __init__(self, options: Mapping[str, Any], params: Mapping[str, np.ndarray | None]):
         self.options = dict(options)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .parallel import PIECE_ROWS, map_rows, spread
+
 # up to this many rows (a short prompt, a prompt's last piece) a weight kept in PyTorch's
 # memory layout is multiplied as (w @ x.T).T: OpenBLAS then uses its kernel for a thin
 # operand, measured about twice as fast for 16 rows; one row (decoding) is a matrix-vector
@@ -29,7 +31,10 @@ def product_layout(*rows: np.ndarray) -> np.ndarray:
 
 
 def linear(x: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """``x [T, in] @ w.T`` for ``w [out, in]``: a C-contiguous float32 [T, out]."""
+    """``x [T, in] @ w.T`` for ``w [out, in]``: a C-contiguous float32 [T, out]; inside
+    :func:`~modelkit.nn.parallel.blas_held_to_one`, spans of a long input's rows on the pool."""
+    if x.shape[0] >= 2 * PIECE_ROWS and spread():
+        return map_rows(lambda rows: linear(rows, w), x)
     if w.flags.f_contiguous and not w.flags.c_contiguous:  # laid out by product_layout
         return x @ w.T
     if 1 < x.shape[0] <= THIN_ROWS:

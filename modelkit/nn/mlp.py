@@ -21,6 +21,7 @@ class MLP(Block):
     """down(act(up(x))) with optional biases (GPT-2, Falcon)."""
 
     TOKENWISE = True  # each row on its own (see Block.forward_batch)
+    SPREADS = True
 
     OPTIONS = {"hidden_size": HIDDEN, "intermediate_size": INTERMEDIATE,
                "activation": Option("str", doc="activation function", choices=tuple(sorted(ACTIVATIONS)))}
@@ -51,6 +52,7 @@ class GatedMLP(Block):
     """down(act(gate(x)) * up(x)) (Llama, Mistral, Granite); gate and up fused at load."""
 
     TOKENWISE = True  # each row on its own (see Block.forward_batch)
+    SPREADS = True
 
     OPTIONS = {"hidden_size": HIDDEN, "intermediate_size": INTERMEDIATE, "activation": ACTIVATION}
     PARAMETERS = ("gate.weight", "up.weight", "down.weight", "gate.bias", "up.bias", "down.bias")

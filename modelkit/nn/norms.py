@@ -48,6 +48,7 @@ class RMSNorm(Block):
     """RMSNorm (Llama, Mistral, Granite): a learned scale, no bias, no centring."""
 
     TOKENWISE = True  # each row on its own (see Block.forward_batch)
+    SPREADS = True
 
     OPTIONS = {"eps": EPS, "dim": DIM}
     PARAMETERS = ("weight",)
@@ -69,6 +70,7 @@ class LayerNorm(Block):
     neither (OLMo)."""
 
     TOKENWISE = True  # each row on its own (see Block.forward_batch)
+    SPREADS = True
 
     OPTIONS = {"eps": EPS, "dim": DIM,
                "affine": Option("bool", True, "a learned scale and bias (false: none, as OLMo)")}

@@ -1,4 +1,5 @@
-"""map_pieces: every piece once, BLAS held to one thread inside and given back after, errors raised."""
+"""blas_held_to_one, map_pieces, map_rows: every piece once, on the pool only while BLAS is held to
+one thread, BLAS given back after, errors raised."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import time
 import pytest
 from threadpoolctl import threadpool_limits
 
-from modelkit.nn.parallel import blas_threads, map_pieces
+from modelkit.nn.parallel import blas_held_to_one, blas_threads, map_pieces
 
 
 @pytest.fixture
@@ -27,7 +28,9 @@ def test_every_piece_runs_once_on_the_pool(two_blas_threads) -> None:
         seen.append(piece)
         names.add(threading.current_thread().name)
 
-    map_pieces(work, list(range(50)))
+    with blas_held_to_one() as threads:
+        assert threads == 2
+        map_pieces(work, list(range(50)))
     assert sorted(seen) == list(range(50))
     assert all(name.startswith("modelkit-piece") for name in names)
     assert blas_threads() == 2  # given back
@@ -37,8 +40,9 @@ def test_blas_is_one_thread_inside_a_piece(two_blas_threads) -> None:
     from threadpoolctl import threadpool_info
 
     inside = []
-    map_pieces(lambda _: inside.append([lib["num_threads"] for lib in threadpool_info()
-                                        if lib["user_api"] == "blas"]), [0, 1, 2])
+    with blas_held_to_one():
+        map_pieces(lambda _: inside.append([lib["num_threads"] for lib in threadpool_info()
+                                            if lib["user_api"] == "blas"]), [0, 1, 2])
     assert inside and all(counts == [1] * len(counts) for counts in inside)
     assert all(lib["num_threads"] == 2 for lib in threadpool_info() if lib["user_api"] == "blas")
 
@@ -48,7 +52,7 @@ def test_an_error_in_a_piece_is_raised_and_blas_restored(two_blas_threads) -> No
         if piece == 3:
             raise MemoryError("piece 3")
 
-    with pytest.raises(MemoryError, match="piece 3"):
+    with pytest.raises(MemoryError, match="piece 3"), blas_held_to_one():
         map_pieces(work, list(range(8)))
     assert blas_threads() == 2
 
@@ -59,15 +63,22 @@ def test_pieces_inside_a_piece_run_in_place() -> None:
     def outer(i: int) -> None:
         map_pieces(lambda j: done.append((i, j)), [0, 1])  # from a pool thread: no deadlock
 
-    with threadpool_limits(limits=2, user_api="blas"):
+    with threadpool_limits(limits=2, user_api="blas"), blas_held_to_one():
         map_pieces(outer, [0, 1, 2])
     assert sorted(done) == [(i, j) for i in range(3) for j in range(2)]
 
 
 def test_one_blas_thread_keeps_the_pieces_on_the_calling_thread() -> None:
     names = set()
-    with threadpool_limits(limits=1, user_api="blas"):
+    with threadpool_limits(limits=1, user_api="blas"), blas_held_to_one() as threads:
+        assert threads == 1
         map_pieces(lambda _: names.add(threading.current_thread().name), [0, 1, 2])
+    assert names == {threading.current_thread().name}
+
+
+def test_outside_a_hold_the_pieces_run_on_the_calling_thread(two_blas_threads) -> None:
+    names = set()
+    map_pieces(lambda _: names.add(threading.current_thread().name), [0, 1, 2])
     assert names == {threading.current_thread().name}
 
 
@@ -77,7 +88,8 @@ def test_concurrent_callers_give_blas_its_threads_back(two_blas_threads) -> None
     def caller() -> None:
         barrier.wait()
         for _ in range(20):
-            map_pieces(lambda _: None, [0, 1, 2, 3])
+            with blas_held_to_one():
+                map_pieces(lambda _: None, [0, 1, 2, 3])
 
     threads = [threading.Thread(target=caller) for _ in range(2)]
     for thread in threads:
@@ -105,7 +117,9 @@ def test_map_rows_equals_one_call(two_blas_threads) -> None:
 
     x = np.random.default_rng(0).standard_normal((700, 24), dtype=np.float32)
     w = np.random.default_rng(1).standard_normal((24, 40), dtype=np.float32)
-    np.testing.assert_allclose(map_rows(lambda rows: np.tanh(rows @ w), x), np.tanh(x @ w), atol=1e-5)
+    with blas_held_to_one():
+        pieces = map_rows(lambda rows: np.tanh(rows @ w), x)
+    np.testing.assert_allclose(pieces, np.tanh(x @ w), atol=1e-5)
 
 
 def test_a_long_prompt_gives_the_same_logits_on_one_thread_and_in_pieces() -> None:
@@ -115,6 +129,7 @@ def test_a_long_prompt_gives_the_same_logits_on_one_thread_and_in_pieces() -> No
     from conftest import fixture_path
 
     model = modelkit.load(fixture_path("llama_gqa"))
+    assert model.spreads
     ids = np.random.default_rng(0).integers(0, model.vocab_size, 600)
     with threadpool_limits(limits=2, user_api="blas"):
         pieces = model.forward(ids)
@@ -126,12 +141,14 @@ def test_a_long_prompt_gives_the_same_logits_on_one_thread_and_in_pieces() -> No
 def test_a_forked_child_makes_its_own_pool(two_blas_threads) -> None:
     import os
 
-    map_pieces(lambda _: None, [0, 1])  # the parent's pool exists
+    with blas_held_to_one():
+        map_pieces(lambda _: None, [0, 1])  # the parent's pool exists
     pid = os.fork()
     if pid == 0:  # the child: the inherited pool has no threads of its own
         try:
             done = []
-            map_pieces(done.append, [0, 1, 2])
+            with blas_held_to_one():
+                map_pieces(done.append, [0, 1, 2])
             os._exit(0 if sorted(done) == [0, 1, 2] else 1)
         except BaseException:
             os._exit(2)
@@ -146,3 +163,10 @@ def test_a_forked_child_makes_its_own_pool(two_blas_threads) -> None:
             pytest.fail("map_pieces hung in a forked child")
         time.sleep(0.01)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_a_model_with_a_kind_that_does_not_split_never_holds_blas() -> None:
+    import modelkit
+    from conftest import fixture_path
+
+    assert not modelkit.load(fixture_path("gh_hybrid")).spreads  # Mamba2's scan runs whole
