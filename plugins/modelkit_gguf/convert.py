@@ -15,6 +15,7 @@ tensor, or one expert stack) is in memory at a time; the safetensors file is wri
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import struct
@@ -29,6 +30,7 @@ from modelkit import (CannotWriteBack, CheckpointError, MappingError, Plan, Stor
                       resolve_path, stored_layout)
 
 from .output import OutputFolder, refuse_overlap
+from .rope_back import llama3_scaling
 from .wording import form_words, tensor_words
 
 # --dtype value -> (NumPy dtype, safetensors dtype name, config.json torch_dtype)
@@ -84,14 +86,33 @@ def hf_layout(plan: Plan, target: Any, hf_raw: dict[str, Any]) -> list[list[Stor
         raise _cannot(target, _words(exc)) from None
 
 
-def _hf_config(raw: dict[str, Any], torch_dtype: str) -> dict[str, Any]:
-    if (raw.get("gguf") or {}).get("rope_freqs"):
-        # llama.cpp keeps only the resulting divisors; config.json needs llama3's parameters
-        raise CheckpointError("cannot convert this GGUF file to a Hugging Face folder: it keeps Llama 3's rope "
-                              "scaling only as one divisor per frequency (rope_freqs.weight), and config.json "
-                              "needs the scaling's own settings, which cannot be recovered from those; run the "
-                              "GGUF file directly instead")
+def _rope_scaling_back(source: WeightSource, plan: Plan, raw: dict[str, Any]) -> tuple[Plan, dict[str, Any]]:
+    """Llama 3's rope scaling settings for config.json, from the divisors llama.cpp keeps as
+    ``rope_freqs.weight`` (see :mod:`.rope_back`), and the plan without those tensors (the
+    folder holds the settings instead)."""
+    kept = {c: p for c, p in plan.tensors.items() if not c.endswith(".attn.rope_freq_factors")}
+    read = [p for c, p in plan.tensors.items() if c not in kept]
+    reader = TensorReader(source)
+    try:
+        divisors = reader.read(read[0]) if read else None
+    finally:
+        reader.close()
+    scaling = None
+    if divisors is not None:
+        scaling = llama3_scaling(divisors, float(raw.get("rope_theta", 10000.0)), 2 * divisors.size,
+                                 (raw.get("rope_scaling") or {}).get("original_max_position_embeddings"))
+    if scaling is None:
+        raise CheckpointError("cannot convert this GGUF file to a Hugging Face folder: its rotary frequencies "
+                              "are divided one by one (rope_freqs.weight) in a way that follows no Llama 3 "
+                              "rope scaling, and config.json can only say the scaling's settings; run the GGUF "
+                              "file directly instead")
+    return dataclasses.replace(plan, tensors=kept), scaling
+
+
+def _hf_config(raw: dict[str, Any], torch_dtype: str, rope_scaling: dict[str, Any] | None = None) -> dict[str, Any]:
     cfg = {k: v for k, v in raw.items() if k not in PRIVATE_CONFIG_KEYS}
+    if rope_scaling is not None:
+        cfg["rope_scaling"] = rope_scaling
     cfg["torch_dtype"] = torch_dtype
     return cfg
 
@@ -235,7 +256,10 @@ def convert(src: str | os.PathLike, out: str | os.PathLike, *, dtype: str = "flo
         if not plan.report.ok:
             raise WeightMismatchError(plan.report, plan.report.summary(str(source.path)))
         raw = source.config()
-        hf_raw = _hf_config(raw, DTYPES[dtype][2])
+        rope_scaling = None
+        if (raw.get("gguf") or {}).get("rope_freqs"):  # Llama 3's scaling, kept as divisors
+            plan, rope_scaling = _rope_scaling_back(source, plan, raw)
+        hf_raw = _hf_config(raw, DTYPES[dtype][2], rope_scaling)
         try:
             target = find_mapping(hf_raw, "safetensors")
         except UnknownArchitectureError:
