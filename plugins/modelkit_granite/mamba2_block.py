@@ -180,14 +180,12 @@ class Mamba2(Block):
         xs = xbc[:, :d].reshape(t, h, hd)  # [T, H, P]
         b = xbc[:, d:d + g * n].reshape(t, g, n)  # [T, G, N]
         c = xbc[:, d + g * n:].reshape(t, g, n)
-        y = np.empty((t, h, hd), np.float32)
-        for (s0, s1), state in zip(spans, states):
-            if s1 - s0 == 1:
-                y[s0] = ssd_step(xs[s0], dt[s0], self.a, b[s0], c[s0], state.base, state.pending)
-            else:
-                y[s0:s1] = ssd_chunked(xs[s0:s1], dt[s0:s1], self.a, b[s0:s1], c[s0:s1], state.ssm, self.chunk,
-                                       state.fresh)  # [T, H, P]
-            state.fresh = False
+        if len(spans) == 1:  # one sequence: its scan's own output, no copy into a fresh buffer
+            y = self._scan(xs, dt, b, c, states[0])
+        else:
+            y = np.empty((t, h, hd), np.float32)
+            for (s0, s1), state in zip(spans, states):
+                y[s0:s1] = self._scan(xs[s0:s1], dt[s0:s1], b[s0:s1], c[s0:s1], state)
         y += xs * self.skip[:, None]  # skip connection from x (before the dt scaling)
         y = y.reshape(t, d)
         if self.norm == "none":
@@ -198,3 +196,13 @@ class Mamba2(Block):
         if self.b_out is not None:
             res += self.b_out
         return res
+
+    def _scan(self, xs: np.ndarray, dt: np.ndarray, b: np.ndarray, c: np.ndarray, state: Mamba2State) -> np.ndarray:
+        """One sequence's SSM over its rows, ``xs [T, H, P]`` -> ``[T, H, P]`` (without the D skip):
+        the decoding step for one row, the chunked scan for more."""
+        if xs.shape[0] == 1:
+            y = ssd_step(xs[0], dt[0], self.a, b[0], c[0], state.base, state.pending)[None]
+        else:
+            y = ssd_chunked(xs, dt, self.a, b, c, state.ssm, self.chunk, state.fresh)
+        state.fresh = False
+        return y
