@@ -245,6 +245,14 @@ class Model:
                 cache.tokens.append(token)
             return self._head(h)
 
+    def end_batch(self) -> None:
+        """No batch is decoding any more: every block drops what it kept for batched steps
+        (:meth:`~modelkit.nn.block.Block.end_batch`). Caches stay valid; :class:`BatchDecoder`
+        calls this when its last sequence leaves."""
+        for layer in self.layers:
+            for block in layer.blocks.values():
+                block.end_batch()
+
     def prefill_batch(self, prompts: Sequence[Sequence[int] | np.ndarray], caches: Sequence[Cache]) -> np.ndarray:
         """Read ``prompts[i]`` into ``caches[i]`` for every i in the same forwards (token-wise
         work over all their tokens at once, attention and recurrent state per sequence; at most

@@ -137,6 +137,8 @@ class BatchDecoder:
                                              [seq.cache for seq, _ in going])  # [B, vocab]
             for row, (seq, token) in zip(logits, going):
                 seq.fed(token, row)
+        if not self._active:
+            self.model.end_batch()
         return events
 
     def remove(self, seq_id: int) -> None:
@@ -146,6 +148,8 @@ class BatchDecoder:
             raise KeyError(f"no sequence {seq_id!r} was ever added")
         self._active.pop(seq_id, None)
         self._finished.pop(seq_id, None)
+        if not self._active:
+            self.model.end_batch()
 
     def cache_of(self, seq_id: int) -> Cache:
         """The sequence's cache: its prompt and every token fed back so far (not a finishing

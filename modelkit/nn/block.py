@@ -132,6 +132,10 @@ class Block:
         """Map ``x [T, hidden]`` to ``[T, hidden]``, reading and extending ``state``."""
         raise NotImplementedError
 
+    def end_batch(self) -> None:
+        """The running batch has no sequence left: drop anything kept for batched steps (a kind
+        that seats its rows' states side by side gives them their own memory back)."""
+
     def forward_batch(self, x: np.ndarray, states: Sequence[Any], positions: Sequence[int]) -> np.ndarray:
         """One decoding step of B sequences at once: ``x [B, hidden]`` holds one token of each,
         row i at position ``positions[i]`` of its sequence with its own cache state

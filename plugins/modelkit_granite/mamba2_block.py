@@ -24,6 +24,7 @@ from modelkit import (ACTIVATIONS, Block, ConfigError, ForwardContext, Option, P
 
 from .mamba2 import (PENDING_WINDOW, PendingSteps, decay_rates, fold_pending, gated,
                      gated_rms_norm, ssd_chunked, ssd_step, state_shape, time_steps)
+from .mamba2_batch import SlotPool
 
 
 # where the gated RMSNorm sits: rmsnorm(y * silu(z)) (Mamba2, Granite 4.0-H, Bamba),
@@ -143,6 +144,7 @@ class Mamba2(Block):
         self.a = decay_rates(params["A_log"])  # [H]
         self.norm_w = params.get("norm.weight")  # [D], or None with norm: none
         self.w_out, self.b_out = product_layout(params["out_proj.weight"]), params.get("out_proj.bias")  # [hidden, D]
+        self._pool: SlotPool | None = None  # the states of a running batch (forward_batch)
 
     def new_state(self) -> Mamba2State:
         return Mamba2State(self.k, self.conv_dim, self.h, self.hd, self.g, self.n, self.window)
@@ -152,8 +154,37 @@ class Mamba2(Block):
 
     def forward_batch(self, x: np.ndarray, states: Sequence[Mamba2State], positions: Sequence[int]) -> np.ndarray:
         """One token of each of B sequences, ``x [B, hidden]``: the projections, gate and norm
-        over every row at once, the conv and the SSM step of each row on its own state."""
-        return self._mix(x, states, [(i, i + 1) for i in range(x.shape[0])])
+        over every row at once; the conv and the SSM step too, over the states seated side by
+        side in this layer's :class:`~modelkit_granite.mamba2_batch.SlotPool` (one row alone
+        takes the one-sequence step: seating it would only add work)."""
+        if x.shape[0] == 1:
+            return self._mix(x, states, [(0, 1)])
+        if self._pool is None:
+            self._pool = SlotPool(self.k, self.conv_dim, self.h, self.hd, self.g, self.n, self.window)
+        slots = self._pool.seat(states)  # row i's state is in slot slots[i]
+        t = x.shape[0]
+        d, cd, h, hd, g, n = self.d, self.conv_dim, self.h, self.hd, self.g, self.n
+        proj = linear(x, self.w_in)  # [B, hidden] -> [B, D + C + H]
+        if self.b_in is not None:
+            proj += self.b_in
+        in_order = bool((slots == np.arange(t)).all())
+        by_slot = proj if in_order else proj[np.argsort(slots)]  # row of slot s: argsort(slots)[s]
+        xbc = self.act(self._pool.conv_step(by_slot[:, d:d + cd], self.conv_w, self.conv_b))
+        dt = time_steps(by_slot[:, d + cd:], self.dt_bias, self.limit)  # [B, H]
+        xs = xbc[:, :d].reshape(t, h, hd)  # [B, H, P]
+        y = self._pool.ssd_step(xs, dt, self.a, xbc[:, d:d + g * n].reshape(t, g, n),
+                                xbc[:, d + g * n:].reshape(t, g, n))
+        y += xs * self.skip[:, None]
+        y = y.reshape(t, d)
+        if not in_order:
+            y = y[slots]  # back to row order
+        return self._out(y, proj[:, :d])
+
+    def end_batch(self) -> None:
+        """The running batch is over: its states get arrays of their own, the pool is dropped."""
+        if self._pool is not None:
+            self._pool.seat([])
+            self._pool = None
 
     def forward_ragged(self, x: np.ndarray, states: Sequence[Mamba2State], ctxs: Sequence[ForwardContext]) -> np.ndarray:
         """The prompts of B sequences, their rows one after the other: the projections, gate and
@@ -187,11 +218,14 @@ class Mamba2(Block):
             for (s0, s1), state in zip(spans, states):
                 y[s0:s1] = self._scan(xs[s0:s1], dt[s0:s1], b[s0:s1], c[s0:s1], state)
         y += xs * self.skip[:, None]  # skip connection from x (before the dt scaling)
-        y = y.reshape(t, d)
+        return self._out(y.reshape(t, d), z)
+
+    def _out(self, y: np.ndarray, z: np.ndarray) -> np.ndarray:
+        """The gate (and norm) of the scan's output ``y [T, D]`` by ``z [T, D]``, then out_proj."""
         if self.norm == "none":
             out = gated(y, z)
         else:
-            out = gated_rms_norm(y, z, self.norm_w, g, self.eps, norm_first=self.norm == "before_gate")
+            out = gated_rms_norm(y, z, self.norm_w, self.g, self.eps, norm_first=self.norm == "before_gate")
         res = linear(out, self.w_out)  # [T, D] -> [T, hidden]
         if self.b_out is not None:
             res += self.b_out

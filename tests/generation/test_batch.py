@@ -242,3 +242,23 @@ def test_a_snapshot_holds_only_the_stored_positions(name: str):
     row = model.forward(ids, last_only=True)[0]  # the logits after the cache's last token
     cache.keep_logits(row)
     assert cache.snapshot().nbytes() == held + row.nbytes
+
+
+def test_the_batch_ending_releases_what_blocks_kept_for_it():
+    """Mamba2 seats a batch's states side by side; when the decoder's last sequence leaves,
+    ``Model.end_batch`` gives them their own arrays back and the pools go, and a finished
+    sequence's cache still continues as a fresh run does."""
+    model = load_cached("gh_hybrid")
+    pools = lambda: [b._pool for layer in model.layers for b in layer.blocks.values() if hasattr(b, "_pool")]  # noqa: E731
+    prompts = _prompts("gh_hybrid")
+    decoder = BatchDecoder(model)
+    ids = [decoder.add(p, max_new_tokens=n, temperature=0.0) for p, n in zip(prompts, (3, 5, 5))]
+    decoder.step()
+    decoder.step()
+    assert pools() and all(p is not None for p in pools())
+    kept = _run_keep(decoder, ids[1])
+    assert all(p is None for p in pools())
+    longer = kept.cache.tokens + [kept[-1].token]
+    cont = decoder.add([kept[-1].token], cache=kept.cache, max_new_tokens=3, temperature=0.0)
+    assert [e.token for e in _run(decoder)[cont]] == model.generate(longer, 3, temperature=0.0)
+    decoder.remove(cont)
