@@ -6,8 +6,11 @@ Starts the server on 127.0.0.1 (a free port) with ``--max-batch`` the largest co
 for each concurrency runs that many clients at once, each streaming ``--requests`` completions
 of ``--max-tokens`` tokens one after another (greedy, different prompts), and reports the
 aggregate generated tokens per second (all clients' tokens over the wall time, prefill
-included), its ratio to one stream, and the time to first token (median and worst). Only the
-standard library is used on the client side. ``--json FILE`` writes the figures.
+included), its ratio to one stream, the aggregate decode rate (each request's tokens after its
+first over the time after its first token, the median over requests, times the number of
+streams: what the batched decoding steps give, without the prompts), its ratio to one stream,
+and the time to first token (median and worst). Only the standard library is used on the client
+side. ``--json FILE`` writes the figures.
 
 ``--port N --name NAME`` measures a server that is already running on 127.0.0.1:N instead (any
 OpenAI-compatible one: llama.cpp's ``llama-server -np 16 --port N`` gives the comparison with
@@ -86,9 +89,11 @@ def measure(port: int, streams: int, requests: int, max_tokens: int, name: str =
     wall = time.perf_counter() - t0
     tokens = sum(r[2] for r in results)
     ttft = sorted(r[0] for r in results)
+    # per request: tokens after the first over the time after the first (1 / time per output token)
+    decode = statistics.median((n - 1) / (total - first) for first, total, n in results if n > 1 and total > first)
     return {"streams": streams, "requests": len(results), "tokens": tokens, "wall_s": round(wall, 2),
-            "tokens_per_s": round(tokens / wall, 2), "ttft_median_s": round(statistics.median(ttft), 3),
-            "ttft_max_s": round(ttft[-1], 3)}
+            "tokens_per_s": round(tokens / wall, 2), "decode_tokens_per_s": round(streams * decode, 2),
+            "ttft_median_s": round(statistics.median(ttft), 3), "ttft_max_s": round(ttft[-1], 3)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -120,9 +125,9 @@ def report(args: argparse.Namespace, port: int, name: str, streams: list[int]) -
     for n in streams:
         row = measure(port, n, args.requests, args.max_tokens, name)
         rows.append(row)
-        base = rows[0]["tokens_per_s"]
-        print(f"{n:>3} streams: {row['tokens_per_s']:8.2f} tok/s ({row['tokens_per_s'] / base:4.2f}x)  "
-              f"TTFT median {row['ttft_median_s']:.2f} s, worst {row['ttft_max_s']:.2f} s  "
+        base, base_decode = rows[0]["tokens_per_s"], rows[0]["decode_tokens_per_s"]
+        print(f"{n:>3} streams: {row['tokens_per_s']:8.2f} tok/s ({row['tokens_per_s'] / base:4.2f}x)  decode "
+              f"{row['decode_tokens_per_s']:8.2f} tok/s ({row['decode_tokens_per_s'] / base_decode:4.2f}x)  TTFT median {row['ttft_median_s']:.2f} s, worst {row['ttft_max_s']:.2f} s  "
               f"[{row['tokens']} tokens, {row['requests']} requests, {row['wall_s']} s]", flush=True)
     if args.json:
         args.json.write_text(json.dumps({"model": args.model or f"127.0.0.1:{port}", "max_tokens": args.max_tokens,
