@@ -13,6 +13,10 @@ first token), and ``join`` for one more stream joining N-1 that are already deco
 prefill and the step that gives its first token). The default checkpoint is the SmolLM2-135M
 shape under ~/.cache/modelkit/bench/checkpoints (``python3 bench/checkpoints.py smollm2-135m``;
 its ``smollm2-135m-real`` sibling, the real weights, works the same).
+
+``--interleave ROUNDS`` measures the steps alone, in a way the drift of a shared machine cannot
+bias: one decoder per number of streams, all loaded at once, each stepped once in turn for
+ROUNDS rounds; it prints the median ms per step of each and the tokens/s ratio to the first.
 """
 
 from __future__ import annotations
@@ -63,6 +67,33 @@ def measure(model, streams: int, prompt: int, tokens: int, seed: int = 0) -> dic
             "ttft_ms": 1000 * ttft, "join_ms": 1000 * join}
 
 
+def interleaved(model, counts: list[int], prompt: int, rounds: int, seed: int = 0) -> list[dict[str, float]]:
+    """Median ms per step of a decoder of each size in ``counts``, the decoders stepped in turn."""
+    import numpy as np
+
+    from modelkit.generation.batch import BatchDecoder
+
+    rng = np.random.default_rng(seed)
+    decoders = []
+    for n in counts:
+        decoder = BatchDecoder(model, max_batch=n)
+        decoder.add_many([rng.integers(0, model.vocab_size, prompt).tolist() for _ in range(n)],
+                         options=dict(max_new_tokens=rounds + 2, temperature=0.0, stop_ids=[]))
+        decoder.step()
+        decoders.append(decoder)
+    times: list[list[float]] = [[] for _ in counts]
+    for _ in range(rounds):
+        for decoder, spent in zip(decoders, times):
+            t0 = time.perf_counter()
+            decoder.step()
+            spent.append(time.perf_counter() - t0)
+    out = []
+    for n, spent in zip(counts, times):
+        step = float(np.median(spent))
+        out.append({"streams": n, "step_ms": 1000 * step, "tok_s": n / step})
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.batch", description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoint", nargs="?", default=str(DEFAULT))
@@ -70,6 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prompt", type=int, default=32, help="prompt tokens per stream (+-4)")
     parser.add_argument("--tokens", type=int, default=32, help="decoded tokens per stream")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--interleave", type=int, default=0, metavar="ROUNDS",
+                        help="step one decoder per size in turn, ROUNDS rounds (steps only)")
     args = parser.parse_args(argv)
     for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"):
         os.environ.setdefault(name, str(args.threads))
@@ -77,11 +110,19 @@ def main(argv: list[str] | None = None) -> int:
 
     model = modelkit.load(args.checkpoint)
     model.generate([1, 2, 3, 4], 4, temperature=0.0)  # warm up
+    counts = [int(s) for s in args.streams.split(",")]
+    if args.interleave:
+        print(f"{args.checkpoint}: {args.prompt}-token prompts, decoders stepped in turn, {args.interleave} rounds")
+        rows = interleaved(model, counts, args.prompt, args.interleave)
+        for r in rows:
+            print(f"{r['streams']:7d} streams {r['step_ms']:8.1f} ms/step {r['tok_s']:8.1f} tok/s "
+                  f"{r['tok_s'] / rows[0]['tok_s']:6.2f}x")
+        return 0
     print(f"{args.checkpoint}: {args.prompt}-token prompts, {args.tokens} greedy tokens per stream")
     print(f"{'streams':>7} {'tok/s':>8} {'x 1st':>6} {'cpu tok/s':>9} {'x 1st':>6} {'ms/step':>8} "
           f"{'ttft ms':>8} {'join ms':>8}")
     first = None
-    for n in (int(s) for s in args.streams.split(",")):
+    for n in counts:
         r = measure(model, n, args.prompt, args.tokens)
         first = first or r
         print(f"{n:7d} {r['tok_s']:8.1f} {r['tok_s'] / first['tok_s']:6.2f} {r['cpu_tok_s']:9.1f} "
