@@ -38,3 +38,14 @@ def test_bandwidth_share_is_bytes_per_second_over_the_rounds_bandwidth():
     add_bandwidth_shares(results, {"m": 10**9}, [{"matvec_gbps": 20.0}, {"matvec_gbps": 24.0}])
     runs = results["m"]["modelkit"]["decode"]["runs"]
     assert [round(r["bandwidth_share"], 6) for r in runs] == [0.5, 0.5]
+
+
+def test_interleaved_batch_measurement_steps_every_decoder_in_turn():
+    """``python -m bench.batch --interleave``: one row per decoder size (no timing asserted)."""
+    from conftest import load_cached
+
+    from bench.batch import interleaved
+
+    rows = interleaved(load_cached("gh_hybrid"), [1, 3], prompt=4, rounds=3)
+    assert [r["streams"] for r in rows] == [1, 3]
+    assert all(r["step_ms"] > 0 and r["tok_s"] > 0 for r in rows)
