@@ -34,7 +34,7 @@ _LOG_DECAY_FLOOR = np.float32(-60.0)
 _LOG_DECAY_MIN = np.float32(-1e4)
 
 
-def _log_decay(dt: np.ndarray, a: np.ndarray) -> np.ndarray:
+def step_log_decay(dt: np.ndarray, a: np.ndarray) -> np.ndarray:
     """dt * A, the log of each step's decay, floored at -1e4: any decay below exp(-60) is 0
     anyway, and a finite floor keeps extreme products (and their running sums) from
     overflowing to -inf."""
@@ -43,7 +43,7 @@ def _log_decay(dt: np.ndarray, a: np.ndarray) -> np.ndarray:
     return np.maximum(out, _LOG_DECAY_MIN, out=out)
 
 
-def _exp_decay(log_decay: np.ndarray) -> np.ndarray:
+def exp_decay(log_decay: np.ndarray) -> np.ndarray:
     """exp(log_decay) in place, with anything below exp(-60) flushed to exactly 0."""
     np.copyto(log_decay, np.float32(-np.inf), where=log_decay < _LOG_DECAY_FLOOR)
     return np.exp(log_decay, out=log_decay)
@@ -108,8 +108,8 @@ def fold_pending(state: np.ndarray, pending: PendingSteps) -> None:
         return
     g = state.shape[0]
     h, p = pending.dtx.shape[1:]
-    state *= np.repeat(_exp_decay(pending.base_log_decay.copy()), p).reshape(g, 1, -1)
-    decay = _exp_decay(pending.log_decay[:k].copy())  # [k, H]
+    state *= np.repeat(exp_decay(pending.base_log_decay.copy()), p).reshape(g, 1, -1)
+    decay = exp_decay(pending.log_decay[:k].copy())  # [k, H]
     weighted = (pending.dtx[:k] * decay[:, :, None]).reshape(k, g, -1).transpose(1, 0, 2)
     state += pending.b[:k].transpose(1, 2, 0) @ weighted  # [G, N, k] @ [G, k, H/G * P]
     pending.base_log_decay.fill(0.0)
@@ -132,7 +132,7 @@ def ssd_step(x: np.ndarray, dt: np.ndarray, a: np.ndarray, b: np.ndarray, c: np.
     k = pending.count
     h, p = x.shape
     g = b.shape[0]
-    la = _log_decay(dt, a)  # [H]
+    la = step_log_decay(dt, a)  # [H]
     pending.log_decay[:k] += la
     pending.log_decay[k] = 0.0
     pending.base_log_decay += la
@@ -141,8 +141,8 @@ def ssd_step(x: np.ndarray, dt: np.ndarray, a: np.ndarray, b: np.ndarray, c: np.
     pending.count = k = k + 1
 
     y = (c[:, None, :] @ state).reshape(h, p)  # [G, 1, N] @ [G, N, H/G * P]
-    y *= _exp_decay(pending.base_log_decay.copy())[:, None]
-    coef = _exp_decay(pending.log_decay[:k].copy())  # [k, H]
+    y *= exp_decay(pending.base_log_decay.copy())[:, None]
+    coef = exp_decay(pending.log_decay[:k].copy())  # [k, H]
     grouped = coef.reshape(k, g, -1)
     c_dot_b = np.einsum("kgn,gn->kg", pending.b[:k], c)  # [k, G]: C . B_j
     np.multiply(grouped, c_dot_b[:, :, None], out=grouped)
@@ -172,7 +172,7 @@ def ssd_chunked(x: np.ndarray, dt: np.ndarray, a: np.ndarray, b: np.ndarray, c: 
     g, n = b.shape[1:]
     hpg = h // g
     y = np.empty((t_total, h, p), np.float32)
-    log_decay = _log_decay(dt, a)  # [T, H]: log of each step's decay factor (<= 0)
+    log_decay = step_log_decay(dt, a)  # [T, H]: log of each step's decay factor (<= 0)
     dtx = x * dt[:, :, None]  # [T, H, P]
     size = min(chunk_size, t_total)
     causal = np.tri(size, size, 0, dtype=np.float32)  # [t, s]: 1 where t >= s
@@ -193,9 +193,9 @@ def ssd_chunked(x: np.ndarray, dt: np.ndarray, a: np.ndarray, b: np.ndarray, c: 
         np.einsum("tht->th", decay)[...] = 0.0  # a writable view of the diagonal
         for t in range(1, l):
             np.add(decay[t - 1, :, :t], la[t, :, None], out=decay[t, :, :t])
-        _exp_decay(decay)
+        exp_decay(decay)
         to_end = decay[l - 1].T.copy()  # [l(s), H]: decay(s -> chunk end)
-        from_start = _exp_decay(np.cumsum(la, axis=0))  # [l, H]: decay(chunk start -> t)
+        from_start = exp_decay(np.cumsum(la, axis=0))  # [l, H]: decay(chunk start -> t)
 
         # 1. within the chunk: (decay * C B^T, causal) @ dt x
         scores = cc @ bc.transpose(0, 2, 1)  # [G, l(t), l(s)]

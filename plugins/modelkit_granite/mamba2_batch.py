@@ -19,7 +19,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .mamba2 import PendingSteps, _exp_decay, _log_decay, fold_pending
+from .mamba2 import PendingSteps, exp_decay, fold_pending, step_log_decay
 
 
 # slots are reserved in steps of this many: the arrays are zero pages until a slot is used, so a
@@ -163,7 +163,7 @@ class SlotPool:
         slots = np.arange(count)
         log_decay = arrays["log_decay"][:count]  # [B, W, H]
         base_log = arrays["base_log_decay"][:count]  # [B, H]
-        la = _log_decay(dt, a)  # [B, H]
+        la = step_log_decay(dt, a)  # [B, H]
         log_decay += la[:, None, :]  # rows past a slot's count are reset before they are used
         log_decay[slots, ks] = 0.0
         base_log += la
@@ -177,9 +177,9 @@ class SlotPool:
             state.pending.count = int(ks[i])
             state.fresh = False
         y = y.reshape(count, h, p)
-        y *= _exp_decay(base_log.copy())[:, :, None]
+        y *= exp_decay(base_log.copy())[:, :, None]
         used = int(ks.max())
-        coef = _exp_decay(log_decay[:, :used].copy())  # [B, k, H]
+        coef = exp_decay(log_decay[:, :used].copy())  # [B, k, H]
         coef[np.arange(used)[None, :] >= ks[:, None]] = 0.0  # rows past each slot's count
         c_dot_b = np.einsum("bkgn,bgn->bkg", arrays["b"][:count, :used], c)  # [B, k, G]: C . B_j
         grouped = coef.reshape(count, used, g, h // g)
