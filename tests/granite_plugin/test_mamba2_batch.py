@@ -43,6 +43,15 @@ class Sequence:
         return self.rng.standard_normal(12).astype(F32)
 
 
+def _step_both(block: Mamba2, alone: Mamba2, seqs: list[Sequence]) -> None:
+    """One token for each of ``seqs``: in one batched step on ``block``, and alone on ``alone``."""
+    x = np.stack([s.token() for s in seqs])
+    block.forward_batch(x, [s.state for s in seqs], [s.pos for s in seqs])
+    for i, s in enumerate(seqs):
+        alone.forward(x[i:i + 1], s.twin, ForwardContext(s.pos, 1))
+        s.pos += 1
+
+
 @pytest.mark.parametrize("window", [1, 4, 7])
 def test_batched_steps_equal_each_sequence_alone_as_sequences_join_and_leave(window: int) -> None:
     block, alone = _block(pending_window=window), _block(pending_window=window)  # same weights
@@ -77,11 +86,7 @@ def test_a_seated_state_works_alone_and_snapshots_are_its_own() -> None:
     rng = np.random.default_rng(2)
     seqs = [Sequence(block, alone, rng, prompt=3) for _ in range(3)]
     for _ in range(6):
-        x = np.stack([s.token() for s in seqs])
-        block.forward_batch(x, [s.state for s in seqs], [s.pos for s in seqs])
-        for i, s in enumerate(seqs):
-            alone.forward(x[i:i + 1], s.twin, ForwardContext(s.pos, 1))
-            s.pos += 1
+        _step_both(block, alone, seqs)
     pool = block._pool
     assert all(np.shares_memory(s.state.pending.dtx, pool.arrays["dtx"]) for s in seqs)
     assert all(np.shares_memory(s.state.conv, pool.arrays["conv"]) for s in seqs)
@@ -100,18 +105,10 @@ def test_leaving_the_batch_and_end_batch_give_states_their_own_arrays() -> None:
     block, alone = _block(), _block()
     rng = np.random.default_rng(3)
     seqs = [Sequence(block, alone, rng, prompt=2) for _ in range(4)]
-    for step in range(3):
-        x = np.stack([s.token() for s in seqs])
-        block.forward_batch(x, [s.state for s in seqs], [s.pos for s in seqs])
-        for i, s in enumerate(seqs):
-            alone.forward(x[i:i + 1], s.twin, ForwardContext(s.pos, 1))
-            s.pos += 1
+    for _ in range(3):
+        _step_both(block, alone, seqs)
     gone = seqs.pop(0)
-    x = np.stack([s.token() for s in seqs])
-    block.forward_batch(x, [s.state for s in seqs], [s.pos for s in seqs])
-    for i, s in enumerate(seqs):
-        alone.forward(x[i:i + 1], s.twin, ForwardContext(s.pos, 1))
-        s.pos += 1
+    _step_both(block, alone, seqs)
     pool = block._pool
     assert len(pool.occupants) == 3
     assert not np.shares_memory(gone.state.conv, pool.arrays["conv"])
