@@ -21,12 +21,13 @@ from .parallel import map_pieces
 from .rope import inverse_frequencies, rotary_table, rotate
 
 # queries per block when attending over long prompts (the tunable option query_block): bounds
-# the score matrix to [kv_heads, group * query_block, keys] instead of [heads, T, T]
+# the scores to [group * query_block, keys] per kv head at a time instead of [heads, T, T]
 QUERY_BLOCK = 256
-# ... and at most about this many scores (floats) per block, so that a block's scores stay in
-# cache through the softmax; blocks never shrink below SCORE_MIN_QUERIES queries
+# ... and at most about this many scores (floats) per kv head, so that they stay in cache
+# through the softmax; blocks never shrink below SCORE_MIN_QUERIES queries (measured at 2048
+# and 8192 keys, blocks of 32 queries beat 8, 16 and 64)
 SCORE_BLOCK = 1 << 18
-SCORE_MIN_QUERIES = 16
+SCORE_MIN_QUERIES = 32
 
 
 def alibi_slopes(num_heads: int) -> np.ndarray:
@@ -290,62 +291,67 @@ class Attention(Block):
             q = q * self.scale
         if t == 1 and self.slopes is None:
             return self._attend_one(q, cache)
-        out = np.empty((t, self.h * self.hd), np.float32)
-        # [T, H, hd] -> [KV, group, T, hd]: query head h reads kv head h // group
-        qh = q.reshape(t, self.kv, self.group, self.hd).transpose(1, 2, 0, 3)
-        # query blocks small enough that a block's scores stay in cache through the softmax's
-        # passes (NumPy's elementwise work is memory-bound)
+        out = np.empty((t, self.kv, self.group, self.hd), np.float32)
+        qh = q.reshape(t, self.kv, self.group, self.hd)  # query head h reads kv head h // group
+        # query blocks small enough that one kv head's scores for a block stay in cache through
+        # the softmax's passes (NumPy's elementwise work is memory-bound)
         qb_max = self.query_block
         keys_seen = start + t if self.window is None else min(start + t, self.window + qb_max)
-        step = min(qb_max, max(SCORE_MIN_QUERIES, SCORE_BLOCK // (self.h * keys_seen)))
+        step = min(qb_max, max(SCORE_MIN_QUERIES, SCORE_BLOCK // (self.group * keys_seen)))
         bias = _causal_bias(step) if self.window is None else None
         # the blocks are independent: spread over the cores, the last (seeing the most keys) first
         spans = [(b0, min(t, b0 + step)) for b0 in range(0, t, step)][::-1]
         map_pieces(lambda span: self._attend_block(qh, cache, start, span, bias, out), spans)
-        return out
+        return out.reshape(t, self.h * self.hd)
 
     def _attend_block(self, qh: np.ndarray, cache: KVCache, start: int, span: tuple[int, int],
                       bias: np.ndarray | None, out: np.ndarray) -> None:
-        """Queries ``span`` of ``qh`` [KV, group, T, hd] over the keys they see, into ``out``'s rows."""
+        """Queries ``span`` of ``qh`` [T, KV, group, hd] over the keys they see, into the same
+        rows of ``out`` [T, KV, group, hd]: one kv head at a time, so that the scores of a
+        head's group of queries ([tb * group, S]) stay in cache from their product with the
+        keys to their product with the values."""
         b0, b1 = span
         n_keys = start + b1  # keys a query in this block can see at most
         k0 = 0 if self.window is None else max(0, start + b0 - self.window + 1)
         off = cache.offset  # positions before it are no longer stored (a window's cache)
-        keys_t = cache.kt[:, :, k0 - off:n_keys - off]  # [KV, hd, S]
-        vals = cache.v[:, k0 - off:n_keys - off]  # [KV, S, hd]
-        tb = b1 - b0
-        qb = np.ascontiguousarray(qh[:, :, b0:b1]).reshape(self.kv, self.group * tb, self.hd)
-        scores = (qb @ keys_t).reshape(self.kv, self.group, tb, n_keys - k0)
-        if self.slopes is not None:
-            alibi = self.alibi(np.arange(k0, n_keys))  # [KV, group, 1, S]
-            if self.alibi_scaled:
-                scores += alibi
-                scores *= self.scale
-            else:
-                scores *= self.scale
-                scores += alibi
-        if self.softcap is not None:
-            self._cap(scores)
+        tb, s = b1 - b0, n_keys - k0
+        rows = tb * self.group  # one kv head's queries: [tb, group] flattened
+        alibi = None if self.slopes is None else self.alibi(np.arange(k0, n_keys))  # [KV, group, 1, S]
+        hidden = None
         if self.window is not None:
             kpos = np.arange(k0, n_keys)
             qpos = np.arange(start + b0, start + b1)[:, None]
-            hidden = (kpos[None, :] > qpos) | (kpos[None, :] <= qpos - self.window)
-            scores[:, :, hidden] = -np.inf
-        elif tb > 1:
-            # only the last tb keys (this block's own positions) can lie in a query's future
-            scores[..., n_keys - k0 - tb:] += bias[:tb, :tb]
-        # softmax, normalised after the product with the values ([.., hd] divisions, not [.., S])
-        top = scores.max(axis=-1, keepdims=True)  # [KV, group, Tb, 1]
-        scores -= top
-        # no subnormals (see EXP_FLOOR); the floor as a [.., 1] array, not a scalar: NumPy's
-        # maximum against a scalar (or a broadcast one) runs about half as fast
-        np.maximum(scores, np.full_like(top, EXP_FLOOR), out=scores)
-        np.exp(scores, out=scores)
-        total = scores.sum(axis=-1).reshape(self.kv, self.group * tb, 1)
-        ctx = scores.reshape(self.kv, self.group * tb, -1) @ vals  # [KV, group*Tb, hd]
-        ctx /= total
-        # [KV, group, Tb, hd] -> [Tb, H * hd]
-        out[b0:b1] = ctx.reshape(self.kv, self.group, tb, self.hd).transpose(2, 0, 1, 3).reshape(tb, -1)
+            hidden = ((kpos[None, :] > qpos) | (kpos[None, :] <= qpos - self.window))[:, None, :]  # [tb, 1, S]
+        # the floor as a [rows, 1] array, not a scalar: NumPy's maximum against a scalar (or a
+        # broadcast one) runs about half as fast
+        floor = np.full((rows, 1), EXP_FLOOR, np.float32)
+        for j in range(self.kv):
+            qb = qh[b0:b1, j].reshape(rows, self.hd)  # [tb, group, hd] -> [rows, hd] (a small copy)
+            scores = qb @ cache.kt[j, :, k0 - off:n_keys - off]  # [rows, hd] @ [hd, S] -> [rows, S]
+            by_query = scores.reshape(tb, self.group, s)
+            if alibi is not None:
+                if self.alibi_scaled:
+                    by_query += alibi[j].reshape(1, self.group, s)
+                    scores *= self.scale
+                else:
+                    scores *= self.scale
+                    by_query += alibi[j].reshape(1, self.group, s)
+            if self.softcap is not None:
+                self._cap(scores)
+            if hidden is not None:
+                np.copyto(by_query, np.float32(-np.inf), where=hidden)
+            elif tb > 1:
+                # only the last tb keys (this block's own positions) can lie in a query's future
+                by_query[:, :, s - tb:] += bias[:tb, None, :tb]
+            # softmax, normalised after the product with the values ([.., hd] divisions, not [.., S])
+            top = scores.max(axis=-1, keepdims=True)  # [rows, 1]
+            scores -= top
+            np.maximum(scores, floor, out=scores)  # no subnormals (see EXP_FLOOR)
+            np.exp(scores, out=scores)
+            total = scores.sum(axis=-1, keepdims=True)
+            ctx = scores @ cache.v[j, k0 - off:n_keys - off]  # [rows, S] @ [S, hd] -> [rows, hd]
+            ctx /= total
+            out[b0:b1, j] = ctx.reshape(tb, self.group, self.hd)
 
     def _attend_one(self, q: np.ndarray, cache: KVCache) -> np.ndarray:
         """One (already scaled) query [1, H, hd] over the keys it sees (every cached one, or the
