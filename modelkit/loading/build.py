@@ -119,9 +119,10 @@ def build_model(source: WeightSource, plan: Plan, *, file: str = "", progress: b
     try:
         embed = get("embed.weight")
         assert embed is not None
-        # the head, the largest matrix a token reads, stored [in, out] (see product_layout); a
-        # tied embedding shares it (a token's row is then a strided gather: microseconds). Read
-        # first, so that the copy's transient doubling comes before the layers are in memory.
+        # the head, the largest matrix a token reads, laid out as the projections are (see
+        # product_layout); a tied embedding shares it (in the [in, out] layout a token's row is
+        # a strided gather: microseconds). Read first, so that the copy's transient doubling
+        # comes before the layers are in memory.
         untied_head = None if plan.tied else get("head.weight")
         try:
             if plan.tied:

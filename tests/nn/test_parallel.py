@@ -170,3 +170,30 @@ def test_a_model_with_a_kind_that_does_not_split_never_holds_blas() -> None:
     from conftest import fixture_path
 
     assert not modelkit.load(fixture_path("gh_hybrid")).spreads  # Mamba2's scan runs whole
+
+
+def test_product_layout_follows_the_blas_threads() -> None:
+    """Two or more BLAS threads: [out, in] (each thread's share of a one-row product is one
+    contiguous block); one thread: [in, out]. Either way linear gives x @ w.T for any rows."""
+    import numpy as np
+
+    from modelkit.nn.linear import linear, product_layout
+
+    rng = np.random.default_rng(0)
+    q, k = rng.normal(size=(6, 5)).astype(np.float32), rng.normal(size=(3, 5)).astype(np.float32)
+    expected = np.concatenate([q, k])
+    with threadpool_limits(limits=1, user_api="blas"):
+        one = product_layout(q, k)
+    assert one.flags.f_contiguous and not one.flags.c_contiguous
+    layouts = [one]
+    with threadpool_limits(limits=2, user_api="blas"):
+        if blas_threads() >= 2:
+            many = product_layout(q, k)
+            assert many.flags.c_contiguous
+            layouts.append(many)
+    for w in layouts:
+        assert np.array_equal(w, expected)
+        for rows in (1, 4, 300):
+            x = rng.normal(size=(rows, 5)).astype(np.float32)
+            y = linear(x, w)
+            assert y.flags.c_contiguous and np.allclose(y, x @ expected.T, atol=1e-5)
