@@ -75,16 +75,23 @@ def test_a_disconnecting_stream_frees_its_place(server) -> None:
 def test_sigterm_finishes_running_requests_and_exits_0(llama_folder) -> None:
     s = Server(llama_folder)
     results: list = []
+    streaming = threading.Event()
 
     def ask() -> None:
-        chunks = list(s.client().completions.create(model=NAME, prompt="finish me", max_tokens=60, temperature=0,
-                                                   stream=True))
-        results.append(chunks[-1].choices[0].finish_reason)
+        try:
+            chunks = []
+            for chunk in s.client().completions.create(model=NAME, prompt="finish me", max_tokens=400,
+                                                       temperature=0, stream=True):
+                chunks.append(chunk)
+                streaming.set()
+            results.append(chunks[-1].choices[0].finish_reason)
+        finally:
+            streaming.set()
 
     t = threading.Thread(target=ask)
     t.start()
-    while not s.health()["running"]:
-        time.sleep(0.02)
+    # the signal lands while the answer streams (a poll of /health could miss a short request)
+    assert streaming.wait(60)
     s.proc.send_signal(signal.SIGTERM)
     t.join(60)
     assert results in (["length"], ["stop"])
