@@ -191,6 +191,7 @@ def test_product_layout_follows_the_blas_threads() -> None:
             many = product_layout(q, k)
             assert many.flags.c_contiguous
             layouts.append(many)
+            assert product_layout(q) is q  # one weight already so laid out: no copy
     for w in layouts:
         assert np.array_equal(w, expected)
         for rows in (1, 4, 300):
