@@ -121,8 +121,8 @@ def build_model(source: WeightSource, plan: Plan, *, file: str = "", progress: b
         assert embed is not None
         # the head, the largest matrix a token reads, laid out as the projections are (see
         # product_layout); a tied embedding shares it (in the [in, out] layout a token's row is
-        # a strided gather: microseconds). Read first, so that the copy's transient doubling
-        # comes before the layers are in memory.
+        # a strided gather: microseconds). Read first, so that a copy's transient doubling (when
+        # the layout needs one) comes before the layers are in memory.
         untied_head = None if plan.tied else get("head.weight")
         try:
             if plan.tied:
