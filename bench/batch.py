@@ -15,8 +15,8 @@ shape under ~/.cache/modelkit/bench/checkpoints (``python3 bench/checkpoints.py 
 its ``smollm2-135m-real`` sibling, the real weights, works the same).
 
 ``--interleave ROUNDS`` measures the steps alone, in a way the drift of a shared machine cannot
-bias: one decoder per number of streams, all loaded at once, each stepped once in turn for
-ROUNDS rounds; it prints the median ms per step of each and the tokens/s ratio to the first.
+bias: one decoder per number of streams, each on its own copy of the model, all loaded at once,
+each stepped once in turn for ROUNDS rounds; it prints the median ms per step of each and the tokens/s ratio to the first.
 """
 
 from __future__ import annotations
@@ -67,15 +67,17 @@ def measure(model, streams: int, prompt: int, tokens: int, seed: int = 0) -> dic
             "ttft_ms": 1000 * ttft, "join_ms": 1000 * join}
 
 
-def interleaved(model, counts: list[int], prompt: int, rounds: int, seed: int = 0) -> list[dict[str, float]]:
-    """Median ms per step of a decoder of each size in ``counts``, the decoders stepped in turn."""
+def interleaved(models: list, counts: list[int], prompt: int, rounds: int, seed: int = 0) -> list[dict[str, float]]:
+    """Median ms per step of a decoder of each size in ``counts``, the decoders stepped in turn,
+    each on its own model from ``models`` (a model's blocks keep one running batch's states side
+    by side: decoders sharing a model would re-seat them at every step)."""
     import numpy as np
 
     from modelkit.generation.batch import BatchDecoder
 
     rng = np.random.default_rng(seed)
     decoders = []
-    for n in counts:
+    for n, model in zip(counts, models):
         decoder = BatchDecoder(model, max_batch=n)
         decoder.add_many([rng.integers(0, model.vocab_size, prompt).tolist() for _ in range(n)],
                          options=dict(max_new_tokens=rounds + 2, temperature=0.0, stop_ids=[]))
@@ -113,7 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     counts = [int(s) for s in args.streams.split(",")]
     if args.interleave:
         print(f"{args.checkpoint}: {args.prompt}-token prompts, decoders stepped in turn, {args.interleave} rounds")
-        rows = interleaved(model, counts, args.prompt, args.interleave)
+        models = [model] + [modelkit.load(args.checkpoint) for _ in counts[1:]]
+        rows = interleaved(models, counts, args.prompt, args.interleave)
         for r in rows:
             print(f"{r['streams']:7d} streams {r['step_ms']:8.1f} ms/step {r['tok_s']:8.1f} tok/s "
                   f"{r['tok_s'] / rows[0]['tok_s']:6.2f}x")

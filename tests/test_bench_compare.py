@@ -42,10 +42,12 @@ def test_bandwidth_share_is_bytes_per_second_over_the_rounds_bandwidth():
 
 def test_interleaved_batch_measurement_steps_every_decoder_in_turn():
     """``python -m bench.batch --interleave``: one row per decoder size (no timing asserted)."""
-    from conftest import load_cached
+    from conftest import fixture_path
 
+    import modelkit
     from bench.batch import interleaved
 
-    rows = interleaved(load_cached("gh_hybrid"), [1, 3], prompt=4, rounds=3)
+    models = [modelkit.load(fixture_path("gh_hybrid")) for _ in range(2)]
+    rows = interleaved(models, [1, 3], prompt=4, rounds=3)
     assert [r["streams"] for r in rows] == [1, 3]
     assert all(r["step_ms"] > 0 and r["tok_s"] > 0 for r in rows)

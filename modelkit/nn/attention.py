@@ -14,11 +14,13 @@ import numpy as np
 from ..errors import ConfigError, out_of_memory
 from .block import Block, ForwardContext, ParamSpec, row_spans
 from .kv_cache import KV_BLOCK, KVCache
+from .kv_pool import KVSlotPool
 from .linear import linear, product_layout
 from .norms import layer_norm, rms_norm
 from .options import Option
 from .parallel import map_pieces
 from .rope import inverse_frequencies, rotary_table, rotate
+from .softmax import EXP_FLOOR, softmax_inplace
 
 # queries per block when attending over long prompts (the tunable option query_block): bounds
 # the scores to [group * query_block, keys] per kv head at a time instead of [heads, T, T]
@@ -41,24 +43,6 @@ def alibi_slopes(num_heads: int) -> np.ndarray:
         slopes += [extra_base ** p for p in range(1, 1 + 2 * remaining, 2)]
     return np.asarray(slopes, dtype=np.float32)
 
-
-# exp() of a score this far below the row's maximum is < 1e-26: negligible as a weight, but
-# below about -87 it is a subnormal float32, and subnormals make exp and the matrix product
-# with the values many times slower (tens of times, on rows where most keys are far below the
-# maximum, which peaked attention and masked keys give). Scores are floored here first.
-EXP_FLOOR = np.float32(-60.0)
-
-
-def softmax_inplace(scores: np.ndarray) -> np.ndarray:
-    """Softmax over the last axis, stable (max subtracted), written into ``scores``.
-
-    Weights below exp(-60) relative to the largest come out as exp(-60) (masked keys
-    included): a change of < 1e-26 per key that keeps every value a normal float."""
-    scores -= scores.max(axis=-1, keepdims=True)
-    np.maximum(scores, EXP_FLOOR, out=scores)
-    np.exp(scores, out=scores)
-    scores /= scores.sum(axis=-1, keepdims=True)
-    return scores
 
 
 class Attention(Block):
@@ -151,6 +135,7 @@ class Attention(Block):
         else:
             self.b_qkv = None
         self.w_o = product_layout(params["o.weight"])  # [D, H * hd]
+        self._pool: KVSlotPool | None = None  # the caches of a running batch (forward_batch)
         self.b_o = params.get("o.bias")
         self.scale = np.float32(o["scale"] if o["scale"] is not None else 1.0 / math.sqrt(self.hd))
         self.window = o["window"]
@@ -240,15 +225,42 @@ class Attention(Block):
         q = qkv[:, :nq].reshape(b, self.h, self.hd)
         k = qkv[:, nq:nq + nk].reshape(b, self.kv, self.hd)
         v = qkv[:, nq + nk:].reshape(b, self.kv, self.hd)
-        out = np.empty((b, nq), np.float32)
-        for i, state in enumerate(states):  # each sequence over its own keys
-            start = state.length
-            state.append(k[i:i + 1], v[i:i + 1])
-            out[i] = self.attend(q[i:i + 1], state, start)[0]
+        if b > 1 and self.slopes is None:
+            out = self._attend_pooled(q, k, v, states)
+        else:
+            out = np.empty((b, nq), np.float32)
+            for i, state in enumerate(states):  # each sequence over its own keys
+                start = state.length
+                state.append(k[i:i + 1], v[i:i + 1])
+                out[i] = self.attend(q[i:i + 1], state, start)[0]
         y = linear(out, self.w_o)  # [B, H * hd] -> [B, D]
         if self.b_o is not None:
             y += self.b_o
         return y
+
+    def _attend_pooled(self, q: np.ndarray, k: np.ndarray, v: np.ndarray,
+                       states: Sequence[KVCache]) -> np.ndarray:
+        """One new query, key and value per sequence (``q`` [B, H, hd], ``k``/``v`` [B, KV, hd])
+        over the caches seated side by side in this layer's :class:`KVSlotPool`: one append,
+        two products and one softmax for the whole batch, each row masked to its own keys (the
+        last ``window`` with a window), as :meth:`_attend_one` gives each -> [B, H * hd]."""
+        if self._pool is None:
+            self._pool = KVSlotPool(self.kv, self.hd)
+        slots = self._pool.seat(states)  # row i's cache is in slot slots[i]
+        b = q.shape[0]
+        order = None if slots.tolist() == list(range(b)) else np.argsort(slots)  # row of slot s: order[s]
+        if order is not None:
+            q, k, v = q[order], k[order], v[order]
+        held = self._pool.append(k, v)  # [B]: each slot's positions, the new one included
+        qh = (q * self.scale).reshape(b, self.kv, self.group, self.hd)  # head h reads kv head h // group
+        out = self._pool.attend(qh, held, self.window, self.softcap).reshape(b, self.h * self.hd)
+        return out if order is None else out[slots]  # back to row order
+
+    def end_batch(self) -> None:
+        """The running batch is over: its caches get arrays of their own, the pool is dropped."""
+        if self._pool is not None:
+            self._pool.seat([])
+            self._pool = None
 
     def _norm_qk(self, qkv: np.ndarray, t: int, nq: int, nk: int) -> None:
         """RMSNorm or LayerNorm of the queries and keys inside ``qkv`` [T, (H + 2KV) * hd], in place."""

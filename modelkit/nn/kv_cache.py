@@ -42,7 +42,7 @@ class KVCache:
         """Add ``k``, ``v`` given as [T, kv_heads, head_dim] at the end."""
         t = k.shape[0]
         if self.window is not None and self.length - self.offset + t > self.v.shape[1]:
-            self._drop_unseen()
+            self.drop_unseen()
         held = self.length - self.offset
         need = held + t
         if need > self.v.shape[1]:
@@ -66,7 +66,7 @@ class KVCache:
         self.v[:, held:need] = v.transpose(1, 0, 2)
         self.length += t
 
-    def _drop_unseen(self) -> None:
+    def drop_unseen(self) -> None:
         """Move the last ``window - 1`` positions to the front: the next query sees no earlier one."""
         keep_from = max(self.offset, self.length - self.window + 1)
         if keep_from == self.offset:
