@@ -239,7 +239,11 @@ def main(argv: list[str] | None = None) -> int:
     result.update(rss_mb())
     result.update({"engine": args.engine, "group": args.group, "threads": args.threads})
     if args.engine == "modelkit":
+        from modelkit.nn import layout
+
         result.update(blas_info())
+        # the weight layouts modelkit.nn.layout measured: "C" [out, in], "F" [in, out]
+        result["layout"] = {str(t): {"tall": tall, "other": other} for t, (tall, other) in layout.measured().items()}
     print(json.dumps(result))
     return 0
 

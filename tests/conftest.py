@@ -17,6 +17,12 @@ from typing import Any, Callable
 import numpy as np
 import pytest
 
+# one weight layout for the whole run, and for every CLI or server process it starts: the
+# default measures the machine once per process, and two processes on a noisy machine could
+# lay the same weights out differently (logits equal to 1e-6, a near-tie's argmax not always);
+# tests/nn/test_weight_layout.py covers the measurement and both layouts
+os.environ.setdefault("MODELKIT_PRODUCT_LAYOUT", "rows")
+
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 

@@ -172,12 +172,17 @@ def test_a_model_with_a_kind_that_does_not_split_never_holds_blas() -> None:
     assert not modelkit.load(fixture_path("gh_hybrid")).spreads  # Mamba2's scan runs whole
 
 
-def test_product_layout_follows_the_blas_threads() -> None:
-    """Two or more BLAS threads: [out, in] (each thread's share of a one-row product is one
-    contiguous block); one thread: [in, out]. Either way linear gives x @ w.T for any rows."""
+def test_product_layout_follows_the_blas_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One thread: [in, out]; two or more: what the machine measured ([out, in] here, where
+    each thread's share of a one-row product is one contiguous block). Either way linear gives
+    x @ w.T for any rows."""
     import numpy as np
 
+    from modelkit.nn import layout
     from modelkit.nn.linear import linear, product_layout
+
+    monkeypatch.setenv(layout.ENV, "measure")
+    monkeypatch.setattr(layout, "_measured", {2: ("C", "C")})
 
     rng = np.random.default_rng(0)
     q, k = rng.normal(size=(6, 5)).astype(np.float32), rng.normal(size=(3, 5)).astype(np.float32)

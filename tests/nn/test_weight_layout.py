@@ -1,0 +1,62 @@
+"""The weight layout (modelkit.nn.layout): the setting is honoured and checked, the probe runs
+once per BLAS thread count and picks a layout by shape class, and a model gives the same logits
+in either layout."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import ATOL, fixture_path, max_abs, reference
+from threadpoolctl import threadpool_limits
+
+import modelkit
+from modelkit.errors import ConfigError
+from modelkit.nn import layout
+from modelkit.nn.linear import product_layout
+
+
+def test_the_setting_picks_the_layout_and_a_bad_one_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    w = np.ones((8, 4), np.float32)
+    monkeypatch.setenv(layout.ENV, "columns")
+    assert product_layout(w).flags.f_contiguous and not product_layout(w).flags.c_contiguous
+    monkeypatch.setenv(layout.ENV, "rows")
+    assert product_layout(w) is w  # float32 already [out, in]: no copy
+    monkeypatch.setenv(layout.ENV, "sideways")
+    with pytest.raises(ConfigError, match="MODELKIT_PRODUCT_LAYOUT"):
+        product_layout(w)
+
+
+def test_measure_probes_once_per_thread_count_and_splits_tall_from_wide(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+
+    def fake_probe(out: int, inp: int) -> str:
+        calls.append((out, inp))
+        return "F" if out > inp else "C"
+
+    monkeypatch.setenv(layout.ENV, "measure")
+    monkeypatch.setattr(layout, "probe", fake_probe)
+    monkeypatch.setattr(layout, "_measured", {})
+    monkeypatch.setattr(layout, "blas_threads", lambda: 2)
+    assert layout.weight_order(100, 10) == "F" and layout.weight_order(10, 100) == "C"
+    assert layout.weight_order(10, 10) == "C"
+    assert calls == list(layout.PROBE_SHAPES) and layout.measured() == {2: ("F", "C")}
+    monkeypatch.setattr(layout, "blas_threads", lambda: 1)  # one thread: [in, out], no probe
+    assert layout.weight_order(10, 100) == "F" and len(calls) == 2
+
+
+def test_the_probe_answers_with_a_layout() -> None:
+    with threadpool_limits(limits=2, user_api="blas"):
+        assert layout.probe(256, 64, total_bytes=1 << 20, rounds=2) in ("C", "F")
+
+
+@pytest.mark.parametrize("name", ["llama_gqa", "gh_hybrid"])
+def test_a_model_gives_the_same_logits_in_either_layout(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    ids, ref = reference(name)
+    out = {}
+    for setting in ("rows", "columns"):
+        monkeypatch.setenv(layout.ENV, setting)
+        model = modelkit.load(fixture_path(name))
+        assert model.layers[0].blocks  # loaded
+        out[setting] = model.forward(ids.tolist())
+        assert max_abs(out[setting], ref) < ATOL
+    assert max_abs(out["rows"], out["columns"]) < 2e-5
