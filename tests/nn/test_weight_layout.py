@@ -60,3 +60,13 @@ def test_a_model_gives_the_same_logits_in_either_layout(name: str, monkeypatch: 
         out[setting] = model.forward(ids.tolist())
         assert max_abs(out[setting], ref) < ATOL
     assert max_abs(out["rows"], out["columns"]) < 2e-5
+
+
+def test_a_bad_setting_is_one_line_from_the_cli() -> None:
+    from conftest import cli_env, run_cli
+
+    proc = run_cli("run", "--model", fixture_path("llama_gqa"), "--prompt", "hi", "--max-tokens", "1",
+                   env=cli_env(MODELKIT_PRODUCT_LAYOUT="sideways"))
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        "modelkit: error: MODELKIT_PRODUCT_LAYOUT='sideways': expected one of measure, rows, columns"]
