@@ -14,7 +14,7 @@ import numpy as np
 from ..errors import ConfigError, out_of_memory
 from .block import Block, ForwardContext, ParamSpec, row_spans
 from .kv_cache import KV_BLOCK, KVCache
-from .kv_pool import KVSlotPool
+from .kv_pool import KVSlotPool, pools_well
 from .linear import linear, product_layout
 from .norms import layer_norm, rms_norm
 from .options import Option
@@ -225,9 +225,10 @@ class Attention(Block):
         q = qkv[:, :nq].reshape(b, self.h, self.hd)
         k = qkv[:, nq:nq + nk].reshape(b, self.kv, self.hd)
         v = qkv[:, nq + nk:].reshape(b, self.kv, self.hd)
-        if b > 1 and self.slopes is None:
+        if b > 1 and self.slopes is None and pools_well(states):
             out = self._attend_pooled(q, k, v, states)
         else:
+            self.end_batch()  # row by row: any seated cache gets arrays of its own back
             out = np.empty((b, nq), np.float32)
             for i, state in enumerate(states):  # each sequence over its own keys
                 start = state.length

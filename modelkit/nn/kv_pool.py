@@ -166,6 +166,15 @@ class KVSlotPool:
         return scores @ self.v[:b, :, :n]  # [B, KV, group, n] @ [B, KV, n, hd] -> [B, KV, group, hd]
 
 
+def pools_well(caches: Sequence[KVCache]) -> bool:
+    """Whether seating ``caches`` side by side costs little: every slot holds (and a step
+    reads) as many positions as the longest cache, so the pool is used only while that padding
+    is at most the caches' own positions and a block per slot. One long conversation among
+    short ones attends row by row instead, each cache sized to itself."""
+    held = [c.length - c.offset for c in caches]
+    return len(held) * max(held) <= 2 * sum(held) + len(held) * KV_BLOCK
+
+
 def _room_for_one_more(cache: KVCache) -> int:
     """Positions ``cache``'s slot must hold: what it holds and one more, except that a windowed
     cache holding a window or more drops what no query can see before it appends."""

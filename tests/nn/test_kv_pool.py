@@ -115,3 +115,41 @@ def test_batched_attention_in_any_row_order_equals_each_sequence_alone(name: str
         ref = model.make_cache()
         model.forward(prompts[i] + fed[i][:done[i]], ref)
         assert max_abs(model.forward([extra], cache), model.forward([extra], ref)) < ATOL
+
+
+def test_a_long_cache_among_short_ones_attends_row_by_row(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The pool pads every slot to the longest cache: with one long sequence among short ones
+    the step goes row by row, each cache in arrays of its own, and the results do not change."""
+    from modelkit.nn import kv_pool
+
+    monkeypatch.setattr(kv_pool, "KV_BLOCK", 1)  # the fixture's 64 positions stand for thousands
+    model = load_cached("llama_gqa")
+    rng = np.random.default_rng(3)
+    prompts = [[int(t) for t in rng.integers(1, model.vocab_size, n)] for n in (3, 4, 5)]
+    fed = [[int(t) for t in rng.integers(1, model.vocab_size, 30)] for _ in prompts]
+    alone = []
+    for prompt, tokens in zip(prompts, fed):
+        cache = model.make_cache()
+        model.forward(prompt, cache)
+        alone.append([model.forward([t], cache)[0] for t in tokens])
+    caches = [model.make_cache() for _ in prompts]
+    for prompt, cache in zip(prompts, caches):
+        model.forward(prompt, cache)
+    done = [0, 0, 0]
+    attention = [layer.blocks[name] for layer in model.layers for name, kind in layer.kinds.items()
+                 if kind == "attention"]
+    pooled = []
+    for step in range(60):
+        # sequence 0 runs ahead alone for 25 steps, then all three go together until it is done
+        batch = [0] if 1 <= step <= 25 else [i for i in range(3) if done[i] < len(fed[i])]
+        if not batch:
+            break
+        logits = model.decode_batch([fed[i][done[i]] for i in batch], [caches[i] for i in batch])
+        for row, i in zip(logits, batch):
+            assert max_abs(row, alone[i][done[i]]) < ATOL
+            done[i] += 1
+        if len(batch) > 1:
+            pooled.append(all(a._pool is not None and len(a._pool.occupants) == len(batch) for a in attention))
+    # pooled while even, row by row while one is far ahead, pooled again once it has left
+    assert pooled[0] and not pooled[1] and pooled[-1]
+    model.end_batch()
