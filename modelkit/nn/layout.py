@@ -65,9 +65,9 @@ def weight_order(out: int, inp: int) -> str:
 
 
 def probe(out: int, inp: int, total_bytes: int = PROBE_BYTES, rounds: int = PROBE_ROUNDS) -> str:
-    """"F" if one-row products with [out, in] weights stored [in, out] are clearly faster
-    here than stored [out, in], else "C": both layouts timed in alternating rounds over copies
-    enough to fill ``total_bytes``, best of ``rounds`` each."""
+    """The order to store [out, in] weights of this shape in: "F" ([in, out]) if one-row
+    products with them are clearly faster so here, else "C"; both layouts timed in alternating
+    rounds over copies enough to fill ``total_bytes``, best of ``rounds`` each."""
     copies = max(2, -(-total_bytes // (out * inp * 4)))
     # written, so that every page is real (untouched zero pages would read from the caches)
     rows = [np.full((out, inp), 0.5, np.float32) for _ in range(copies)]
