@@ -87,12 +87,9 @@ def test_a_cache_grown_on_its_own_is_seated_again_from_its_own_arrays() -> None:
         _step(pool, [b, a], rng)
 
 
-@pytest.mark.parametrize("name", ["mistral_window", "gemma2", "gh_hybrid"])
-def test_batched_attention_in_any_row_order_equals_each_sequence_alone(name: str) -> None:
-    model = load_cached(name)
-    rng = np.random.default_rng(2)
-    prompts = [[int(t) for t in rng.integers(1, model.vocab_size, n)] for n in (2, 6, 4)]
-    fed = [[int(t) for t in rng.integers(1, model.vocab_size, 9)] for _ in prompts]
+def _alone_and_read(model, prompts: list[list[int]], fed: list[list[int]]) -> tuple[list, list]:
+    """Each sequence's logits decoded alone (one row per fed token), and a fresh cache per
+    prompt with the prompt read, for the batch to continue."""
     alone = []
     for prompt, tokens in zip(prompts, fed):
         cache = model.make_cache()
@@ -101,6 +98,16 @@ def test_batched_attention_in_any_row_order_equals_each_sequence_alone(name: str
     caches = [model.make_cache() for _ in prompts]
     for prompt, cache in zip(prompts, caches):
         model.forward(prompt, cache)
+    return alone, caches
+
+
+@pytest.mark.parametrize("name", ["mistral_window", "gemma2", "gh_hybrid"])
+def test_batched_attention_in_any_row_order_equals_each_sequence_alone(name: str) -> None:
+    model = load_cached(name)
+    rng = np.random.default_rng(2)
+    prompts = [[int(t) for t in rng.integers(1, model.vocab_size, n)] for n in (2, 6, 4)]
+    fed = [[int(t) for t in rng.integers(1, model.vocab_size, 9)] for _ in prompts]
+    alone, caches = _alone_and_read(model, prompts, fed)
     done = [0, 0, 0]
     # rows in several orders, one sequence leaving and coming back
     for order in ([0, 1, 2], [2, 0, 1], [1, 2], [0, 2, 1], [2, 1, 0], [1, 0], [0, 1, 2], [2, 0, 1], [1, 2, 0]):
@@ -127,14 +134,7 @@ def test_a_long_cache_among_short_ones_attends_row_by_row(monkeypatch: pytest.Mo
     rng = np.random.default_rng(3)
     prompts = [[int(t) for t in rng.integers(1, model.vocab_size, n)] for n in (3, 4, 5)]
     fed = [[int(t) for t in rng.integers(1, model.vocab_size, 30)] for _ in prompts]
-    alone = []
-    for prompt, tokens in zip(prompts, fed):
-        cache = model.make_cache()
-        model.forward(prompt, cache)
-        alone.append([model.forward([t], cache)[0] for t in tokens])
-    caches = [model.make_cache() for _ in prompts]
-    for prompt, cache in zip(prompts, caches):
-        model.forward(prompt, cache)
+    alone, caches = _alone_and_read(model, prompts, fed)
     done = [0, 0, 0]
     attention = [layer.blocks[name] for layer in model.layers for name, kind in layer.kinds.items()
                  if kind == "attention"]
