@@ -153,3 +153,13 @@ def test_a_long_cache_among_short_ones_attends_row_by_row(monkeypatch: pytest.Mo
     # pooled while even, row by row while one is far ahead, pooled again once it has left
     assert pooled[0] and not pooled[1] and pooled[-1]
     model.end_batch()
+
+
+def test_the_pool_is_not_used_past_its_positions(monkeypatch: pytest.MonkeyPatch) -> None:
+    from modelkit.nn import kv_pool
+
+    rng = np.random.default_rng(4)
+    caches = [_pair(rng, 40)[0], _pair(rng, 40)[0]]
+    assert kv_pool.pools_well(caches)
+    monkeypatch.setattr(kv_pool, "POOL_POSITIONS", 39)
+    assert not kv_pool.pools_well(caches)
