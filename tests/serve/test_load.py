@@ -95,4 +95,9 @@ def test_sigterm_finishes_running_requests_and_exits_0(llama_folder) -> None:
     s.proc.send_signal(signal.SIGTERM)
     t.join(60)
     assert results in (["length"], ["stop"])
-    assert s.stop() == 0
+    # one signal: Server.stop() would send a second one to a server still shutting down, and a
+    # repeated SIGTERM is the user insisting (the default action, exit -15)
+    try:
+        assert s.proc.wait(30) == 0
+    finally:
+        s.stop()
