@@ -16,7 +16,8 @@ its ``smollm2-135m-real`` sibling, the real weights, works the same).
 
 ``--interleave ROUNDS`` measures the steps alone, in a way the drift of a shared machine cannot
 bias: one decoder per number of streams, each on its own copy of the model, all loaded at once,
-each stepped once in turn for ROUNDS rounds; it prints the median ms per step of each and the tokens/s ratio to the first.
+each stepped once in turn for ROUNDS rounds; it prints the median ms per step of each and the
+tokens/s ratio to the first.
 """
 
 from __future__ import annotations
@@ -67,7 +68,8 @@ def measure(model, streams: int, prompt: int, tokens: int, seed: int = 0) -> dic
             "ttft_ms": 1000 * ttft, "join_ms": 1000 * join}
 
 
-def interleaved(models: list, counts: list[int], prompt: int, rounds: int, seed: int = 0) -> list[dict[str, float]]:
+def interleaved(models: list, counts: list[int], prompt: int, rounds: int,
+                seed: int = 0) -> list[dict[str, float]]:
     """Median ms per step of a decoder of each size in ``counts``, the decoders stepped in turn,
     each on its own model from ``models`` (a model's blocks keep one running batch's states side
     by side: decoders sharing a model would re-seat them at every step)."""

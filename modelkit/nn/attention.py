@@ -20,7 +20,7 @@ from .norms import layer_norm, rms_norm
 from .options import Option
 from .parallel import map_pieces
 from .rope import inverse_frequencies, rotary_table, rotate
-from .softmax import EXP_FLOOR, softmax_inplace
+from .softmax import EXP_FLOOR, soft_cap, softmax_inplace
 
 # queries per block when attending over long prompts (the tunable option query_block): bounds
 # the scores to [group * query_block, keys] per kv head at a time instead of [heads, T, T]
@@ -280,12 +280,6 @@ class Attention(Block):
             return layer_norm(x, weight, bias, self.qk_norm_eps)
         return rms_norm(x, weight, self.qk_norm_eps)
 
-    def _cap(self, scores: np.ndarray) -> None:
-        """Soft-cap scores in place: cap * tanh(scores / cap)."""
-        scores /= self.softcap
-        np.tanh(scores, out=scores)
-        scores *= self.softcap
-
     def alibi(self, kpos: np.ndarray) -> np.ndarray:
         """ALiBi biases slope * key position, [KV, group, 1, S]."""
         if self.alibi_bf16:
@@ -350,7 +344,7 @@ class Attention(Block):
                     scores *= self.scale
                     by_query += alibi[j].reshape(1, self.group, s)
             if self.softcap is not None:
-                self._cap(scores)
+                soft_cap(scores, self.softcap)
             if hidden is not None:
                 np.copyto(by_query, np.float32(-np.inf), where=hidden)
             elif tb > 1:
@@ -374,7 +368,7 @@ class Attention(Block):
         qh = q.reshape(self.kv, self.group, self.hd)  # head h reads kv head h // group
         scores = qh @ cache.kt[:, :, lo:n]  # [KV, group, hd] @ [KV, hd, S] -> [KV, group, S]
         if self.softcap is not None:
-            self._cap(scores)
+            soft_cap(scores, self.softcap)
         softmax_inplace(scores)
         return (scores @ cache.v[:, lo:n]).reshape(1, self.h * self.hd)  # [KV, group, hd] -> [1, H * hd]
 

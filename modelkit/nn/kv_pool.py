@@ -18,7 +18,7 @@ import numpy as np
 
 from ..errors import out_of_memory
 from .kv_cache import KV_BLOCK, KVCache
-from .softmax import softmax_inplace
+from .softmax import soft_cap, softmax_inplace
 
 # the pool is used only while no cache holds more positions than this: it removes per-call
 # overhead, which longer caches' own reading outweighs (SmolLM2 shape, 16 sequences, 30 layers,
@@ -114,7 +114,7 @@ class KVSlotPool:
         cache = self.occupants[slot]
         if not detached:
             held = cache.length - cache.offset
-            cap = max(KV_BLOCK, -(-(held + 1) // KV_BLOCK) * KV_BLOCK)
+            cap = -(-(held + 1) // KV_BLOCK) * KV_BLOCK
             kt = np.empty((self.kv, self.hd, cap), np.float32)
             kt[:, :, :held] = cache.kt[:, :, :held]
             v = np.empty((self.kv, cap, self.hd), np.float32)
@@ -158,9 +158,7 @@ class KVSlotPool:
         n = int(held.max())
         scores = q @ self.kt[:b, :, :, :n]  # [B, KV, group, hd] @ [B, KV, hd, n] -> [B, KV, group, n]
         if softcap is not None:
-            scores /= softcap
-            np.tanh(scores, out=scores)
-            scores *= softcap
+            soft_cap(scores, softcap)
         positions = np.arange(n)
         hidden = positions[None, :] >= held[:, None]  # [B, n]: past each slot's end (other values)
         if window is not None:

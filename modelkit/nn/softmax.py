@@ -1,4 +1,4 @@
-"""The attention softmax: stable, in place, and never subnormal."""
+"""The attention softmax (stable, in place, never subnormal) and the soft cap of scores before it."""
 
 from __future__ import annotations
 
@@ -21,3 +21,10 @@ def softmax_inplace(scores: np.ndarray) -> np.ndarray:
     np.exp(scores, out=scores)
     scores /= scores.sum(axis=-1, keepdims=True)
     return scores
+
+
+def soft_cap(scores: np.ndarray, cap: float) -> None:
+    """Soft-cap scores in place: cap * tanh(scores / cap)."""
+    scores /= cap
+    np.tanh(scores, out=scores)
+    scores *= cap
