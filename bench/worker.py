@@ -242,8 +242,10 @@ def main(argv: list[str] | None = None) -> int:
         from modelkit.nn import layout
 
         result.update(blas_info())
-        # the weight layouts modelkit.nn.layout measured: "C" [out, in], "F" [in, out]
-        result["layout"] = {str(t): {"tall": tall, "other": other} for t, (tall, other) in layout.measured().items()}
+        # what modelkit.nn.layout measured per shape class: the layout ("C" [out, in], "F"
+        # [in, out]) and whether few-row products with [out, in] weights are turned
+        result["layout"] = {str(t): {kind: choice._asdict() for kind, choice in chosen.items()}
+                            for t, chosen in layout.measured().items()}
     print(json.dumps(result))
     return 0
 

@@ -13,6 +13,7 @@ from .batched import layer_forward_batch
 from .errors import GenerationError, OutOfMemoryError, out_of_memory
 from .flow import add_residual, run_step
 from .nn.block import Block, ForwardContext, Observer
+from .nn.linear import linear
 from .nn.parallel import PIECE_ROWS, blas_held_to_one, map_rows
 from .schema.resolve import Config
 from .schema.spec import LayerSpec, Mapping
@@ -336,7 +337,7 @@ class Model:
                 observer(None, "final_norm", h)
             if self.head_proj is not None:
                 h = h @ self.head_proj.T  # [T, D] -> [T, E]
-            logits = h @ self.head.T  # [T, E] -> [T, vocab]
+            logits = linear(h, self.head)  # [T, E] -> [T, vocab]
         except MemoryError as exc:
             raise out_of_memory(f"computing the logits of {h.shape[0]:,} tokens over {self.vocab_size:,} "
                                 f"vocabulary entries", exc) from None

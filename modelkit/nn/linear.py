@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .layout import weight_order
+from .layout import turned, weight_order
 from .parallel import PIECE_ROWS, map_rows, spread
 
 
@@ -26,11 +26,20 @@ def product_layout(*rows: np.ndarray) -> np.ndarray:
     return out
 
 
+# up to this many rows a product with an [out, in] weight may be turned (layout.turned); past
+# it the transposed copy of the result costs more than the turn saves (measured: even at 64
+# rows, a loss at 128)
+FEW_ROWS = 32
+
+
 def linear(x: np.ndarray, w: np.ndarray) -> np.ndarray:
     """``x [T, in] @ w.T`` for ``w [out, in]`` in either layout: a C-contiguous float32
-    [T, out]; inside :func:`~modelkit.nn.parallel.blas_held_to_one`, spans of a long input's
-    rows on the pool. (The other orientation, ``(w @ x.T).T``, measured slower for 16 to 256
-    rows in both layouts.)"""
-    if x.shape[0] >= 2 * PIECE_ROWS and spread():
+    [T, out]; for 2 to :data:`FEW_ROWS` rows and an [out, in] weight, computed as
+    ``(w @ x.T).T`` where :func:`~modelkit.nn.layout.turned` measured that faster; inside
+    :func:`~modelkit.nn.parallel.blas_held_to_one`, spans of a long input's rows on the pool."""
+    t = x.shape[0]
+    if t >= 2 * PIECE_ROWS and spread():
         return map_rows(lambda rows: linear(rows, w), x)
+    if 1 < t <= FEW_ROWS and w.flags.c_contiguous and turned(*w.shape):
+        return np.ascontiguousarray((w @ x.T).T)
     return x @ w.T

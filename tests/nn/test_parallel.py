@@ -182,7 +182,7 @@ def test_product_layout_follows_the_blas_threads(monkeypatch: pytest.MonkeyPatch
     from modelkit.nn.linear import linear, product_layout
 
     monkeypatch.setenv(layout.ENV, "measure")
-    monkeypatch.setattr(layout, "_measured", {2: ("C", "C")})
+    monkeypatch.setattr(layout, "_measured", {2: {"tall": layout.Choice("C", True), "wide": layout.Choice("C", True)}})
 
     rng = np.random.default_rng(0)
     q, k = rng.normal(size=(6, 5)).astype(np.float32), rng.normal(size=(3, 5)).astype(np.float32)
