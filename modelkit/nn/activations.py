@@ -43,14 +43,16 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
 
 
 def silu(x: np.ndarray) -> np.ndarray:
-    """SiLU / swish: x * sigmoid(x) = x / (1 + exp(-x)), in four passes over one new array.
-    For x < -88, exp(-x) overflows to inf and x / inf is -0: exactly the limit, so the
-    overflow is expected and not reported."""
-    t = np.negative(x)
-    with np.errstate(over="ignore"):
-        np.exp(t, out=t)
+    """SiLU / swish: x * sigmoid(x) = x / (1 + exp(-x)), in five passes over two new arrays.
+    x is held at -88 or above, so exp never overflows and no error state has to be set around
+    it: that context, after a token's weights have flushed the caches, cost more than the
+    arithmetic (a decoding step's SiLU of 1536 values: 28 against 40 us). Below -88 the result
+    is -88 / (1 + e^88), -5e-37, where the exact one is smaller still."""
+    s = np.maximum(x, np.float32(-88.0))
+    t = np.negative(s)
+    np.exp(t, out=t)
     t += np.float32(1.0)
-    return np.divide(x, t, out=t)
+    return np.divide(s, t, out=t)
 
 
 def relu(x: np.ndarray) -> np.ndarray:
