@@ -15,7 +15,7 @@ from ..errors import ConfigError, out_of_memory
 from .block import Block, ForwardContext, ParamSpec, row_spans
 from .kv_cache import KV_BLOCK, KVCache
 from .kv_pool import KVSlotPool, pools_well
-from .linear import linear, product_layout
+from .linear import linear, product_layout, widen
 from .norms import layer_norm, rms_norm
 from .options import Option
 from .parallel import map_pieces
@@ -134,7 +134,8 @@ class Attention(Block):
                                          for b, n in zip(biases, sizes)])
         else:
             self.b_qkv = None
-        self.w_o = product_layout(params["o.weight"])  # [D, H * hd]
+        self.d = params["o.weight"].shape[0]
+        self.w_o = widen(product_layout(params["o.weight"]))  # [D (or more: widen), H * hd]
         self._pool: KVSlotPool | None = None  # the caches of a running batch (forward_batch)
         self.b_o = params.get("o.bias")
         self.scale = np.float32(o["scale"] if o["scale"] is not None else 1.0 / math.sqrt(self.hd))
@@ -205,7 +206,7 @@ class Attention(Block):
             except MemoryError as exc:
                 raise out_of_memory(f"computing attention scores of {t:,} queries over {state.length:,} keys",
                                     exc) from None
-        y = linear(out, self.w_o)  # [T, H * hd] -> [T, D]
+        y = linear(out, self.w_o, self.d)  # [T, H * hd] -> [T, D]
         if self.b_o is not None:
             y += self.b_o
         return y
@@ -234,7 +235,7 @@ class Attention(Block):
                 start = state.length
                 state.append(k[i:i + 1], v[i:i + 1])
                 out[i] = self.attend(q[i:i + 1], state, start)[0]
-        y = linear(out, self.w_o)  # [B, H * hd] -> [B, D]
+        y = linear(out, self.w_o, self.d)  # [B, H * hd] -> [B, D]
         if self.b_o is not None:
             y += self.b_o
         return y

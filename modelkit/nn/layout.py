@@ -21,10 +21,14 @@ So the probe also times 16 rows: which form an [out, in] weight's few-row produc
 (:func:`turned`), and which layout a shape class takes when one row reads both within
 ``MARGIN``.
 
+A weight small enough that OpenBLAS multiplies one row by it on one thread can be padded
+with zero rows past that line (:func:`widened_rows`, measured per shape: SmolLM2's 576 x 576
+attention output streams twice as fast at 828 rows).
+
 ``MODELKIT_PRODUCT_LAYOUT`` overrides it: ``rows`` ([out, in] everywhere), ``columns``
 ([in, out] everywhere) or ``measure`` (the default); with either of the first two, and with
 one thread, an [out, in] weight's few-row products are turned (measured faster so on one
-thread too).
+thread too) and no weight is padded.
 """
 
 from __future__ import annotations
@@ -63,8 +67,12 @@ class Choice(NamedTuple):
     turned: bool
 
 
+# only weights smaller than this (elements) are probed for padding rows (widened_rows)
+WIDEN_BELOW = 1 << 20
+
 _lock = threading.Lock()
 _measured: dict[int, dict[str, Choice]] = {}  # BLAS threads -> shape class -> choice
+_widened: dict[tuple[int, int, int], int] = {}  # (BLAS threads, out, in) -> rows to store
 
 
 def setting() -> str:
@@ -139,6 +147,46 @@ def probe(out: int, inp: int, total_bytes: int = PROBE_BYTES, rounds: int = PROB
     if best["F"] * MARGIN <= best["C"] and best["F few"] < MARGIN * c_few:  # a tie for one row
         return Choice("F", is_turned)
     return Choice("C", is_turned)
+
+
+def widened_rows(out: int, inp: int) -> int:
+    """The rows to store an [out, in] weight with (``out`` and zero rows after them) for its
+    one-row products to run fastest here: ``out`` unless measured clearly faster padded.
+
+    OpenBLAS runs a matrix-vector product on one thread below a size (out x in under 460,800
+    in the builds measured): a small model's 576 x 576 attention output took 95.6 us a token
+    on an Intel Xeon host, padded to 800 rows 66.2 us. The probe finds that line by
+    measurement, for weights below :data:`WIDEN_BELOW` elements with two or more BLAS threads
+    and the ``measure`` setting, once per shape and process."""
+    if out * inp >= WIDEN_BELOW or setting() != "measure":
+        return out
+    threads = blas_threads()
+    if threads < 2:
+        return out
+    with _lock:
+        if (threads, out, inp) not in _widened:
+            _widened[(threads, out, inp)] = probe_rows(out, inp)
+        return _widened[(threads, out, inp)]
+
+
+def probe_rows(out: int, inp: int, total_bytes: int = PROBE_BYTES // 2, rounds: int = 3) -> int:
+    """The fewest rows from ``out`` up to twice it, in steps of a sixteenth, at which a one-row
+    product is fastest, if at least ``MARGIN`` of the time at ``out`` rows; else ``out``. Timed
+    in alternating rounds over leading-row views of copies enough to fill ``total_bytes``."""
+    step = -(-out // 16)
+    candidates = [out + k * step for k in range(17)]
+    copies = max(2, -(-total_bytes // (candidates[-1] * inp * 4)))
+    weights = [np.full((candidates[-1], inp), 0.5, np.float32) for _ in range(copies)]
+    one = np.full((1, inp), 0.25, np.float32)
+    best = dict.fromkeys(candidates, float("inf"))
+    for _ in range(rounds):
+        for rows in candidates:
+            start = time.perf_counter()
+            for w in weights:
+                one @ w[:rows].T
+            best[rows] = min(best[rows], time.perf_counter() - start)
+    fastest = min(candidates, key=lambda rows: (best[rows], rows))
+    return fastest if best[fastest] < MARGIN * best[out] else out
 
 
 def measured() -> dict[int, dict[str, Choice]]:

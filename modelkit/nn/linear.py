@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .layout import turned, weight_order
+from .layout import turned, weight_order, widened_rows
 from .parallel import PIECE_ROWS, map_rows, spread
 
 
@@ -26,20 +26,38 @@ def product_layout(*rows: np.ndarray) -> np.ndarray:
     return out
 
 
+def widen(w: np.ndarray) -> np.ndarray:
+    """An [out, in] weight laid out by :func:`product_layout`, with zero rows after its own
+    where :func:`~modelkit.nn.layout.widened_rows` measured its one-row products faster so
+    (BLAS then spreads them over its threads); else ``w`` itself. Give :func:`linear` the
+    weight's own ``out`` as ``rows``."""
+    if not w.flags.c_contiguous:  # the probe measured [out, in] weights only
+        return w
+    rows = widened_rows(*w.shape)
+    if rows == w.shape[0]:
+        return w
+    wide = np.zeros((rows, w.shape[1]), np.float32)
+    wide[:w.shape[0]] = w
+    return wide
+
+
 # up to this many rows a product with an [out, in] weight may be turned (layout.turned); past
 # it the transposed copy of the result costs more than the turn saves (measured: even at 64
 # rows, a loss at 128)
 FEW_ROWS = 32
 
 
-def linear(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+def linear(x: np.ndarray, w: np.ndarray, rows: int | None = None) -> np.ndarray:
     """``x [T, in] @ w.T`` for ``w [out, in]`` in either layout: a C-contiguous float32
-    [T, out]; for 2 to :data:`FEW_ROWS` rows and an [out, in] weight, computed as
+    [T, out] (with ``rows`` below ``out``, for a :func:`widen`-ed weight: a view of its first
+    ``rows`` columns); for 2 to :data:`FEW_ROWS` rows and an [out, in] weight, computed as
     ``(w @ x.T).T`` where :func:`~modelkit.nn.layout.turned` measured that faster; inside
     :func:`~modelkit.nn.parallel.blas_held_to_one`, spans of a long input's rows on the pool."""
     t = x.shape[0]
     if t >= 2 * PIECE_ROWS and spread():
-        return map_rows(lambda rows: linear(rows, w), x)
-    if 1 < t <= FEW_ROWS and w.flags.c_contiguous and turned(*w.shape):
-        return np.ascontiguousarray((w @ x.T).T)
-    return x @ w.T
+        y = map_rows(lambda part: linear(part, w), x)
+    elif 1 < t <= FEW_ROWS and w.flags.c_contiguous and turned(*w.shape):
+        y = np.ascontiguousarray((w @ x.T).T)
+    else:
+        y = x @ w.T
+    return y if rows is None or rows == w.shape[0] else y[:, :rows]

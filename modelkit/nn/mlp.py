@@ -9,7 +9,7 @@ import numpy as np
 from .activations import ACTIVATIONS
 from .block import Block, ForwardContext, ParamSpec
 from .options import Option
-from .linear import linear, product_layout
+from .linear import linear, product_layout, widen
 
 
 HIDDEN = Option("int", "$hidden_size", "width of the hidden states", min=1)
@@ -36,13 +36,14 @@ class MLP(Block):
     def build(self, params: dict[str, np.ndarray | None]) -> None:
         self.act = ACTIVATIONS[self.options["activation"]]
         self.w_up, self.b_up = product_layout(params["up.weight"]), params.get("up.bias")  # [I, D], [I]
-        self.w_down, self.b_down = product_layout(params["down.weight"]), params.get("down.bias")  # [D, I], [D]
+        self.d = params["down.weight"].shape[0]
+        self.w_down, self.b_down = widen(product_layout(params["down.weight"])), params.get("down.bias")  # [D, I], [D]
 
     def forward(self, x: np.ndarray, state: Any, ctx: ForwardContext) -> np.ndarray:
         h = linear(x, self.w_up)  # [T, D] -> [T, I]
         if self.b_up is not None:
             h += self.b_up
-        y = linear(self.act(h), self.w_down)  # [T, I] -> [T, D]
+        y = linear(self.act(h), self.w_down, self.d)  # [T, I] -> [T, D]
         if self.b_down is not None:
             y += self.b_down
         return y
@@ -73,7 +74,8 @@ class GatedMLP(Block):
         if gb is not None or ub is not None:
             zeros = np.zeros(self.i, np.float32)
             self.b_gate_up = np.concatenate([gb if gb is not None else zeros, ub if ub is not None else zeros])
-        self.w_down, self.b_down = product_layout(params["down.weight"]), params.get("down.bias")  # [D, I], [D]
+        self.d = params["down.weight"].shape[0]
+        self.w_down, self.b_down = widen(product_layout(params["down.weight"])), params.get("down.bias")  # [D, I], [D]
 
     def forward(self, x: np.ndarray, state: Any, ctx: ForwardContext) -> np.ndarray:
         gu = linear(x, self.w_gate_up)  # [T, D] -> [T, 2I]
@@ -81,7 +83,7 @@ class GatedMLP(Block):
             gu += self.b_gate_up
         h = self.act(gu[:, : self.i])
         h *= gu[:, self.i:]
-        y = linear(h, self.w_down)  # [T, I] -> [T, D]
+        y = linear(h, self.w_down, self.d)  # [T, I] -> [T, D]
         if self.b_down is not None:
             y += self.b_down
         return y

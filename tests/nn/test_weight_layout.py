@@ -90,3 +90,72 @@ def test_a_bad_setting_is_one_line_from_the_cli() -> None:
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines() == [
         "modelkit: error: MODELKIT_PRODUCT_LAYOUT='sideways': expected one of measure, rows, columns"]
+
+
+def test_widened_rows_probes_only_small_weights_and_only_when_measuring(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+
+    def fake_probe_rows(out: int, inp: int) -> int:
+        calls.append((out, inp))
+        return out + 16
+
+    monkeypatch.setattr(layout, "probe_rows", fake_probe_rows)
+    monkeypatch.setattr(layout, "_widened", {})
+    monkeypatch.setattr(layout, "blas_threads", lambda: 2)
+    monkeypatch.setenv(layout.ENV, "rows")  # a pinned layout: no padding, no probe
+    assert layout.widened_rows(64, 64) == 64 and not calls
+    monkeypatch.setenv(layout.ENV, "measure")
+    assert layout.widened_rows(64, 64) == 80 and layout.widened_rows(64, 64) == 80 and calls == [(64, 64)]
+    assert layout.widened_rows(2048, 2048) == 2048 and len(calls) == 1  # above WIDEN_BELOW: never probed
+    monkeypatch.setattr(layout, "blas_threads", lambda: 1)  # one thread: nothing to spread the product over
+    assert layout.widened_rows(32, 64) == 32 and len(calls) == 1
+
+
+def test_the_row_probe_answers_within_twice_the_rows() -> None:
+    with threadpool_limits(limits=2, user_api="blas"):
+        rows = layout.probe_rows(48, 64, total_bytes=1 << 20, rounds=2)
+    assert 48 <= rows <= 96
+
+
+def test_a_widened_weight_gives_the_same_product() -> None:
+    import sys
+
+    from modelkit.nn.linear import linear, widen
+
+    module = sys.modules["modelkit.nn.linear"]
+    rng = np.random.default_rng(3)
+    w = rng.standard_normal((40, 24), dtype=np.float32)
+    for rows in (1, 3, 40):
+        x = rng.standard_normal((rows, 24), dtype=np.float32)
+        saved = module.widened_rows
+        module.widened_rows = lambda out, inp: out + 9
+        try:
+            wide = widen(w)
+        finally:
+            module.widened_rows = saved
+        assert wide.shape == (49, 24) and not wide[40:].any() and np.array_equal(wide[:40], w)
+        assert max_abs(linear(x, wide, 40), x @ w.T) < 1e-5 and linear(x, wide, 40).shape == (rows, 40)
+    assert widen(np.asfortranarray(w)).shape == (40, 24)  # an [in, out] weight is never padded
+
+
+@pytest.mark.parametrize("name", ["llama_gqa", "llama_biases"])
+def test_a_model_with_widened_weights_gives_the_same_logits_alone_and_batched(name: str,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    module = sys.modules["modelkit.nn.linear"]
+    ids, ref = reference(name)
+    monkeypatch.setattr(module, "widened_rows", lambda out, inp: out + 5)
+    model = modelkit.load(fixture_path(name))
+    attn = next(b for b in model.layers[0].blocks.values() if hasattr(b, "w_o"))
+    assert attn.w_o.shape[0] == attn.d + 5
+    assert max_abs(model.forward(ids.tolist()), ref) < ATOL
+    caches = [model.make_cache() for _ in range(3)]
+    prompts = [ids[:n].tolist() for n in (3, 5, 4)]
+    for cache, prompt in zip(caches, prompts):
+        model.forward(prompt, cache)
+    nxt = [int(ids[n]) for n in (3, 5, 4)]
+    batched = model.decode_batch(nxt, caches)
+    for row, (prompt, token) in zip(batched, zip(prompts, nxt)):
+        alone = model.forward(prompt + [token])[-1]
+        assert max_abs(row, alone) < ATOL
