@@ -14,9 +14,10 @@ With one thread, [in, out] everywhere (measured 15-25% less CPU time per decoded
 
 A product of a few rows (a batch of decoding sequences, a short prompt) is another matter:
 BLAS packs the weight for every such call, and packs it fastest untransposed. On an Intel Xeon
-(two threads, 16 rows, out of cache) ``(w @ x.T).T`` over an [out, in] weight took 25-45% less
-time than ``x @ w.T``, and ``x @ w.T`` over an [in, out] weight took a further 17-25% less for
-tall weights (the Granite head: 27.5 against 34.3 ms), where one row read both layouts alike.
+(two threads, 16 rows, out of cache) ``(w @ x.T).T`` over an [out, in] weight took 12-40% less
+time than ``x @ w.T`` (the heads least), and ``x @ w.T`` over an [in, out] weight took a
+further 17-25% less for the heads and Granite's in_proj (the Granite head: 27.5 against 34.3
+ms), where one row read both layouts alike.
 So the probe also times 16 rows: which form an [out, in] weight's few-row products take
 (:func:`turned`), and which layout a shape class takes when one row reads both within
 ``MARGIN``.
