@@ -30,7 +30,8 @@ _LAZY = {
     "Block": "nn.block", "ForwardContext": "nn.block", "ParamSpec": "nn.block", "row_spans": "nn.block",
     "Option": "nn.options", "REQUIRED": "nn.options",
     "linear": "nn.linear", "product_layout": "nn.linear", "widen": "nn.linear",
-    "ACTIVATIONS": "nn.activations", "silu": "nn.activations", "softplus": "nn.activations", "rms_norm": "nn.norms", "layer_norm": "nn.norms",
+    "ACTIVATIONS": "nn.activations", "silu": "nn.activations", "softplus": "nn.activations",
+    "rms_norm": "nn.norms", "layer_norm": "nn.norms",
     "GatedMLP": "nn.mlp", "MLP": "nn.mlp", "causal_conv": "nn.conv",
     # checkpoints and weight sources
     "WeightSource": "checkpoint.source", "TensorInfo": "checkpoint.source",
