@@ -259,16 +259,43 @@ def median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def machine() -> dict[str, Any]:
+    """What the run was measured on: Python, platform, CPUs, the CPU's name, family and model
+    (a virtual machine's name can be as bare as "Intel(R) Xeon(R) Processor") and its largest
+    cache (a probe's matrices that fit in it are read from the cache, not from memory)."""
     info: dict[str, Any] = {"python": sys.version.split()[0], "platform": platform.platform(),
                             "cpus": os.cpu_count()}
+    fields = {"model name": "cpu", "cpu family": "cpu_family", "model": "cpu_model"}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                info["cpu"] = line.split(":", 1)[1].strip()
+            key, _, value = line.partition(":")
+            name = fields.get(key.strip())
+            if name is not None and name not in info:
+                info[name] = value.strip()
+            if not line.strip() and "cpu" in info:  # the first processor's block is enough
                 break
     except OSError:
         pass
+    cache = largest_cache()
+    if cache:
+        info["largest_cache_bytes"] = cache
     return info
+
+
+def largest_cache(root: Path = Path("/sys/devices/system/cpu/cpu0/cache")) -> int:
+    """The largest data or unified cache of the first CPU, in bytes (0 when unknown)."""
+    sizes = []
+    for index in sorted(root.glob("index*")):
+        try:
+            if (index / "type").read_text().strip() == "Instruction":
+                continue
+            size = (index / "size").read_text().strip().upper()
+        except OSError:
+            continue
+        scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(size[-1:], 1)
+        digits = size[:-1] if size[-1:] in "KMG" else size
+        if digits.isdigit():
+            sizes.append(int(digits) * scale)
+    return max(sizes, default=0)
 
 
 def main(argv: list[str] | None = None) -> int:

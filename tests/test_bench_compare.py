@@ -51,3 +51,16 @@ def test_interleaved_batch_measurement_steps_every_decoder_in_turn():
     rows = interleaved(models, [1, 3], prompt=4, rounds=3)
     assert [r["streams"] for r in rows] == [1, 3]
     assert all(r["step_ms"] > 0 and r["tok_s"] > 0 for r in rows)
+
+
+def test_the_largest_cache_is_read_from_sysfs_and_instruction_caches_are_left_out(tmp_path: Path) -> None:
+    from bench.run import largest_cache
+
+    for name, kind, size in (("index0", "Data", "48K"), ("index1", "Instruction", "512M"),
+                             ("index2", "Unified", "2048K"), ("index3", "Unified", "260M"),
+                             ("index4", "Unified", "junk")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "type").write_text(kind + "\n")
+        (tmp_path / name / "size").write_text(size + "\n")
+    assert largest_cache(tmp_path) == 260 << 20
+    assert largest_cache(tmp_path / "missing") == 0
