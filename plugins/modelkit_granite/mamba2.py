@@ -37,9 +37,13 @@ _LOG_DECAY_MIN = np.float32(-1e4)
 def step_log_decay(dt: np.ndarray, a: np.ndarray) -> np.ndarray:
     """dt * A, the log of each step's decay, floored at -1e4: any decay below exp(-60) is 0
     anyway, and a finite floor keeps extreme products (and their running sums) from
-    overflowing to -inf."""
-    with np.errstate(over="ignore"):
-        out = dt * a
+    overflowing to -inf.
+
+    An extreme dt * A overflows to -inf before the floor: NumPy warns of it unless the caller
+    ignores overflow, as every model forward does. No error state is set here: it runs once a
+    layer a decoded token, and the context cost more than the arithmetic (a granite-350m token
+    1.6% more time)."""
+    out = dt * a
     return np.maximum(out, _LOG_DECAY_MIN, out=out)
 
 
