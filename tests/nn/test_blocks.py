@@ -319,3 +319,31 @@ def test_windowed_kv_cache_is_bounded_and_exact() -> None:
     assert state.length == 700 and state.offset > 400  # old positions were dropped
     assert max(sizes) == sizes[0]  # never grew while decoding
     assert state.v.shape[1] <= 256  # one growth block, for a window of 5 and a 40-token piece
+
+
+@pytest.mark.parametrize("rows", [2, 7, 32])
+def test_gated_mlp_turned_for_a_few_rows_equals_its_plain_path(rows: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Biases on gate, up and down, and a down weight padded with zero rows (widen): the few-row
+    path that keeps [2I, T] between the products gives what the plain path gives."""
+    import sys
+
+    from modelkit.nn.mlp import GatedMLP
+
+    monkeypatch.setattr(sys.modules["modelkit.nn.linear"], "widened_rows", lambda out, inp: out + 3)
+    rng = np.random.default_rng(rows)
+    d, i = 12, 20
+    params = {name: rng.standard_normal(shape, dtype=np.float32) for name, shape in
+              {"gate.weight": (i, d), "up.weight": (i, d), "down.weight": (d, i),
+               "gate.bias": (i,), "up.bias": (i,), "down.bias": (d,)}.items()}
+    mlp = GatedMLP({"hidden_size": d, "intermediate_size": i, "activation": "silu"}, params)
+    assert mlp._turned and mlp.w_down.shape == (d + 3, i)
+    x = rng.standard_normal((rows, d), dtype=np.float32)
+    turned = mlp.forward(x, None, ForwardContext(0, rows))
+    mlp._turned = False
+    plain = mlp.forward(x, None, ForwardContext(0, rows))
+    assert turned.shape == plain.shape == (rows, d)
+    np.testing.assert_allclose(turned, plain, rtol=1e-5, atol=1e-5)
+    g = x @ params["gate.weight"].T + params["gate.bias"]
+    u = x @ params["up.weight"].T + params["up.bias"]
+    expected = (g / (1 + np.exp(-g)) * u) @ params["down.weight"].T + params["down.bias"]
+    np.testing.assert_allclose(turned, expected, rtol=1e-4, atol=1e-4)
