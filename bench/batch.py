@@ -110,10 +110,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"):
         os.environ.setdefault(name, str(args.threads))
+    import numpy as np
+
     import modelkit
 
     model = modelkit.load(args.checkpoint)
-    model.generate([1, 2, 3, 4], 4, temperature=0.0)  # warm up
+    # warm up, and let the head's layout trial finish (modelkit.nn.trial: one-row products
+    # only), so that this model and those loaded below decode batches with the layout kept
+    from modelkit.nn.trial import TRIAL_CALLS
+
+    cache, token = model.make_cache(), 1
+    for _ in range(2 * TRIAL_CALLS + 4):
+        token = int(np.argmax(model.forward([token], cache, last_only=True)[-1]))
     counts = [int(s) for s in args.streams.split(",")]
     if args.interleave:
         print(f"{args.checkpoint}: {args.prompt}-token prompts, decoders stepped in turn, {args.interleave} rounds")

@@ -78,6 +78,10 @@ class Engine:
         """Run ``ids`` after the current sequence; the logits of the last one, [vocab]."""
         raise NotImplementedError
 
+    def notes(self) -> dict[str, Any]:
+        """What the engine chose while it ran, for the record."""
+        return {}
+
 
 class ModelkitEngine(Engine):
     def __init__(self, path: str, threads: int):
@@ -93,6 +97,11 @@ class ModelkitEngine(Engine):
 
     def feed(self, ids: np.ndarray) -> np.ndarray:
         return self.model.forward(ids, self.cache, last_only=True)[-1]
+
+    def notes(self) -> dict[str, Any]:
+        # the head's layout trial (modelkit.nn.trial): each layout's median ms and the one kept
+        trial = self.model.head_trial
+        return {} if trial is None else {"head_trial": trial.report()}
 
 
 class TransformersEngine(Engine):
@@ -204,7 +213,8 @@ def group_decode(args: argparse.Namespace) -> dict[str, Any]:
             t0 = time.perf_counter()
         token = int(np.argmax(engine.feed(np.array([token], np.int64))))
     seconds = time.perf_counter() - t0
-    return {"decode_tok_s": args.decode / seconds, "decode_ms_per_token": 1000.0 * seconds / args.decode}
+    return {"decode_tok_s": args.decode / seconds, "decode_ms_per_token": 1000.0 * seconds / args.decode,
+            **engine.notes()}
 
 
 def group_long(args: argparse.Namespace) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from .flow import add_residual, run_step
 from .nn.block import Block, ForwardContext, Observer
 from .nn.linear import linear
 from .nn.parallel import PIECE_ROWS, blas_held_to_one, map_rows
+from .nn.trial import start_head
 from .schema.resolve import Config
 from .schema.spec import LayerSpec, Mapping
 
@@ -110,7 +111,10 @@ class Model:
         self.embed_norm = embed_norm
         self.final_norm = final_norm
         self.head_proj = head_proj  # [E, hidden] or None
-        self.head = head
+        # a large head's layout is chosen by timing its first one-row products (nn.trial)
+        self.head, self.head_trial = start_head(head)
+        if self.embed is head:  # tied: one array
+            self.embed = self.head
         self.head_bias = head_bias
         self.embedding_multiplier = np.float32(embedding_multiplier)
         self.logits_divisor = np.float32(logits_divisor)
@@ -293,7 +297,10 @@ class Model:
                 observer(None, "final_norm", h)
             if self.head_proj is not None:
                 h = h @ self.head_proj.T  # [T, D] -> [T, E]
-            logits = linear(h, self.head)  # [T, E] -> [T, vocab]
+            if h.shape[0] == 1 and self.head_trial is not None and self.head_trial.kept is None:
+                logits = self._trial_product(h)
+            else:
+                logits = linear(h, self.head)  # [T, E] -> [T, vocab]
         except MemoryError as exc:
             raise out_of_memory(f"computing the logits of {h.shape[0]:,} tokens over {self.vocab_size:,} "
                                 f"vocabulary entries", exc) from None
@@ -307,6 +314,17 @@ class Model:
             logits *= self.logits_softcap
         if observer is not None:
             observer(None, "logits", logits)
+        return logits
+
+    def _trial_product(self, h: np.ndarray) -> np.ndarray:
+        """The head's product with one row ``h [1, E]`` while its layout trial runs; when the
+        trial ends, the head (and a tied embedding, the same array) becomes the layout kept."""
+        logits = self.head_trial.product(h)
+        kept = self.head_trial.kept
+        if kept is not None and kept is not self.head:
+            if self.embed is self.head:  # tied: one array in the kept layout (its rows gather strided)
+                self.embed = kept
+            self.head = kept
         return logits
 
     # ---- generation ---------------------------------------------------------------------
