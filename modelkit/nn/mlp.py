@@ -102,7 +102,7 @@ class GatedMLP(Block):
             gu += self.b_gate_up[:, None]
         h = self.act(gu[: self.i])
         h *= gu[self.i:]
-        y = self.w_down @ h  # [D, I] @ [I, T] -> [D, T] (more rows for a widened weight)
+        y = self.w_down[: self.d] @ h  # [D, I] @ [I, T] -> [D, T] (a widened weight's own rows)
         if self.b_down is not None:
-            y[: self.d] += self.b_down[:, None]
-        return y[: self.d].T
+            y += self.b_down[:, None]
+        return y.T
