@@ -9,7 +9,7 @@ import numpy as np
 from .activations import ACTIVATIONS
 from .block import Block, ForwardContext, ParamSpec
 from .layout import turned
-from .linear import FEW_ROWS, linear, product_layout, widen
+from .linear import linear, product_layout, widen
 from .options import Option
 
 
@@ -77,11 +77,14 @@ class GatedMLP(Block):
             self.b_gate_up = np.concatenate([gb if gb is not None else zeros, ub if ub is not None else zeros])
         self.d = params["down.weight"].shape[0]
         self.w_down, self.b_down = widen(product_layout(params["down.weight"])), params.get("down.bias")  # [D, I], [D]
-        # a few rows take both products turned where the layout probe measured that faster
+        # two or more rows take both products turned where the layout probe measured that
+        # faster for a few (a batched step); prompts too: no transposed copy of a result is
+        # made, and the activation reads contiguous halves of [2I, T] (SmolLM2 on an Intel
+        # Xeon host: prompts of 128, 512 and 2048 tokens 7.7%, 7.2% and 5.5% faster)
         self._turned = all(w.flags.c_contiguous and turned(*w.shape) for w in (self.w_gate_up, self.w_down))
 
     def forward(self, x: np.ndarray, state: Any, ctx: ForwardContext) -> np.ndarray:
-        if 1 < x.shape[0] <= FEW_ROWS and self._turned:
+        if x.shape[0] > 1 and self._turned:
             return self._forward_turned(x)
         gu = linear(x, self.w_gate_up)  # [T, D] -> [T, 2I]
         if self.b_gate_up is not None:
@@ -94,9 +97,9 @@ class GatedMLP(Block):
         return y
 
     def _forward_turned(self, x: np.ndarray) -> np.ndarray:
-        """A few rows with both products turned (see :func:`~modelkit.nn.linear.linear`), the
-        activations kept [2I, T] between them: no transposed copy of either product. Returns
-        the [T, D] transpose of a [D, T] array (a view)."""
+        """Rows ``x [T, D]`` with both products turned (see :func:`~modelkit.nn.linear.linear`),
+        the activations kept [2I, T] between them: no transposed copy of either product.
+        Returns the [T, D] transpose of a [D, T] array (a view)."""
         gu = self.w_gate_up @ x.T  # [2I, D] @ [D, T] -> [2I, T]
         if self.b_gate_up is not None:
             gu += self.b_gate_up[:, None]
