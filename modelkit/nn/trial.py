@@ -4,15 +4,17 @@ The layout probe (:mod:`modelkit.nn.layout`) times copies of a layer's shapes. A
 is far taller (SmolLM2's is 49152 x 576) and a decoding step reads it after the layers have
 flushed the caches, which the probe's copies cannot reproduce on a host whose last-level cache
 holds them. On an Intel Xeon host with 260 MB of it, [out, in] led in the probe while the
-[in, out] layout read SmolLM2's head 11-15% faster inside decoding (granite-350m's 10%).
+[in, out] layout read SmolLM2's head 11-15% faster inside decoding (granite-350m's 5-10%).
 
 So a large head starts a :class:`LayoutTrial`: its first one-row products alternate between
 its own layout and a copy in the other, each timed; after :data:`TRIAL_CALLS` of each the
-faster by median is kept (the copy only if at most ``MARGIN`` of the original's time) and the
-other is dropped. Until then the head takes twice its memory. The decision holds for the
-process: a head of the same shape loaded later starts in the layout kept (:func:`start_head`).
-Only one-row products are timed, so a model that only ever decodes batches keeps its head's
-layout. With one BLAS thread, or a ``MODELKIT_PRODUCT_LAYOUT`` other than ``measure``, no
+faster by median is kept and the other is dropped. Where the original is a view (of a
+float32 checkpoint's mapped file: no memory of its own), the copy must be clearly faster, at
+most ``MARGIN`` of the original's time; where the original is a copy too (converted from
+bf16, dequantised), either costs the same memory and the faster is kept. Until then the head
+takes twice its memory. The decision holds for the process: a head of the same shape loaded
+later starts in the layout kept (:func:`start_head`). Only one-row products are timed, so a
+model that only ever decodes batches keeps its head's layout. With one BLAS thread, or a ``MODELKIT_PRODUCT_LAYOUT`` other than ``measure``, no
 trial runs.
 """
 
@@ -91,6 +93,8 @@ class LayoutTrial:
         self.times: tuple[list[float], list[float]] = ([], [])
         self.orders = ("C", "F") if weight.flags.c_contiguous else ("F", "C")
         self.key = (blas_threads(), weight.shape, self.orders[0])
+        # the copy must be clearly faster only where the original costs no memory of its own
+        self.margin = 1.0 if weight.flags.owndata else MARGIN
         self.calls = calls
         self.started = False
         self.kept: np.ndarray | None = None
@@ -117,7 +121,7 @@ class LayoutTrial:
             self.times[side].append(time.perf_counter() - start)
             if len(self.times[1]) >= self.calls:
                 original, copy = (statistics.median(t) for t in self.times)
-                self.kept = self.weights[1] if copy <= MARGIN * original else self.weights[0]
+                self.kept = self.weights[1] if copy < self.margin * original else self.weights[0]
                 self.weights = [None, None]
                 _decided[self.key] = order_of(self.kept)
             return y
