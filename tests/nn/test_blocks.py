@@ -347,3 +347,32 @@ def test_gated_mlp_turned_equals_its_plain_path(rows: int, monkeypatch: pytest.M
     u = x @ params["up.weight"].T + params["up.bias"]
     expected = (g / (1 + np.exp(-g)) * u) @ params["down.weight"].T + params["down.bias"]
     np.testing.assert_allclose(turned, expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize(("q_size", "v_size", "scored"), [
+    (2.0, 3.0, 1),      # scores within DIRECT_EXP_BOUND: exponentials without the shift
+    (20.0, 3.0, 1),     # |q| |k| = 80 > 64: the shifted softmax
+    (15.75, 1e12, 2)])  # |q| |k| = 63 but the values so large that unshifted sums overflow: again, shifted
+def test_prompt_attention_takes_the_unshifted_softmax_only_where_it_is_exact(
+        q_size: float, v_size: float, scored: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    from modelkit.nn.kv_cache import KVCache
+
+    opts = Attention.resolve_options(num_heads=1, num_kv_heads=1, head_dim=4, hidden_size=4, positions="none")
+    eye = np.eye(4, dtype=np.float32)
+    block = Attention(opts, {"q.weight": eye, "k.weight": eye, "v.weight": eye, "o.weight": eye})
+    calls = []
+    original = Attention._scores
+    monkeypatch.setattr(Attention, "_scores", lambda self, *a: calls.append(1) or original(self, *a))
+    t = 3
+    keys = np.zeros((t, 1, 4), np.float32)
+    keys[:, 0, 0] = 8.0  # every key alike: each query's weights are equal, its output the mean value
+    values = np.zeros((t, 1, 4), np.float32)
+    values[:, 0, 1] = v_size * np.arange(1, t + 1)
+    cache = KVCache(1, 4)
+    cache.append(keys, values)
+    q = np.zeros((t, 1, 4), np.float32)
+    q[:, 0, 0] = q_size  # scaled by 1/2 in attend: |q| |k| = 4 q_size
+    out = block.attend(q, cache, 0)  # [T, 4]
+    expected = v_size * np.cumsum(np.arange(1, t + 1)) / np.arange(1, t + 1)  # the mean of each query's keys
+    assert len(calls) == scored and np.isfinite(out).all()
+    np.testing.assert_allclose(out[:, 1], expected, rtol=1e-6)
