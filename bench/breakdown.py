@@ -69,7 +69,9 @@ def main(argv: list[str] | None = None) -> int:
     else:
         token = int(np.argmax(model.forward(rng.integers(0, model.vocab_size, args.prompt), cache,
                                             last_only=True)[-1]))
-        for _ in range(4):  # warm up
+        from modelkit.nn.trial import TRIAL_AFTER, TRIAL_CALLS
+
+        for _ in range(TRIAL_AFTER + 2 * TRIAL_CALLS + 4):  # warm up, through the head's layout trial
             token = int(np.argmax(model.forward([token], cache, last_only=True)[-1]))
         steps, unit = args.tokens, "token"
 

@@ -120,9 +120,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def report(args: argparse.Namespace, port: int, name: str, streams: list[int]) -> int:
     """Measure each concurrency, print a line per row, write --json."""
-    # enough one-stream tokens for modelkit's head layout trial (2 x 6 timed products) to end
-    # before anything is measured
-    stream_once(port, "warm up", 20, name)
+    # enough one-stream tokens for modelkit's head layout trial (32 products, then 2 x 6 timed
+    # ones) to end before anything is measured
+    stream_once(port, "warm up", 50, name)
     rows = []
     for n in streams:
         row = measure(port, n, args.requests, args.max_tokens, name)

@@ -111,7 +111,7 @@ class Model:
         self.embed_norm = embed_norm
         self.final_norm = final_norm
         self.head_proj = head_proj  # [E, hidden] or None
-        # a large head's layout is chosen by timing its first one-row products (nn.trial)
+        # a large head's layout is chosen by timing its own one-row products (nn.trial)
         self.head, self.head_trial = start_head(head)
         if self.embed is head:  # tied: one array
             self.embed = self.head

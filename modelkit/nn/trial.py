@@ -6,8 +6,9 @@ flushed the caches, which the probe's copies cannot reproduce on a host whose la
 holds them. On an Intel Xeon host with 260 MB of it, [out, in] led in the probe while the
 [in, out] layout read SmolLM2's head 11-15% faster inside decoding (granite-350m's 5-10%).
 
-So a large head starts a :class:`LayoutTrial`: its first one-row products alternate between
-its own layout and a copy in the other, each timed; after :data:`TRIAL_CALLS` of each the
+So a large head starts a :class:`LayoutTrial`: after :data:`TRIAL_AFTER` one-row products
+(a short generation never pays for the copy), the next alternate between its own layout and
+a copy in the other, each timed; after :data:`TRIAL_CALLS` of each the
 faster by median is kept and the other is dropped. Where the original is a view (of a
 float32 checkpoint's mapped file: no memory of its own), the copy must be clearly faster, at
 most ``MARGIN`` of the original's time; where the original is a copy too (converted from
@@ -33,6 +34,9 @@ from .parallel import blas_threads
 # heads below this many elements get no trial: a product of a few megabytes is too short to
 # time well, and too short to matter
 TRIAL_MIN_ELEMENTS = 1 << 22
+# one-row products before the trial begins: the copy costs 72 ms for SmolLM2's head and about
+# 200 ms for granite-350m's, more than a short generation would win back
+TRIAL_AFTER = 32
 # timed one-row products per layout (the first product of the trial, which follows whatever
 # came before it, is not counted)
 TRIAL_CALLS = 6
@@ -84,11 +88,11 @@ def other_layout(weight: np.ndarray) -> np.ndarray:
 
 
 class LayoutTrial:
-    """A weight held in both layouts for its first one-row products, timed in alternation
+    """A weight held in both layouts for some of its one-row products, timed in alternation
     (see the module's docstring). :meth:`product` computes ``linear(x, w)``; once
     :attr:`kept` is set the trial is over and the caller keeps that array alone."""
 
-    def __init__(self, weight: np.ndarray, calls: int = TRIAL_CALLS):
+    def __init__(self, weight: np.ndarray, calls: int = TRIAL_CALLS, after: int = TRIAL_AFTER):
         self.weights: list[np.ndarray | None] = [weight, None]  # the original, the copy (made at the first product)
         self.times: tuple[list[float], list[float]] = ([], [])
         self.orders = ("C", "F") if weight.flags.c_contiguous else ("F", "C")
@@ -96,6 +100,7 @@ class LayoutTrial:
         # the copy must be clearly faster only where the original costs no memory of its own
         self.margin = 1.0 if weight.flags.owndata else MARGIN
         self.calls = calls
+        self.waiting = after  # one-row products left before the trial begins
         self.started = False
         self.kept: np.ndarray | None = None
         self._lock = threading.Lock()  # decoders in two threads take turns (and see one decision)
@@ -106,6 +111,9 @@ class LayoutTrial:
         with self._lock:
             if self.kept is not None:
                 return linear(x, self.kept)
+            if self.waiting > 0:
+                self.waiting -= 1
+                return linear(x, self.weights[0])
             if self.weights[1] is None:
                 try:
                     self.weights[1] = other_layout(self.weights[0])

@@ -51,9 +51,9 @@ def test_the_trial_keeps_the_layout_timed_faster(costs: dict[str, float], view: 
     w = w[:300] if view else w
     assert w.flags.owndata != view and w.flags.c_contiguous
     x = np.random.default_rng(2).standard_normal((1, 16)).astype(np.float32)
-    run = trial.LayoutTrial(w, calls=3)
-    for _ in range(1 + 2 * 3):  # the uncounted first product, then three of each layout
-        assert run.kept is None
+    run = trial.LayoutTrial(w, calls=3, after=4)
+    for call in range(4 + 1 + 2 * 3):  # four before it, the uncounted first, then three of each layout
+        assert run.kept is None and (run.weights[1] is None) == (call <= 4)  # no copy before it begins
         assert max_abs(run.product(x), x @ w.T) < 1e-5
     assert run.kept is not None and ("C" if run.kept.flags.c_contiguous else "F") == kept
     assert run.weights == [None, None]  # the other layout is dropped
@@ -86,11 +86,11 @@ def test_a_model_decodes_through_the_trial_to_the_same_logits(name: str, faster:
     monkeypatch.setattr(trial, "_decided", {})
     monkeypatch.setattr(trial.time, "perf_counter", clock.perf_counter)
     monkeypatch.setattr(trial, "linear", clock.linear)
-    model.head_trial = trial.LayoutTrial(model.head, calls=2)
+    model.head_trial = trial.LayoutTrial(model.head, calls=2, after=1)
     cache = model.make_cache()
     rows = [model.forward(ids[:1].tolist(), cache)[-1]]
     rows += [model.forward([int(t)], cache)[-1] for t in ids[1:]]
-    assert len(ids) > 1 + 2 * 2 and max_abs(np.stack(rows), ref) < ATOL
+    assert len(ids) > 1 + 1 + 2 * 2 and max_abs(np.stack(rows), ref) < ATOL
     assert model.head_trial.report()["kept"] == faster
     assert model.head.flags.f_contiguous if faster == "F" else model.head.flags.c_contiguous
     assert (model.embed is model.head) == tied  # a tied embedding follows the head
@@ -108,7 +108,7 @@ def test_a_head_loaded_after_a_trial_starts_in_the_layout_kept(monkeypatch: pyte
     clock = FakeClock({"C": 1.0, "F": 0.5})
     monkeypatch.setattr(trial.time, "perf_counter", clock.perf_counter)
     monkeypatch.setattr(trial, "linear", clock.linear)
-    for _ in range(1 + 2 * run.calls):
+    for _ in range(run.waiting + 1 + 2 * run.calls):
         run.product(np.ones((1, 8), np.float32))
     head, again = trial.start_head(w.copy())
     assert again is None and head.flags.f_contiguous and np.array_equal(head, w)
