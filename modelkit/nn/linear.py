@@ -50,9 +50,10 @@ FEW_ROWS = 32
 def linear(x: np.ndarray, w: np.ndarray, rows: int | None = None) -> np.ndarray:
     """``x [T, in] @ w.T`` for ``w [out, in]`` in either layout: a C-contiguous float32
     [T, out] (with ``rows`` below ``out``, for a :func:`widen`-ed weight, [T, rows]: its zero
-    rows enter one-row products only); for 2 to :data:`FEW_ROWS` rows and an [out, in] weight, computed as
-    ``(w @ x.T).T`` where :func:`~modelkit.nn.layout.turned` measured that faster; inside
-    :func:`~modelkit.nn.parallel.blas_held_to_one`, spans of a long input's rows on the pool."""
+    rows enter one-row products only); for 2 to :data:`FEW_ROWS` rows and an [out, in]
+    weight, computed as ``(w @ x.T).T`` where :func:`~modelkit.nn.layout.turned` measured
+    that faster; inside :func:`~modelkit.nn.parallel.blas_held_to_one`, spans of a long
+    input's rows on the pool."""
     t = x.shape[0]
     if t > 1 and rows is not None and rows != w.shape[0]:
         # the padding serves one-row products: more rows are multiplied by the weight's own

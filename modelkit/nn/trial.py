@@ -93,7 +93,7 @@ class LayoutTrial:
     :attr:`kept` is set the trial is over and the caller keeps that array alone."""
 
     def __init__(self, weight: np.ndarray, calls: int = TRIAL_CALLS, after: int = TRIAL_AFTER):
-        self.weights: list[np.ndarray | None] = [weight, None]  # the original, the copy (made at the first product)
+        self.weights: list[np.ndarray | None] = [weight, None]  # the original, the copy (made as the trial begins)
         self.times: tuple[list[float], list[float]] = ([], [])
         self.orders = ("C", "F") if weight.flags.c_contiguous else ("F", "C")
         self.key = (blas_threads(), weight.shape, self.orders[0])
