@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import statistics
 import threading
-import time
+from time import perf_counter
 
 import numpy as np
 
@@ -124,9 +124,9 @@ class LayoutTrial:
                 self.started = True
                 return linear(x, self.weights[0])
             side = 0 if len(self.times[0]) <= len(self.times[1]) else 1
-            start = time.perf_counter()
+            start = perf_counter()
             y = linear(x, self.weights[side])
-            self.times[side].append(time.perf_counter() - start)
+            self.times[side].append(perf_counter() - start)
             if len(self.times[1]) >= self.calls:
                 original, copy = (statistics.median(t) for t in self.times)
                 self.kept = self.weights[1] if copy < self.margin * original else self.weights[0]
