@@ -117,10 +117,10 @@ def main(argv: list[str] | None = None) -> int:
     model = modelkit.load(args.checkpoint)
     # warm up, and let the head's layout trial finish (modelkit.nn.trial: one-row products
     # only), so that this model and those loaded below decode batches with the layout kept
-    from modelkit.nn.trial import TRIAL_AFTER, TRIAL_CALLS
+    from modelkit.nn.trial import TRIAL_PRODUCTS
 
     cache, token = model.make_cache(), 1
-    for _ in range(TRIAL_AFTER + 2 * TRIAL_CALLS + 4):
+    for _ in range(TRIAL_PRODUCTS + 4):
         token = int(np.argmax(model.forward([token], cache, last_only=True)[-1]))
     counts = [int(s) for s in args.streams.split(",")]
     if args.interleave:

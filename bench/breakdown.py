@@ -69,9 +69,9 @@ def main(argv: list[str] | None = None) -> int:
     else:
         token = int(np.argmax(model.forward(rng.integers(0, model.vocab_size, args.prompt), cache,
                                             last_only=True)[-1]))
-        from modelkit.nn.trial import TRIAL_AFTER, TRIAL_CALLS
+        from modelkit.nn.trial import TRIAL_PRODUCTS
 
-        for _ in range(TRIAL_AFTER + 2 * TRIAL_CALLS + 4):  # warm up, through the head's layout trial
+        for _ in range(TRIAL_PRODUCTS + 4):  # warm up, through the head's layout trial
             token = int(np.argmax(model.forward([token], cache, last_only=True)[-1]))
         steps, unit = args.tokens, "token"
 

@@ -31,6 +31,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script or as bench.*
 from bench.served import modelkit_server  # noqa: E402
 
+# one-stream tokens of the warm-up request: enough for modelkit's head layout trial
+# (modelkit.nn.trial.TRIAL_PRODUCTS, checked by the tests) to end before anything is measured
+WARM_TOKENS = 50
+
 PROMPTS = ["Once upon a time, in a small village by the sea, there lived",
            "The history of the printing press begins",
            "Here is a short explanation of how rainbows form:",
@@ -120,9 +124,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def report(args: argparse.Namespace, port: int, name: str, streams: list[int]) -> int:
     """Measure each concurrency, print a line per row, write --json."""
-    # enough one-stream tokens for modelkit's head layout trial (32 products, then 2 x 6 timed
-    # ones) to end before anything is measured
-    stream_once(port, "warm up", 50, name)
+    stream_once(port, "warm up", WARM_TOKENS, name)
     rows = []
     for n in streams:
         row = measure(port, n, args.requests, args.max_tokens, name)

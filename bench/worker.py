@@ -169,6 +169,12 @@ ENGINES: dict[str, Callable[..., Engine]] = {
 # ---- figure groups -------------------------------------------------------------------------------
 
 
+# tokens decoded untimed before the decode group's timed ones, for every engine: enough for
+# modelkit's head layout trial (modelkit.nn.trial.TRIAL_PRODUCTS, checked by the tests) to end,
+# so that the figure is the steady rate (this worker also runs where modelkit is not installed)
+DECODE_WARM_TOKENS = 48
+
+
 def prompt(n: int, vocab: int, seed: int) -> np.ndarray:
     """``n`` token ids, uniformly random over the vocabulary (fixed seed: the same for every engine)."""
     return np.random.default_rng(seed).integers(0, vocab, n).astype(np.int64)
@@ -206,9 +212,7 @@ def group_prefill(args: argparse.Namespace) -> dict[str, Any]:
 def group_decode(args: argparse.Namespace) -> dict[str, Any]:
     engine = ENGINES[args.engine](args)
     _, token = timed_prefill(engine, prompt(32, engine.vocab, args.seed))
-    # untimed tokens first, for every engine: enough for modelkit's head layout trial (32
-    # one-row products, then 2 x 6 timed ones) to end, so that the figure is the steady rate
-    warm = 48
+    warm = DECODE_WARM_TOKENS
     t0 = 0.0
     for step in range(warm + args.decode):
         if step == warm:

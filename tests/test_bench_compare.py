@@ -64,3 +64,12 @@ def test_the_largest_cache_is_read_from_sysfs_and_instruction_caches_are_left_ou
         (tmp_path / name / "size").write_text(size + "\n")
     assert largest_cache(tmp_path) == 260 << 20
     assert largest_cache(tmp_path / "missing") == 0
+
+
+def test_the_benchmarks_warm_up_through_the_head_layout_trial() -> None:
+    from bench import serve_throughput, worker
+
+    from modelkit.nn.trial import TRIAL_PRODUCTS
+
+    # the prompt's last row is a one-row product too, so these many tokens are enough
+    assert worker.DECODE_WARM_TOKENS >= TRIAL_PRODUCTS and serve_throughput.WARM_TOKENS >= TRIAL_PRODUCTS

@@ -40,6 +40,9 @@ TRIAL_AFTER = 32
 # timed one-row products per layout (the first product of the trial, which follows whatever
 # came before it, is not counted)
 TRIAL_CALLS = 6
+# one-row products from a head's first to the trial's decision (the first of the trial is not
+# timed): what a benchmark decodes untimed so that it measures the layout kept
+TRIAL_PRODUCTS = TRIAL_AFTER + 1 + 2 * TRIAL_CALLS
 # rows per block of the transposing copy: a blocked copy ran 2.3x faster than NumPy's
 # asfortranarray for SmolLM2's head (72 against 166 ms)
 COPY_ROWS = 256
@@ -95,7 +98,8 @@ class LayoutTrial:
     def __init__(self, weight: np.ndarray, calls: int = TRIAL_CALLS, after: int = TRIAL_AFTER):
         self.weights: list[np.ndarray | None] = [weight, None]  # the original, the copy (made as the trial begins)
         self.times: tuple[list[float], list[float]] = ([], [])
-        self.orders = ("C", "F") if weight.flags.c_contiguous else ("F", "C")
+        first = order_of(weight)
+        self.orders = (first, "F" if first == "C" else "C")
         self.key = (blas_threads(), weight.shape, self.orders[0])
         # the copy must be clearly faster only where the original costs no memory of its own
         self.margin = 1.0 if weight.flags.owndata else MARGIN
