@@ -342,6 +342,7 @@ def test_gated_mlp_turned_equals_its_plain_path(rows: int, monkeypatch: pytest.M
     mlp._turned = False
     plain = mlp.forward(x, None, ForwardContext(0, rows))
     assert turned.shape == plain.shape == (rows, d)
+    assert turned.flags.f_contiguous and not plain.flags.f_contiguous  # the turned path ran, at any row count
     np.testing.assert_allclose(turned, plain, rtol=1e-5, atol=1e-5)
     g = x @ params["gate.weight"].T + params["gate.bias"]
     u = x @ params["up.weight"].T + params["up.bias"]

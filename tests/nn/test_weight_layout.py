@@ -135,6 +135,8 @@ def test_a_widened_weight_gives_the_same_product() -> None:
             module.widened_rows = saved
         assert wide.shape == (49, 24) and not wide[40:].any() and np.array_equal(wide[:40], w)
         assert max_abs(linear(x, wide, 40), x @ w.T) < 1e-5 and linear(x, wide, 40).shape == (rows, 40)
+        # two or more rows multiply the weight's own rows: a whole array, no view of a wider one
+        assert linear(x, wide, 40).flags.c_contiguous and (rows == 1 or linear(x, wide, 40).base is None)
     assert widen(np.asfortranarray(w)).shape == (40, 24)  # an [in, out] weight is never padded
 
 
