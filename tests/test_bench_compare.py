@@ -68,7 +68,6 @@ def test_the_largest_cache_is_read_from_sysfs_and_instruction_caches_are_left_ou
 
 def test_the_benchmarks_warm_up_through_the_head_layout_trial() -> None:
     from bench import serve_throughput, worker
-
     from modelkit.nn.trial import TRIAL_PRODUCTS
 
     # the prompt's last row is a one-row product too, so these many tokens are enough
